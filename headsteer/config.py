@@ -1,0 +1,76 @@
+"""Frozen, validated configuration for fitting an intervention.
+
+Every field is a plain value so a config round-trips through JSON
+(``FitConfig.from_dict(cfg.to_dict()) == cfg``) and is stored beside each
+saved intervention.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+LossName = Literal["first_token", "sequence", "option_kl"]
+OptimizerName = Literal["proximal", "adam"]
+
+LOSSES: tuple[str, ...] = ("first_token", "sequence", "option_kl")
+OPTIMIZERS: tuple[str, ...] = ("proximal", "adam")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """How to fit Δ at one layer.
+
+    Attributes:
+        layer: block index ℓ whose ``attn.hook_z`` receives Δ.
+        gamma: weight γ of the elementwise L1 penalty ‖Δ‖₁.
+        lam: weight λ of the per-head group penalty Σ_h ‖Δ_h‖₂.
+        loss: ``first_token`` (NLL of the target's first token, the paper's),
+            ``sequence`` (teacher-forced NLL of every target token, answer end
+            included) or ``option_kl`` (KL(target ‖ model) over an option set).
+        optimizer: ``proximal`` (accelerated proximal gradient with the
+            closed-form sparse-group-lasso prox: exact zeros) or ``adam``
+            (Adam on the subgradient of the whole objective, the paper's way).
+        steps: optimisation steps (each a full pass over the training set).
+        lr: step size η of the proximal method, or Adam's learning rate.
+        seed: seeds the training sample and any randomness in the fit.
+    """
+
+    layer: int = 4
+    gamma: float = 0.01
+    lam: float = 0.01
+    loss: LossName = "first_token"
+    optimizer: OptimizerName = "proximal"
+    steps: int = 100
+    lr: float = 0.05
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.layer, int) or self.layer < 0:
+            raise ValueError(f"layer must be a non-negative int, got {self.layer!r}")
+        for name in ("gamma", "lam"):
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
+        if not math.isfinite(self.lr) or self.lr <= 0:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FitConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown FitConfig fields: {sorted(unknown)}")
+        return cls(**data)

@@ -1,0 +1,85 @@
+"""Score a model, with or without interventions, on rule-understanding pairs.
+
+* ``first_token``: the argmax next token after the prompt equals the first
+  token of the answer (Todd et al.'s top-1 accuracy).
+* ``exact_match``: the greedy answer (at most ``max_new_tokens``, cut at the
+  template's stop string) equals the target after normalisation: surrounding
+  whitespace stripped, Unicode case-folded. Nothing else is forgiven
+  (punctuation and accents count).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from headsteer.generate import greedy_generate, next_token_logits
+from headsteer.intervention import Intervention
+from headsteer.prompts import Template, encode_prompts, split_answer_tokens
+from headsteer.tasks import Pair
+
+
+def normalize(text: str) -> str:
+    return text.strip().casefold()
+
+
+def evaluate_pairs(
+    model,
+    pairs: Sequence[Pair],
+    template: Template,
+    interventions: Sequence[Intervention] = (),
+    batch_size: int = 32,
+    max_new_tokens: int = 6,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """One row per pair: input, target, prediction, first_token, exact_match."""
+    if not pairs:
+        raise ValueError("evaluate_pairs: no pairs to evaluate")
+    rows = []
+    batches = range(0, len(pairs), batch_size)
+    for start in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
+        chunk = pairs[start : start + batch_size]
+        tokens = encode_prompts(model.tokenizer, template, [p.input for p in chunk])
+        first = next_token_logits(model, tokens, interventions).argmax(-1).cpu()
+        answers = greedy_generate(model, tokens, interventions, max_new_tokens, template.stop)
+        for pair, pred_first, answer in zip(chunk, first.tolist(), answers):
+            target_first = _answer_first_token(model.tokenizer, template, pair)
+            rows.append(
+                {
+                    "input": pair.input,
+                    "target": pair.output,
+                    "prediction": answer,
+                    "first_token": pred_first == target_first,
+                    "exact_match": normalize(answer) == normalize(pair.output),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def _answer_first_token(tokenizer, template: Template, pair: Pair) -> int:
+    _, answer_ids = split_answer_tokens(tokenizer, template.format_prompt(pair.input), template.format_answer(pair.output))
+    return answer_ids[0]
+
+
+def summarize(scores: pd.DataFrame) -> dict[str, float]:
+    """Mean accuracies of an ``evaluate_pairs`` table."""
+    return {"first_token": float(scores["first_token"].mean()), "exact_match": float(scores["exact_match"].mean()), "n": len(scores)}
+
+
+def mean_std(results: pd.DataFrame, by: Sequence[str], metrics: Sequence[str] = ("first_token", "exact_match")) -> pd.DataFrame:
+    """Mean and (sample) std across seeds of each metric, grouped by ``by``."""
+    grouped = results.groupby(list(by))[list(metrics)]
+    out = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).fillna(0.0).add_suffix("_std"))
+    out["seeds"] = results.groupby(list(by)).size()
+    return out.reset_index()
+
+
+def format_mean_std(table: pd.DataFrame, metrics: Sequence[str] = ("first_token", "exact_match")) -> pd.DataFrame:
+    """``mean ± std`` strings for display."""
+    shown = table.drop(columns=[c for c in table if c.endswith(("_mean", "_std"))]).copy()
+    for m in metrics:
+        shown[m] = [f"{a:.3f} ± {b:.3f}" for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"])]
+    return shown
+

@@ -1,0 +1,55 @@
+"""The forward the fitter differentiates: logits at the scored positions under Δ.
+
+A ``ScoredForward`` is ``fn(model, layer, tokens, delta, n_scored) -> logits``
+returning ``[batch, n_scored, vocab]``: the logits at positions
+``last_index + 0 .. last_index + n_scored - 1`` with Δ added to
+``blocks.{layer}.attn.hook_z`` at ``last_index``. Any implementation (e.g. a
+prefix-cached one) must give the same values and gradients as
+:func:`naive_scored_logits`, the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from headsteer.hooks import PromptEndAdd, added_hooks, hook_z_name
+from headsteer.prompts import TokenBatch
+
+
+class ScoredForward(Protocol):
+    def __call__(
+        self,
+        model,
+        layer: int,
+        tokens: TokenBatch,
+        delta: Float[Tensor, "*rows n_heads d_head"],
+        n_scored: int,
+    ) -> Float[Tensor, "batch n_scored vocab"]: ...
+
+
+def gather_positions(
+    logits: Float[Tensor, "batch pos vocab"], tokens: TokenBatch, n_scored: int
+) -> Float[Tensor, "batch n_scored vocab"]:
+    """``logits[i, last_index[i] + j]`` for j < n_scored (clamped inside the row)."""
+    offsets = torch.arange(n_scored, device=logits.device)
+    positions = (tokens.last_index.to(logits.device)[:, None] + offsets).clamp_max(logits.shape[1] - 1)
+    return logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))
+
+
+def naive_scored_logits(
+    model,
+    layer: int,
+    tokens: TokenBatch,
+    delta: Float[Tensor, "*rows n_heads d_head"],
+    n_scored: int,
+) -> Float[Tensor, "batch n_scored vocab"]:
+    """Full forward of every row through every layer; the reference implementation."""
+    hook = PromptEndAdd(delta, tokens.last_index, tokens.prompt_len)
+    device = model.cfg.device
+    with added_hooks(model, [(hook_z_name(layer), hook)]):
+        logits = model(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
+    return gather_positions(logits, tokens, n_scored)

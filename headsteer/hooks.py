@@ -1,0 +1,98 @@
+"""The additive hook on ``blocks.{ℓ}.attn.hook_z`` and the context that owns it.
+
+Hook protocol: TransformerLens' ``fn(act, hook) -> act``. The hook returns a
+new tensor (never edits ``act`` in place)::
+
+    z'[b, p, h, :] = z[b, p, h, :] + 1[p = last_b] · Δ[b?, h, :]
+
+where ``last_b`` is row b's last prompt token. Which pass is a prompt pass:
+
+* with explicit ``last_index`` (from headsteer's own tokenisation, any
+  padding side) a pass of ``prompt_len`` positions or more holds the prompt and
+  gets Δ at ``last_index``; a shorter pass continues a KV cache (generated
+  tokens) and is left alone;
+* without positions, Δ goes at the final position of every pass of more
+  than one token, and one-token passes (KV-cache decoding) are left alone.
+  This fits unpadded or left-padded prompts; pass positions otherwise.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+
+def hook_z_name(layer: int) -> str:
+    return f"blocks.{layer}.attn.hook_z"
+
+
+def check_layer(model, layer: int) -> str:
+    """The hook name for ``layer``, after checking the layer exists and the hook is real."""
+    n_layers = model.cfg.n_layers
+    if not isinstance(layer, int) or not 0 <= layer < n_layers:
+        raise ValueError(f"layer {layer!r} is out of range: this model has layers 0..{n_layers - 1}")
+    name = hook_z_name(layer)
+    if name not in model.hook_dict:
+        raise ValueError(f"hook {name!r} does not exist on this model; cannot intervene on per-head outputs")
+    return name
+
+
+class PromptEndAdd:
+    """``fn(act, hook) -> act`` adding ``delta`` at each row's last prompt token.
+
+    ``delta`` is ``[n_heads, d_head]`` (one Δ for all rows) or
+    ``[batch, n_heads, d_head]`` (one Δ per row).
+    """
+
+    def __init__(
+        self,
+        delta: Float[Tensor, "*rows n_heads d_head"],
+        last_index: Int[Tensor, " batch"] | None = None,
+        prompt_len: int | None = None,
+    ):
+        if delta.ndim not in (2, 3):
+            raise ValueError(f"Δ must be [n_heads, d_head] or [batch, n_heads, d_head], got {tuple(delta.shape)}")
+        if (last_index is None) != (prompt_len is None):
+            raise ValueError("give both last_index and prompt_len, or neither")
+        self.delta = delta
+        self.last_index = last_index
+        self.prompt_len = prompt_len
+
+    def __call__(self, act: Float[Tensor, "batch pos n_heads d_head"], hook) -> Tensor:
+        if act.ndim != 4 or act.shape[-2:] != self.delta.shape[-2:]:
+            raise ValueError(
+                f"{getattr(hook, 'name', 'hook')}: activation {tuple(act.shape)} does not fit Δ "
+                f"{tuple(self.delta.shape)}; expected [batch, pos, {self.delta.shape[-2]}, {self.delta.shape[-1]}]"
+            )
+        batch, pos = act.shape[:2]
+        if self.last_index is None:
+            if pos == 1:
+                return act
+            index = torch.full((batch,), pos - 1, device=act.device)
+        else:
+            if pos < self.prompt_len:
+                return act
+            index = self.last_index.to(act.device)
+        onehot = torch.nn.functional.one_hot(index, pos).to(act.dtype)
+        delta = self.delta.to(device=act.device, dtype=act.dtype)
+        if delta.ndim == 2:
+            delta = delta.unsqueeze(0)
+        return act + onehot[:, :, None, None] * delta[:, None]
+
+
+@contextmanager
+def added_hooks(model, hooks: Sequence[tuple[str, PromptEndAdd]]) -> Iterator[None]:
+    """Attach ``hooks`` for the body of the ``with``; exactly these are removed in ``finally``.
+
+    Uses the bridge's own scoped context, which removes the handles it added
+    and nothing else (hooks attached before stay).
+    """
+    for name, _ in hooks:
+        if name not in model.hook_dict:
+            raise ValueError(f"hook {name!r} does not exist on this model")
+    with model.hooks(fwd_hooks=list(hooks)):
+        yield

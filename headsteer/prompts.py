@@ -1,0 +1,152 @@
+"""Prompt templates as data, and their tokenization into padded batches.
+
+A template turns a pair (input, output) into a prompt and an answer. The
+prompt's tokens must be a prefix of the tokens of prompt + answer, otherwise
+"the last prompt token" is not a well-defined place to intervene; this is
+checked for every example and reported by name when it fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import torch
+from jaxtyping import Int
+from torch import Tensor
+
+from headsteer.losses import AnswerTargets
+from headsteer.tasks import Pair
+
+
+class TemplateTokenizationError(ValueError):
+    """The prompt's tokens are not a prefix of prompt + answer tokens."""
+
+
+@dataclass(frozen=True)
+class Template:
+    """``prompt`` and ``answer`` are format strings with ``{input}``/``{output}``.
+
+    ``stop`` ends an answer: generation is cut there, and the sequence loss
+    teaches it as the answer's last token(s).
+    """
+
+    name: str
+    prompt: str
+    answer: str
+    stop: str = "\n"
+
+    def __post_init__(self) -> None:
+        if "{input}" not in self.prompt:
+            raise ValueError(f"template {self.name!r}: prompt must contain '{{input}}'")
+        if "{output}" not in self.answer:
+            raise ValueError(f"template {self.name!r}: answer must contain '{{output}}'")
+
+    def format_prompt(self, text: str) -> str:
+        return self.prompt.format(input=text)
+
+    def format_answer(self, text: str) -> str:
+        return self.answer.format(output=text)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Template:
+        return cls(**data)
+
+
+TEMPLATES: dict[str, Template] = {
+    # The paper's: "hello:" -> "bonjour".
+    "colon": Template("colon", "{input}:", "{output}"),
+    # Todd et al.'s: "Q: hello\nA:" -> " bonjour".
+    "qa": Template("qa", "Q: {input}\nA:", " {output}"),
+}
+
+
+def get_template(name: str) -> Template:
+    try:
+        return TEMPLATES[name]
+    except KeyError:
+        raise ValueError(f"unknown template {name!r}; known: {sorted(TEMPLATES)}") from None
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Padded token rows; ``last_index[i]`` is row i's last prompt token (any padding side)."""
+
+    input_ids: Int[Tensor, "batch pos"]
+    attention_mask: Int[Tensor, "batch pos"]
+    last_index: Int[Tensor, " batch"]
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    @property
+    def prompt_len(self) -> int:
+        """Passes at least this long hold every row's prompt (shorter ones continue a KV cache)."""
+        return int(self.last_index.max()) + 1
+
+    def select(self, rows: Tensor) -> TokenBatch:
+        return TokenBatch(self.input_ids[rows], self.attention_mask[rows], self.last_index[rows])
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text)["input_ids"])
+
+
+def split_answer_tokens(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
+    """Tokens of ``prompt`` and of ``answer`` as they stand in ``prompt + answer``."""
+    prompt_ids = _ids(tokenizer, prompt)
+    full_ids = _ids(tokenizer, prompt + answer)
+    if full_ids[: len(prompt_ids)] != prompt_ids or len(full_ids) == len(prompt_ids):
+        raise TemplateTokenizationError(
+            f"prompt {prompt!r} with answer {answer!r}: the prompt's tokens {prompt_ids} are not "
+            f"a strict prefix of the tokens of prompt+answer {full_ids}; the answer would merge "
+            "with the prompt's last token. Use another template (e.g. 'qa') or drop this pair."
+        )
+    return prompt_ids, full_ids[len(prompt_ids) :]
+
+
+def _pad(rows: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[Tensor, Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        ids[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return ids, mask
+
+
+def encode_prompts(tokenizer, template: Template, inputs: Sequence[str]) -> TokenBatch:
+    """Left-pad the prompts of ``inputs`` (for generation and next-token scoring)."""
+    if not inputs:
+        raise ValueError("encode_prompts: no inputs")
+    rows = [_ids(tokenizer, template.format_prompt(x)) for x in inputs]
+    ids, mask = _pad(rows, _pad_id(tokenizer), "left")
+    last = torch.full((len(rows),), ids.shape[1] - 1, dtype=torch.long)
+    return TokenBatch(ids, mask, last)
+
+
+def encode_targets(
+    tokenizer, template: Template, pairs: Sequence[Pair], include_stop: bool = False
+) -> tuple[TokenBatch, AnswerTargets]:
+    """Right-pad prompt + answer (+ ``template.stop`` if ``include_stop``) for each pair."""
+    if not pairs:
+        raise ValueError("encode_targets: no pairs")
+    seqs, lasts, targets = [], [], []
+    for pair in pairs:
+        answer = template.format_answer(pair.output) + (template.stop if include_stop else "")
+        prompt_ids, answer_ids = split_answer_tokens(tokenizer, template.format_prompt(pair.input), answer)
+        seqs.append(prompt_ids + answer_ids)
+        lasts.append(len(prompt_ids) - 1)
+        targets.append(answer_ids)
+    ids, mask = _pad(seqs, _pad_id(tokenizer), "right")
+    target_ids, target_mask = _pad(targets, 0, "right")
+    return TokenBatch(ids, mask, torch.tensor(lasts)), AnswerTargets(target_ids, target_mask.bool())
+
+
+def _pad_id(tokenizer) -> int:
+    pad = tokenizer.pad_token_id
+    return pad if pad is not None else tokenizer.eos_token_id

@@ -1,0 +1,140 @@
+"""Rule-understanding tasks: (input, output) word pairs, loaded by name or path.
+
+Where a task is found, in order:
+
+1. ``name_or_path`` is an existing ``.json`` file;
+2. ``builtin/<name>``: the small sets shipped in ``headsteer/data`` (written for
+   this project, so demos and tests run with no data directory);
+3. ``<data_dir>/<name>.json`` with ``data_dir`` the argument, else the
+   ``HEADSTEER_DATA_DIR`` environment variable, else the first existing
+   ``shared/datasets/function_vectors`` beside the checkout or the working
+   directory (Todd et al.'s ``antonym``, ``synonym``, ``english-french``,
+   ``english-german``).
+
+A file holds a JSON list of ``{"input": str, "output": str}``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Sequence
+
+BUILTIN_PREFIX = "builtin/"
+DATA_DIR_ENV = "HEADSTEER_DATA_DIR"
+TODD_TASKS = ("antonym", "synonym", "english-french", "english-german")
+
+
+class TaskError(ValueError):
+    """A task could not be found or its file is malformed."""
+
+
+@dataclass(frozen=True)
+class Pair:
+    input: str
+    output: str
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    pairs: tuple[Pair, ...]
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+
+def builtin_task_names() -> list[str]:
+    root = files("headsteer").joinpath("data")
+    return sorted(BUILTIN_PREFIX + p.name[: -len(".json")] for p in root.iterdir() if p.name.endswith(".json"))
+
+
+def default_data_dir() -> Path | None:
+    """The function-vector data directory used when none is given, or None."""
+    env = os.environ.get(DATA_DIR_ENV)
+    if env:
+        return Path(env)
+    checkout = Path(__file__).resolve().parents[1]
+    for base in (checkout.parent, Path.cwd().parent, Path.cwd()):
+        candidate = base / "shared" / "datasets" / "function_vectors"
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+def load_task(name_or_path: str, data_dir: str | Path | None = None) -> Task:
+    """Load a task by file path, ``builtin/<name>``, or name inside the data directory."""
+    path = Path(name_or_path)
+    if path.suffix == ".json" and path.is_file():
+        return parse_task_file(path, name=path.stem)
+    if name_or_path.startswith(BUILTIN_PREFIX):
+        resource = files("headsteer").joinpath("data", name_or_path[len(BUILTIN_PREFIX) :] + ".json")
+        if not resource.is_file():
+            raise TaskError(f"unknown built-in task {name_or_path!r}; built-in: {builtin_task_names()}")
+        return parse_task_text(resource.read_text(encoding="utf-8"), name_or_path, str(resource))
+    directory = Path(data_dir) if data_dir is not None else default_data_dir()
+    if directory is None:
+        raise TaskError(
+            f"task {name_or_path!r}: no data directory (pass data_dir, set ${DATA_DIR_ENV}, or place "
+            f"shared/datasets/function_vectors beside the checkout); built-in tasks: {builtin_task_names()}"
+        )
+    candidate = directory / f"{name_or_path}.json"
+    if not candidate.is_file():
+        known = sorted(p.stem for p in directory.glob("*.json")) if directory.is_dir() else []
+        raise TaskError(
+            f"unknown task {name_or_path!r}: no {candidate}; tasks in {directory}: {known}; "
+            f"built-in: {builtin_task_names()}"
+        )
+    return parse_task_file(candidate, name=name_or_path)
+
+
+def parse_task_file(path: Path, name: str) -> Task:
+    return parse_task_text(path.read_text(encoding="utf-8"), name, str(path))
+
+
+def parse_task_text(text: str, name: str, source: str) -> Task:
+    """Validate a JSON task: a non-empty list of objects with string ``input`` and ``output``."""
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise TaskError(f"task {name!r} ({source}) is not valid JSON: {err}") from None
+    if not isinstance(raw, list):
+        raise TaskError(f"task {name!r} ({source}) must be a JSON list of {{'input','output'}} objects")
+    if not raw:
+        raise TaskError(f"task {name!r} ({source}) is empty: it holds no pairs")
+    pairs = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict) or not all(isinstance(item.get(k), str) for k in ("input", "output")):
+            raise TaskError(f"task {name!r} ({source}), entry {i}: expected string 'input' and 'output', got {item!r}")
+        if not item["input"].strip() or not item["output"].strip():
+            raise TaskError(f"task {name!r} ({source}), entry {i}: empty input or output")
+        pairs.append(Pair(item["input"].strip(), item["output"].strip()))
+    return Task(name, tuple(pairs), source)
+
+
+def split_task(
+    task: Task, n_train: int = 10, seed: int = 0, max_test: int | None = None
+) -> tuple[list[Pair], list[Pair]]:
+    """A seeded split: ``n_train`` training pairs and the rest (at most ``max_test``) for test.
+
+    Test pairs never share an input with a training pair.
+    """
+    if n_train < 1:
+        raise ValueError(f"n_train must be >= 1, got {n_train}")
+    if len(task) <= n_train:
+        raise TaskError(f"task {task.name!r} has {len(task)} pairs: too few for n_train={n_train} plus a test set")
+    order = list(task.pairs)
+    random.Random(seed).shuffle(order)
+    train = order[:n_train]
+    seen = {p.input for p in train}
+    test = [p for p in order[n_train:] if p.input not in seen]
+    return train, test if max_test is None else test[:max_test]
+
+
+def inputs_of(pairs: Sequence[Pair]) -> list[str]:
+    return [p.input for p in pairs]
