@@ -43,7 +43,7 @@ class FitConfig:
     loss: LossName = "first_token"
     optimizer: OptimizerName = "proximal"
     steps: int = 100
-    lr: float = 0.05
+    lr: float = 0.3
     seed: int = 0
 
     def __post_init__(self) -> None:

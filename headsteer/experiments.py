@@ -2,16 +2,72 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
+import json
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
 from headsteer.config import FitConfig
 from headsteer.evaluate import evaluate_pairs, summarize
-from headsteer.fit import fit
+from headsteer.fit import FitResult, fit
 from headsteer.prompts import Template
-from headsteer.tasks import Task, split_task
+from headsteer.tasks import Pair, Task, split_task
+
+
+@dataclass(frozen=True)
+class Run:
+    """One seeded fit with its held-out scores."""
+
+    result: FitResult
+    train: list[Pair]
+    test: list[Pair]
+    zero_shot: pd.DataFrame  # evaluate_pairs table without Δ
+    fitted: pd.DataFrame  # evaluate_pairs table with Δ
+
+    def metrics(self) -> dict:
+        iv = self.result.intervention
+        return {
+            "task": iv.task,
+            "model": iv.model.name,
+            "layer": iv.layer,
+            "fit_config": iv.fit_config,
+            "template": iv.template,
+            "n_train": len(self.train),
+            "n_test": len(self.test),
+            "train_inputs": [p.input for p in self.train],
+            "final_task_loss": float(self.result.history["task_loss"].iloc[-1]),
+            "active_heads": iv.active_heads(),
+            "zero_shot": summarize(self.zero_shot),
+            "fitted": summarize(self.fitted),
+        }
+
+    def save(self, out: str | Path) -> Path:
+        """Intervention (``out.safetensors`` + ``out.json``), ``out.metrics.json`` and ``out.history.csv``."""
+        out = Path(out)
+        self.result.intervention.save(out)
+        self.result.history.to_csv(out.with_name(out.name + ".history.csv"), index=False)
+        return write_json_atomic(out.with_name(out.name + ".metrics.json"), self.metrics())
+
+
+def fit_and_score(
+    model,
+    task: Task,
+    template: Template,
+    config: FitConfig,
+    n_train: int = 10,
+    max_test: int | None = 200,
+    progress: bool = True,
+) -> Run:
+    """Split with ``config.seed``, fit on the training pairs, score zero-shot and Δ on the test pairs."""
+    train, test = split_task(task, n_train=n_train, seed=config.seed, max_test=max_test)
+    result = fit(model, train, template, config, task=task.name, progress=progress)
+    zero = evaluate_pairs(model, test, template, (), progress=progress)
+    fitted = evaluate_pairs(model, test, template, (result.intervention,), progress=progress)
+    return Run(result, train, test, zero, fitted)
 
 
 def zero_shot_vs_fitted(
@@ -24,16 +80,18 @@ def zero_shot_vs_fitted(
     max_test: int | None = 200,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """For each seed: split, fit Δ on the training pairs, score zero-shot and Δ on the test pairs.
-
-    One row per (seed, method) with first_token, exact_match, n and the fit's final task loss.
-    """
+    """One row per (seed, method): first_token, exact_match, n, for zero-shot and the fitted Δ."""
     rows = []
     for seed in seeds:
-        train, test = split_task(task, n_train=n_train, seed=seed, max_test=max_test)
-        result = fit(model, train, template, replace(config, seed=seed), task=task.name, progress=progress)
-        for method, ivs in (("zero-shot", ()), ("fitted Δ", (result.intervention,))):
-            scores = summarize(evaluate_pairs(model, test, template, ivs, progress=progress))
-            rows.append({"task": task.name, "seed": seed, "method": method, **scores})
-        rows[-1]["final_task_loss"] = float(result.history["task_loss"].iloc[-1])
+        run = fit_and_score(model, task, template, replace(config, seed=seed), n_train, max_test, progress)
+        for method, scores in (("zero-shot", run.zero_shot), ("fitted Δ", run.fitted)):
+            rows.append({"task": task.name, "layer": config.layer, "seed": seed, "method": method, **summarize(scores)})
     return pd.DataFrame(rows)
+
+
+def write_json_atomic(path: Path, data: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
+        json.dump(data, tmp, indent=2)
+    os.replace(tmp.name, path)
+    return path

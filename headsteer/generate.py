@@ -47,11 +47,12 @@ def greedy_generate(
     done = torch.zeros(len(tokens), dtype=torch.bool, device=device)
     with steer(model, interventions, tokens.last_index, tokens.prompt_len):
         logits, cache = model(ids, attention_mask=mask, position_ids=positions, return_type="logits_and_cache")
-        for _ in range(max_new_tokens):
+        for step in range(max_new_tokens):
             nxt = logits[:, -1].argmax(-1, keepdim=True)
             new = torch.cat([new, nxt], dim=1)
             done |= nxt.squeeze(-1) == eos
-            if done.all() or (stop and all(stop in t.lstrip() for t in _decode(model, new))):
+            finished = stop and all(stop in t.lstrip() for t in _decode(model, new))
+            if step == max_new_tokens - 1 or done.all() or finished:
                 break
             mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
             positions = positions[:, -1:] + 1

@@ -1,0 +1,75 @@
+"""``headsteer`` command line: argument parsing and wiring only."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from headsteer.config import LOSSES, OPTIMIZERS, FitConfig
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="Hugging Face name or local directory (default: Gemma 3 270M, offline)")
+    p.add_argument("--cache-dir", default=None, help="where the converted default model is cached ($HEADSTEER_CACHE_DIR)")
+
+
+def _add_task_args(p: argparse.ArgumentParser, default_task: str | None = None) -> None:
+    p.add_argument("--task", default=default_task, required=default_task is None,
+                   help="task name (antonym, english-french, ...), builtin/<name>, or a .json file")
+    p.add_argument("--data-dir", default=None, help="directory of <task>.json files ($HEADSTEER_DATA_DIR)")
+    p.add_argument("--template", default="qa", help="prompt template: qa ('Q: x\\nA:' -> ' y') or colon ('x:' -> 'y')")
+    p.add_argument("--n-train", type=int, default=10)
+    p.add_argument("--max-test", type=int, default=200, help="held-out pairs scored (0: all)")
+
+
+def _add_fit_args(p: argparse.ArgumentParser) -> None:
+    d = FitConfig()
+    p.add_argument("--layer", type=int, default=d.layer)
+    p.add_argument("--gamma", type=float, default=d.gamma, help="L1 weight γ")
+    p.add_argument("--lam", type=float, default=d.lam, help="per-head group weight λ")
+    p.add_argument("--loss", choices=LOSSES, default=d.loss)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--lr", type=float, default=d.lr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="headsteer", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="fit Δ on N pairs; write the intervention and its metrics")
+    _add_model_args(p), _add_task_args(p), _add_fit_args(p)
+    p.add_argument("--seed", type=int, default=0, help="training sample and fit seed")
+    p.add_argument("--out", required=True, help="output path stem: OUT.safetensors, OUT.json, OUT.metrics.json")
+
+    p = sub.add_parser("eval", help="score a saved intervention on held-out pairs")
+    _add_model_args(p), _add_task_args(p)
+    p.add_argument("--intervention", required=True, help="path stem of a saved intervention")
+    p.add_argument("--seed", type=int, default=None, help="split seed (default: the intervention's fit seed)")
+    p.add_argument("--out", default=None, help="write the per-pair scores to this CSV")
+
+    p = sub.add_parser("compare", help="zero-shot vs fitted Δ over several seeds (mean ± std)")
+    _add_model_args(p), _add_task_args(p), _add_fit_args(p)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--out", default=None, help="write the per-seed results to this CSV")
+
+    p = sub.add_parser("demo", help="the README's main job: default model, built-in antonyms, a few minutes")
+    _add_model_args(p)
+    p.add_argument("--task", default="builtin/antonym")
+    p.add_argument("--steps", type=int, default=100)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from headsteer import commands
+
+    try:
+        return getattr(commands, args.command)(args)
+    except (ValueError, FileNotFoundError, FloatingPointError) as err:  # bad input: say what, no traceback
+        print(f"headsteer {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

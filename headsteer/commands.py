@@ -1,0 +1,74 @@
+"""What each ``headsteer`` subcommand does with its parsed arguments (wiring only)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+from headsteer.config import FitConfig
+from headsteer.demo import run_demo
+from headsteer.evaluate import evaluate_pairs, format_mean_std, mean_std, summarize
+from headsteer.experiments import fit_and_score, zero_shot_vs_fitted
+from headsteer.intervention import Intervention
+from headsteer.models import load_model
+from headsteer.prompts import Template, get_template
+from headsteer.tasks import load_task, split_task
+
+
+def _max_test(args: argparse.Namespace) -> int | None:
+    return args.max_test or None
+
+
+def _config(args: argparse.Namespace, seed: int) -> FitConfig:
+    return FitConfig(layer=args.layer, gamma=args.gamma, lam=args.lam, loss=args.loss,
+                     optimizer=args.optimizer, steps=args.steps, lr=args.lr, seed=seed)
+
+
+def fit(args: argparse.Namespace) -> int:
+    config = _config(args, args.seed)  # validate before the model loads
+    task = load_task(args.task, args.data_dir)
+    model = load_model(args.model, args.cache_dir)
+    run = fit_and_score(model, task, get_template(args.template), config, args.n_train, _max_test(args))
+    metrics_path = run.save(args.out)
+    print(run.result.intervention)
+    for method in ("zero_shot", "fitted"):
+        print(f"{method}: {run.metrics()[method]}")
+    print(f"wrote {args.out}.safetensors, {args.out}.json, {metrics_path}")
+    return 0
+
+
+def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name
+    iv = Intervention.load(args.intervention)
+    task = load_task(args.task, args.data_dir)
+    model = load_model(args.model, args.cache_dir)
+    iv.check_fits(model)
+    template = Template.from_dict(iv.template) if iv.template else get_template(args.template)
+    seed = args.seed if args.seed is not None else iv.fit_config.get("seed", 0)
+    _, test = split_task(task, n_train=args.n_train, seed=seed, max_test=_max_test(args))
+    scores = evaluate_pairs(model, test, template, [iv])
+    baseline = evaluate_pairs(model, test, template, [])
+    print(f"{iv}\nheld-out pairs: {len(test)} (split seed {seed}, n_train {args.n_train})")
+    print(f"zero_shot: {summarize(baseline)}\nfitted:    {summarize(scores)}")
+    if args.out:
+        scores.assign(zero_shot_prediction=baseline["prediction"]).to_csv(args.out, index=False)
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    config = _config(args, args.seeds[0])
+    task = load_task(args.task, args.data_dir)
+    model = load_model(args.model, args.cache_dir)
+    results = zero_shot_vs_fitted(model, task, get_template(args.template), config, args.seeds,
+                                  args.n_train, _max_test(args))
+    if args.out:
+        results.to_csv(args.out, index=False)
+    table = format_mean_std(mean_std(results, by=["task", "layer", "method"]))
+    print(table.to_markdown(index=False))
+    return 0
+
+
+def demo(args: argparse.Namespace) -> int:
+    model = load_model(args.model, args.cache_dir)
+    run_demo(model, task=args.task, config=replace(FitConfig(), steps=args.steps))
+    return 0
+

@@ -1,0 +1,47 @@
+"""Evaluation tables: per-example scores, summaries, mean ± std across seeds."""
+
+import pandas as pd
+import pytest
+
+import headsteer as hs
+from headsteer.evaluate import format_mean_std, normalize
+from headsteer.generate import cut_at_stop
+
+QA = hs.get_template("qa")
+
+
+def test_evaluate_pairs_scores_each_pair(gemma_tiny):
+    pairs = [hs.Pair("hot", "cold"), hs.Pair("big", "small")]
+    scores = hs.evaluate_pairs(gemma_tiny, pairs, QA, progress=False)
+    assert list(scores.columns) == ["input", "target", "prediction", "first_token", "exact_match"]
+    assert scores["input"].tolist() == ["hot", "big"]
+    assert scores["exact_match"].tolist() == [normalize(p) == normalize(t) for p, t in zip(scores.prediction, scores.target)]
+    summary = hs.summarize(scores)
+    assert summary["n"] == 2 and 0 <= summary["first_token"] <= 1
+
+
+def test_first_token_hit_when_the_model_is_forced_to_the_answer(gemma_tiny):
+    """Plant the answer: a Δ fitted hard on one pair must score it right."""
+    pair = hs.Pair("hot", "cold")
+    result = hs.fit(gemma_tiny, [pair], QA, hs.FitConfig(layer=2, steps=40, lr=2.0, gamma=0, lam=0), progress=False)
+    scores = hs.evaluate_pairs(gemma_tiny, [pair], QA, [result.intervention], progress=False)
+    assert scores["first_token"].all()
+
+
+def test_normalisation_and_stop():
+    assert normalize("  Bonjour ") == normalize("bonjour")
+    assert normalize("école") != normalize("ecole")
+    assert cut_at_stop(" cold\nQ: next", "\n") == "cold"
+    assert cut_at_stop("\ncold\n", "\n") == "cold"
+    assert cut_at_stop(" cold", None) == " cold"
+
+
+def test_mean_std_across_seeds():
+    runs = pd.DataFrame(
+        {"method": ["a", "a", "a", "b"], "seed": [0, 1, 2, 0], "first_token": [0.1, 0.2, 0.3, 0.5], "exact_match": [0.0, 0.0, 0.3, 1.0]}
+    )
+    table = hs.mean_std(runs, by=["method"])
+    row = table.set_index("method").loc["a"]
+    assert row["first_token_mean"] == pytest.approx(0.2) and row["first_token_std"] == pytest.approx(0.1)
+    assert row["seeds"] == 3 and table.set_index("method").loc["b", "first_token_std"] == 0.0
+    assert format_mean_std(table).set_index("method").loc["a", "first_token"] == "0.200 ± 0.100"
