@@ -22,7 +22,6 @@ import random
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Sequence
 
 BUILTIN_PREFIX = "builtin/"
 DATA_DIR_ENV = "HEADSTEER_DATA_DIR"
@@ -134,7 +133,3 @@ def split_task(
     seen = {p.input for p in train}
     test = [p for p in order[n_train:] if p.input not in seen]
     return train, test if max_test is None else test[:max_test]
-
-
-def inputs_of(pairs: Sequence[Pair]) -> list[str]:
-    return [p.input for p in pairs]
