@@ -31,6 +31,8 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
+                   help="prefix-cached forward (default); --no-fast runs the naive full forward, the reference")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,7 @@ def fit(args: argparse.Namespace) -> int:
     config = _config(args, args.seed)  # validate before the model loads
     task = load_task(args.task, args.data_dir)
     model = load_model(args.model, args.cache_dir)
-    run = fit_and_score(model, task, get_template(args.template), config, args.n_train, _max_test(args))
+    run = fit_and_score(model, task, get_template(args.template), config, args.n_train, _max_test(args), fast=args.fast)
     metrics_path = run.save(args.out)
     print(run.result.intervention)
     for method in ("zero_shot", "fitted"):
@@ -59,7 +59,7 @@ def compare(args: argparse.Namespace) -> int:
     task = load_task(args.task, args.data_dir)
     model = load_model(args.model, args.cache_dir)
     results = zero_shot_vs_fitted(model, task, get_template(args.template), config, args.seeds,
-                                  args.n_train, _max_test(args))
+                                  args.n_train, _max_test(args), fast=args.fast)
     if args.out:
         results.to_csv(args.out, index=False)
     table = format_mean_std(mean_std(results, by=["task", "layer", "method"]))

@@ -14,6 +14,7 @@ import pandas as pd
 from headsteer.config import FitConfig
 from headsteer.evaluate import evaluate_pairs, summarize
 from headsteer.fit import FitResult, fit
+from headsteer.forward import naive_scored_logits
 from headsteer.prompts import Template
 from headsteer.tasks import Pair, Task, split_task
 
@@ -61,10 +62,15 @@ def fit_and_score(
     n_train: int = 10,
     max_test: int | None = 200,
     progress: bool = True,
+    fast: bool = True,
 ) -> Run:
-    """Split with ``config.seed``, fit on the training pairs, score zero-shot and Δ on the test pairs."""
+    """Split with ``config.seed``, fit on the training pairs, score zero-shot and Δ on the test pairs.
+
+    ``fast=False`` fits with the naive full forward (the reference) instead of the prefix cache.
+    """
     train, test = split_task(task, n_train=n_train, seed=config.seed, max_test=max_test)
-    result = fit(model, train, template, config, task=task.name, progress=progress)
+    forward = None if fast else naive_scored_logits
+    result = fit(model, train, template, config, task=task.name, forward=forward, progress=progress)
     zero = evaluate_pairs(model, test, template, (), progress=progress)
     fitted = evaluate_pairs(model, test, template, (result.intervention,), progress=progress)
     return Run(result, train, test, zero, fitted)
@@ -79,11 +85,12 @@ def zero_shot_vs_fitted(
     n_train: int = 10,
     max_test: int | None = 200,
     progress: bool = True,
+    fast: bool = True,
 ) -> pd.DataFrame:
     """One row per (seed, method): first_token, exact_match, n, for zero-shot and the fitted Δ."""
     rows = []
     for seed in seeds:
-        run = fit_and_score(model, task, template, replace(config, seed=seed), n_train, max_test, progress)
+        run = fit_and_score(model, task, template, replace(config, seed=seed), n_train, max_test, progress, fast)
         for method, scores in (("zero-shot", run.zero_shot), ("fitted Δ", run.fitted)):
             rows.append({"task": task.name, "layer": config.layer, "seed": seed, "method": method, **summarize(scores)})
     return pd.DataFrame(rows)

@@ -22,7 +22,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from headsteer.config import FitConfig
-from headsteer.forward import ScoredForward, naive_scored_logits
+from headsteer.fast_forward import PrefixCachedForward
+from headsteer.forward import ScoredForward
 from headsteer.hooks import check_layer
 from headsteer.intervention import Intervention, ModelSignature
 from headsteer.losses import Targets, scored_positions, task_loss
@@ -73,10 +74,14 @@ def fit(
     template: Template,
     config: FitConfig = FitConfig(),
     task: str = "",
-    forward: ScoredForward = naive_scored_logits,
+    forward: ScoredForward | None = None,
     progress: bool = True,
 ) -> FitResult:
-    """Fit an intervention on ``pairs`` rendered with ``template``."""
+    """Fit an intervention on ``pairs`` rendered with ``template``.
+
+    ``forward`` defaults to the prefix-cached path; pass
+    ``headsteer.forward.naive_scored_logits`` for the full-forward reference.
+    """
     check_layer(model, config.layer)
     tokens, targets = encode_targets(model.tokenizer, template, pairs, include_stop=config.loss == "sequence")
     delta, history = fit_delta(model, tokens, targets, config, forward, progress, desc=task or "fit")
@@ -96,12 +101,13 @@ def fit_delta(
     tokens: TokenBatch,
     targets: Targets,
     config: FitConfig,
-    forward: ScoredForward = naive_scored_logits,
+    forward: ScoredForward | None = None,
     progress: bool = True,
     desc: str = "fit",
 ) -> tuple[Float[Tensor, "n_heads d_head"], pd.DataFrame]:
     """The optimisation loop over pre-tokenised data; returns Δ (on CPU) and the history."""
     check_layer(model, config.layer)
+    forward = forward or PrefixCachedForward()
     torch.manual_seed(config.seed)
     shape = (model.cfg.n_heads, model.cfg.d_head)
     n_scored = scored_positions(config.loss, targets)

@@ -1,0 +1,117 @@
+"""A prefix-cached ``ScoredForward``: only what Δ can change is recomputed each step.
+
+Δ enters at row i's last prompt token p_i. Nothing at positions < p_i depends
+on Δ, at any layer, so their keys and values are computed once per batch
+(the *prefix*, left-padded and run with a KV cache). Each step then runs only
+the *suffix* — positions p_i .. p_i + n_scored − 1 — through the model,
+reading the prefix cache, and unembeds just those positions:
+
+    logits_i = model(x_i[p_i : p_i + n_scored] | KV(x_i[:p_i]));  Δ added at suffix position 0
+
+Same values and gradients as :func:`headsteer.forward.naive_scored_logits`
+(up to fp32 summation order); the cost per step is the suffix through every
+layer plus ``n_scored`` rows of the unembedding instead of every position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from headsteer.hooks import PromptEndAdd, added_hooks, hook_z_name
+from headsteer.prompts import TokenBatch
+
+
+@dataclass
+class _Prefix:
+    """The Δ-independent part of one batch, computed once."""
+
+    cache: object  # a transformers Cache holding the prefix keys/values (None if no prefix)
+    saved: list[tuple[Tensor, Tensor]]  # each layer's prefix keys/values, restored before every step
+    suffix_ids: Int[Tensor, "batch n_scored"]
+    mask: Int[Tensor, "batch prefix_plus_suffix"]
+    suffix_positions: Int[Tensor, "batch n_scored"]
+
+
+class PrefixCachedForward:
+    """``fn(model, layer, tokens, delta, n_scored) -> logits``, caching each batch's prefix.
+
+    The cache is keyed by the identity of the model and of ``tokens`` (a fit
+    calls it with the same batch every step); call :meth:`clear` to drop it.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._prefix: _Prefix | None = None
+
+    def clear(self) -> None:
+        self._key, self._prefix = None, None
+
+    def __call__(
+        self,
+        model,
+        layer: int,
+        tokens: TokenBatch,
+        delta: Float[Tensor, "*rows n_heads d_head"],
+        n_scored: int,
+    ) -> Float[Tensor, "batch n_scored vocab"]:
+        key = (id(model), id(tokens), n_scored)
+        if self._key != key:
+            self._prefix = build_prefix(model, tokens, n_scored)
+            self._key, self._tokens = key, tokens  # keep tokens alive so its id stays unique
+        prefix = self._prefix
+        _restore(prefix)
+        hook = PromptEndAdd(delta, torch.zeros(len(tokens), dtype=torch.long), prompt_len=1)
+        with added_hooks(model, [(hook_z_name(layer), hook)]):
+            return model(
+                prefix.suffix_ids,
+                attention_mask=prefix.mask,
+                position_ids=prefix.suffix_positions,
+                past_key_values=prefix.cache,
+            )
+
+
+@torch.no_grad()
+def build_prefix(model, tokens: TokenBatch, n_scored: int) -> _Prefix:
+    """Split each row at its last prompt token; run the left-padded prefixes once with a KV cache."""
+    device = model.cfg.device
+    ids, mask, last = tokens.input_ids, tokens.attention_mask, tokens.last_index
+    rows = range(len(tokens))
+    starts = [int(s) for s in last]
+    if min(starts) < 1:
+        raise ValueError("every prompt needs at least one token before its last one to use the prefix cache")
+    width = max(starts)
+    prefix_ids = torch.full((len(tokens), width), int(ids[0, 0]), dtype=torch.long)
+    prefix_mask = torch.zeros((len(tokens), width), dtype=torch.long)
+    suffix_ids = torch.zeros((len(tokens), n_scored), dtype=torch.long)
+    suffix_mask = torch.zeros((len(tokens), n_scored), dtype=torch.long)
+    for i, s in zip(rows, starts):
+        real = mask[i, :s].bool()
+        prefix_ids[i, width - int(real.sum()) :] = ids[i, :s][real]
+        prefix_mask[i, width - int(real.sum()) :] = 1
+        span = ids[i, s : s + n_scored]
+        suffix_ids[i, : len(span)] = span
+        suffix_mask[i, : len(span)] = mask[i, s : s + n_scored]
+    n_real = prefix_mask.sum(1, keepdim=True)
+    prefix_positions = (prefix_mask.cumsum(-1) - 1).clamp_min(0)
+    suffix_positions = n_real + torch.arange(n_scored)
+    _, cache = model(
+        prefix_ids.to(device),
+        attention_mask=prefix_mask.to(device),
+        position_ids=prefix_positions.to(device),
+        return_type="logits_and_cache",
+    )
+    saved = [(layer.keys, layer.values) for layer in cache.layers]
+    full_mask = torch.cat([prefix_mask, suffix_mask], dim=1)
+    return _Prefix(cache, saved, suffix_ids.to(device), full_mask.to(device), suffix_positions.to(device))
+
+
+def _restore(prefix: _Prefix) -> None:
+    """Reset the cache to the prefix: the previous step appended (differentiable) suffix keys/values."""
+    for layer, (keys, values) in zip(prefix.cache.layers, prefix.saved):
+        layer.keys, layer.values = keys, values
+        if hasattr(layer, "cumulative_length"):
+            layer.cumulative_length = keys.shape[-2]

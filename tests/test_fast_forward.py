@@ -1,0 +1,67 @@
+"""The prefix-cached forward gives the naive forward's logits, gradients and fits."""
+
+import pytest
+import torch
+
+import headsteer as hs
+from headsteer.fast_forward import PrefixCachedForward
+from headsteer.forward import naive_scored_logits
+from headsteer.losses import scored_positions, task_loss
+from headsteer.prompts import encode_targets
+
+QA = hs.get_template("qa")
+# Prompts and answers of different lengths, so both sides of the batch are padded.
+PAIRS = [hs.Pair("hot", "cold"), hs.Pair("good morning", "bonjour madame"), hs.Pair("big", "small"), hs.Pair("up", "down")]
+
+
+def loss_and_grad(forward, model, loss, layer=1, seed=0):
+    tokens, targets = encode_targets(model.tokenizer, QA, PAIRS, include_stop=loss == "sequence")
+    delta = torch.randn(model.cfg.n_heads, model.cfg.d_head, generator=torch.Generator().manual_seed(seed))
+    delta.requires_grad_(True)
+    value = task_loss(loss, forward(model, layer, tokens, delta, scored_positions(loss, targets)), targets).mean()
+    (grad,) = torch.autograd.grad(value, delta)
+    return value.detach(), grad
+
+
+@pytest.mark.parametrize("loss", ["first_token", "sequence"])
+def test_same_loss_and_gradient_as_the_naive_forward(any_model, loss):
+    fast = PrefixCachedForward()
+    for seed in (0, 1):  # the second call reuses the cached prefix
+        ref_loss, ref_grad = loss_and_grad(naive_scored_logits, any_model, loss, seed=seed)
+        got_loss, got_grad = loss_and_grad(fast, any_model, loss, seed=seed)
+        torch.testing.assert_close(got_loss, ref_loss, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got_grad, ref_grad, rtol=1e-4, atol=1e-5)
+
+
+def test_same_fit_history_as_the_naive_forward(any_model):
+    config = hs.FitConfig(layer=2, steps=8, lr=0.5, gamma=0.001, lam=0.001)
+    naive = hs.fit(any_model, PAIRS, QA, config, forward=naive_scored_logits, progress=False)
+    fast = hs.fit(any_model, PAIRS, QA, config, progress=False)  # the default forward is the fast one
+    torch.testing.assert_close(
+        torch.tensor(fast.history["objective"].values), torch.tensor(naive.history["objective"].values), rtol=1e-4, atol=1e-5
+    )
+    torch.testing.assert_close(fast.intervention.delta, naive.intervention.delta, rtol=1e-3, atol=1e-5)
+
+
+def test_cache_follows_the_batch(gemma_tiny):
+    fast = PrefixCachedForward()
+    a, _ = encode_targets(gemma_tiny.tokenizer, QA, PAIRS[:2])
+    b, _ = encode_targets(gemma_tiny.tokenizer, QA, PAIRS[2:])
+    zero = torch.zeros(gemma_tiny.cfg.n_heads, gemma_tiny.cfg.d_head)
+    for tokens in (a, b, a):
+        with torch.no_grad():
+            torch.testing.assert_close(
+                fast(gemma_tiny, 1, tokens, zero, 1), naive_scored_logits(gemma_tiny, 1, tokens, zero, 1), rtol=1e-5, atol=1e-5
+            )
+
+
+def test_the_cache_does_not_grow_step_after_step(gemma_tiny):
+    """Each step appends the suffix's keys/values; they must be dropped before the next step."""
+    fast = PrefixCachedForward()
+    tokens, _ = encode_targets(gemma_tiny.tokenizer, QA, PAIRS)
+    delta = torch.zeros(gemma_tiny.cfg.n_heads, gemma_tiny.cfg.d_head)
+    lengths = []
+    for _ in range(3):
+        fast(gemma_tiny, 1, tokens, delta, 2)
+        lengths.append(fast._prefix.cache.get_seq_length())
+    assert lengths == [int(tokens.last_index.max()) + 2] * 3
