@@ -21,7 +21,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from headsteer.hooks import PromptEndAdd, added_hooks, hook_z_name
+from headsteer.hooks import added_hooks, delta_hooks
 from headsteer.prompts import TokenBatch
 
 
@@ -39,33 +39,31 @@ class _Prefix:
 class PrefixCachedForward:
     """``fn(model, layer, tokens, delta, n_scored) -> logits``, caching each batch's prefix.
 
-    The cache is keyed by the identity of the model and of ``tokens`` (a fit
-    calls it with the same batch every step); call :meth:`clear` to drop it.
+    Prefixes are cached by the identity of the model and of ``tokens`` (a fit
+    calls it with the same batches every step); call :meth:`clear` to drop them.
     """
 
     def __init__(self) -> None:
-        self._key: tuple | None = None
-        self._prefix: _Prefix | None = None
+        self._prefixes: dict[tuple, tuple[TokenBatch, _Prefix]] = {}
 
     def clear(self) -> None:
-        self._key, self._prefix = None, None
+        self._prefixes.clear()
 
     def __call__(
         self,
         model,
-        layer: int,
+        layer: int | Int[Tensor, " batch"],
         tokens: TokenBatch,
         delta: Float[Tensor, "*rows n_heads d_head"],
         n_scored: int,
     ) -> Float[Tensor, "batch n_scored vocab"]:
         key = (id(model), id(tokens), n_scored)
-        if self._key != key:
-            self._prefix = build_prefix(model, tokens, n_scored)
-            self._key, self._tokens = key, tokens  # keep tokens alive so its id stays unique
-        prefix = self._prefix
+        if key not in self._prefixes:  # the entry keeps ``tokens`` alive, so its id stays unique
+            self._prefixes[key] = (tokens, build_prefix(model, tokens, n_scored))
+        prefix = self._prefixes[key][1]
         _restore(prefix)
-        hook = PromptEndAdd(delta, torch.zeros(len(tokens), dtype=torch.long), prompt_len=1)
-        with added_hooks(model, [(hook_z_name(layer), hook)]):
+        at_first = torch.zeros(len(tokens), dtype=torch.long)  # Δ at suffix position 0
+        with added_hooks(model, delta_hooks(layer, delta, at_first, prompt_len=1)):
             return model(
                 prefix.suffix_ids,
                 attention_mask=prefix.mask,

@@ -2,22 +2,21 @@
 
     min_Δ  F(Δ) = (1/N) Σ_i L_task(model_Δ(x_i), y_i) + γ‖Δ‖₁ + λ Σ_h ‖Δ_h‖₂
 
-``proximal``: accelerated proximal gradient (FISTA with gradient-based
-restart) on the smooth part, then the closed-form sparse-group-lasso prox, so
-unused components and heads are exactly zero. ``adam``: Adam on the
-subgradient of the whole F (the paper's way; zeros only by accident).
+Many independent fits (other layers, training samples, γ/λ or step sizes)
+run as one batch: each row carries its own fit's Δ at its fit's layer, and
+since F_k depends on Δ_k alone, minimising Σ_k F_k fits every Δ_k exactly
+as a fit of its own would. A single fit is the batch of one.
 """
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import pandas as pd
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -27,13 +26,24 @@ from headsteer.forward import ScoredForward
 from headsteer.hooks import check_layer
 from headsteer.intervention import Intervention, ModelSignature
 from headsteer.losses import Targets, scored_positions, task_loss
+from headsteer.optim import NonFiniteLossError, adam_steps, proximal_steps
 from headsteer.prompts import Template, TokenBatch, encode_targets
-from headsteer.regularization import penalty, prox_sparse_group_lasso
+from headsteer.regularization import penalty
 from headsteer.tasks import Pair
 
+# Rows per forward/backward chunk: bounds the [rows, vocab] logits held at once.
+MAX_ROWS = 128
 
-class NonFiniteLossError(FloatingPointError):
-    """The task loss or its gradient became NaN or infinite during a fit."""
+__all__ = ["FitJob", "FitResult", "NonFiniteLossError", "fit", "fit_delta", "fit_many", "frozen", "optimize"]
+
+
+@dataclass(frozen=True)
+class FitJob:
+    """One fit of a batch: its training pairs and config (layer, seed, γ, λ, lr may differ per job)."""
+
+    pairs: tuple[Pair, ...]
+    config: FitConfig
+    task: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,18 +92,35 @@ def fit(
     ``forward`` defaults to the prefix-cached path; pass
     ``headsteer.forward.naive_scored_logits`` for the full-forward reference.
     """
-    check_layer(model, config.layer)
-    tokens, targets = encode_targets(model.tokenizer, template, pairs, include_stop=config.loss == "sequence")
-    delta, history = fit_delta(model, tokens, targets, config, forward, progress, desc=task or "fit")
-    iv = Intervention(
-        delta=delta,
-        layer=config.layer,
-        model=ModelSignature.of(model),
-        task=task,
-        template=template.to_dict(),
-        fit_config=config.to_dict(),
-    )
-    return FitResult(iv, history)
+    return fit_many(model, [FitJob(tuple(pairs), config, task)], template, forward, progress)[0]
+
+
+def fit_many(
+    model,
+    jobs: Sequence[FitJob],
+    template: Template,
+    forward: ScoredForward | None = None,
+    progress: bool = True,
+    max_rows: int = MAX_ROWS,
+) -> list[FitResult]:
+    """Fit every job in one batched pass; the same results as fitting them one by one."""
+    if not jobs:
+        raise ValueError("fit_many: no jobs")
+    configs = [job.config for job in jobs]
+    loss = configs[0].loss
+    pairs = [p for job in jobs for p in job.pairs]
+    row_fit = torch.tensor([k for k, job in enumerate(jobs) for _ in job.pairs], dtype=torch.long)
+    tokens, targets = encode_targets(model.tokenizer, template, pairs, include_stop=loss == "sequence")
+    desc = jobs[0].task or "fit" if len(jobs) == 1 else f"{len(jobs)} fits"
+    deltas, histories = optimize(model, tokens, targets, row_fit, configs, forward, progress, max_rows, desc)
+    signature = ModelSignature.of(model)
+    return [
+        FitResult(
+            Intervention(delta, job.config.layer, signature, job.task, template.to_dict(), job.config.to_dict()),
+            history,
+        )
+        for job, delta, history in zip(jobs, deltas, histories)
+    ]
 
 
 def fit_delta(
@@ -103,91 +130,84 @@ def fit_delta(
     config: FitConfig,
     forward: ScoredForward | None = None,
     progress: bool = True,
-    desc: str = "fit",
 ) -> tuple[Float[Tensor, "n_heads d_head"], pd.DataFrame]:
-    """The optimisation loop over pre-tokenised data; returns Δ (on CPU) and the history."""
-    check_layer(model, config.layer)
+    """One fit over pre-tokenised data (e.g. option prompts with ``OptionTargets``)."""
+    row_fit = torch.zeros(len(tokens), dtype=torch.long)
+    deltas, histories = optimize(model, tokens, targets, row_fit, [config], forward, progress)
+    return deltas[0], histories[0]
+
+
+def optimize(
+    model,
+    tokens: TokenBatch,
+    targets: Targets,
+    row_fit: Int[Tensor, " rows"],
+    configs: Sequence[FitConfig],
+    forward: ScoredForward | None = None,
+    progress: bool = True,
+    max_rows: int = MAX_ROWS,
+    desc: str = "fit",
+) -> tuple[Float[Tensor, "fits n_heads d_head"], list[pd.DataFrame]]:
+    """Minimise Σ_k F_k(Δ_k), fit k owning the rows where ``row_fit == k``; returns Δ's and histories."""
+    _check_configs(model, configs, row_fit)
     forward = forward or PrefixCachedForward()
-    torch.manual_seed(config.seed)
-    shape = (model.cfg.n_heads, model.cfg.d_head)
-    n_scored = scored_positions(config.loss, targets)
+    smooth = _smooth_fn(model, tokens, targets, row_fit, configs, forward, max_rows)
+    shape = (len(configs), model.cfg.n_heads, model.cfg.d_head)
+    lr, gamma, lam = (torch.tensor([getattr(c, k) for c in configs], dtype=torch.float32) for k in ("lr", "gamma", "lam"))
+    steps_fn = proximal_steps if configs[0].optimizer == "proximal" else adam_steps
+    histories: list[list[dict]] = [[] for _ in configs]
+    with frozen(model):
+        steps = steps_fn(smooth, shape, lr, gamma, lam, configs[0].steps)
+        bar = tqdm(steps, total=configs[0].steps + 1, desc=desc, disable=not progress, leave=False)
+        for step, (delta, loss) in enumerate(bar):
+            for history, row in zip(histories, _history_rows(step, loss, delta, gamma, lam)):
+                history.append(row)
+            bar.set_postfix(objective=f"{sum(h[-1]['objective'] for h in histories) / len(configs):.4f}")
+    return delta.detach().cpu(), [pd.DataFrame(h) for h in histories]
+
+
+def _smooth_fn(model, tokens, targets, row_fit, configs, forward, max_rows):
+    """f(Δ) = [(1/N_k) Σ_{i: fit(i)=k} L_task(i)]_k and ∇f, in chunks of at most ``max_rows`` rows."""
+    loss_name = configs[0].loss
+    n_scored = scored_positions(loss_name, targets)
+    layers = torch.tensor([c.layer for c in configs])
+    n_rows = torch.bincount(row_fit, minlength=len(configs)).float()
+    chunks = [
+        (tokens.select(idx), targets.select(idx), row_fit[idx])
+        for idx in torch.arange(len(tokens)).split(max_rows)
+    ]
 
     def smooth(delta: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean task loss and its gradient at Δ."""
         delta = delta.detach().requires_grad_(True)
-        loss = task_loss(config.loss, forward(model, config.layer, tokens, delta, n_scored), targets).mean()
-        (grad,) = torch.autograd.grad(loss, delta)
-        return loss.detach(), grad
+        losses, grad = torch.zeros(len(configs)), torch.zeros_like(delta)
+        for chunk_tokens, chunk_targets, fits in chunks:
+            scored = forward(model, layers[fits], chunk_tokens, delta[fits], n_scored)
+            per_row = task_loss(loss_name, scored, chunk_targets).cpu()
+            per_fit = torch.zeros(len(configs)).index_add(0, fits, per_row / n_rows[fits])
+            grad += torch.autograd.grad(per_fit.sum(), delta)[0]
+            losses += per_fit.detach()
+        return losses, grad
 
-    step_fn = _proximal_steps if config.optimizer == "proximal" else _adam_steps
-    rows = []
-    with frozen(model):
-        bar = tqdm(step_fn(smooth, shape, config), total=config.steps + 1, desc=desc, disable=not progress, leave=False)
-        for step, (delta, loss) in enumerate(bar):
-            row = _history_row(step, loss, delta, config)
-            rows.append(row)
-            bar.set_postfix(objective=f"{row['objective']:.4f}", heads=row["active_heads"])
-    return delta.detach().cpu(), pd.DataFrame(rows)
+    return smooth
 
 
-def _history_row(step: int, loss: Tensor, delta: Tensor, config: FitConfig) -> dict:
-    value = float(loss)
-    if not math.isfinite(value):
-        raise NonFiniteLossError(
-            f"task loss is {value} at step {step} (layer {config.layer}, lr {config.lr}); "
-            "lower lr, or check the targets and the model's dtype"
-        )
-    reg = float(penalty(delta, config.gamma, config.lam))
-    norms = torch.linalg.vector_norm(delta, dim=-1)
-    return {
-        "step": step,
-        "objective": value + reg,
-        "task_loss": value,
-        "penalty": reg,
-        "active_heads": int((norms > 0).sum()),
-        "zeros": float((delta == 0).float().mean()),
-    }
+def _check_configs(model, configs: Sequence[FitConfig], row_fit: Tensor) -> None:
+    for c in configs:
+        check_layer(model, c.layer)
+    shared = {(c.loss, c.optimizer, c.steps) for c in configs}
+    if len(shared) != 1:
+        raise ValueError(f"fits batched together must share loss, optimizer and steps; got {sorted(shared)}")
+    counts = torch.bincount(row_fit, minlength=len(configs))
+    if (counts == 0).any() or len(counts) != len(configs):
+        raise ValueError(f"every fit needs at least one training row; rows per fit: {counts.tolist()}")
 
 
-def _check_grad(grad: Tensor, step: int) -> None:
-    if not torch.isfinite(grad).all():
-        raise NonFiniteLossError(f"gradient of the task loss has NaN/inf entries at step {step}")
-
-
-def _proximal_steps(smooth, shape, config: FitConfig):
-    """FISTA: y = x_k + β(x_k − x_{k−1}); x_{k+1} = prox_{ηR}(y − η∇f(y)).
-
-    Momentum restarts when (y − x_{k+1})·(x_{k+1} − x_k) > 0. Yields (y_k, f(y_k))
-    for each step, then the final prox point x with f(x): that one is the fitted Δ.
-    """
-    x = torch.zeros(shape)
-    x_prev, t = x.clone(), 1.0
-    for step in range(config.steps):
-        t_next = (1 + math.sqrt(1 + 4 * t * t)) / 2
-        y = x + ((t - 1) / t_next) * (x - x_prev)
-        loss, grad = smooth(y)
-        _check_grad(grad, step)
-        x_new = prox_sparse_group_lasso(y - config.lr * grad, config.lr, config.gamma, config.lam)
-        if torch.sum((y - x_new) * (x_new - x)) > 0:
-            t_next = 1.0
-        x_prev, x, t = x, x_new, t_next
-        yield y, loss
-    yield x, smooth(x)[0]
-
-
-def _adam_steps(smooth, shape, config: FitConfig):
-    """Adam on the subgradient of F = f + γ‖Δ‖₁ + λ Σ_h ‖Δ_h‖₂.
-
-    Yields (Δ_k, f(Δ_k)) before each step, then the final Δ.
-    """
-    delta = torch.zeros(shape, requires_grad=True)
-    opt = torch.optim.Adam([delta], lr=config.lr)
-    for step in range(config.steps):
-        loss, grad = smooth(delta)
-        _check_grad(grad, step)
-        yield delta.detach().clone(), loss
-        reg = penalty(delta, config.gamma, config.lam)
-        (reg_grad,) = torch.autograd.grad(reg, delta)
-        delta.grad = grad + reg_grad
-        opt.step()
-    yield delta.detach(), smooth(delta)[0]
+def _history_rows(step: int, loss: Tensor, delta: Tensor, gamma: Tensor, lam: Tensor) -> list[dict]:
+    reg = penalty(delta, 1.0, 0.0) * gamma + penalty(delta, 0.0, 1.0) * lam
+    active = (torch.linalg.vector_norm(delta, dim=-1) > 0).sum(-1)
+    zeros = (delta == 0).flatten(1).float().mean(1)
+    return [
+        {"step": step, "objective": float(l + r), "task_loss": float(l), "penalty": float(r),
+         "active_heads": int(a), "zeros": float(z)}
+        for l, r, a, z in zip(loss, reg, active, zeros)
+    ]

@@ -3,7 +3,8 @@
 A ``ScoredForward`` is ``fn(model, layer, tokens, delta, n_scored) -> logits``
 returning ``[batch, n_scored, vocab]``: the logits at positions
 ``last_index + 0 .. last_index + n_scored - 1`` with Δ added to
-``blocks.{layer}.attn.hook_z`` at ``last_index``. Any implementation (e.g. a
+``blocks.{layer}.attn.hook_z`` at ``last_index``. ``layer`` is one int, or one
+per row with a per-row Δ ``[batch, n_heads, d_head]`` (many fits in one batch). Any implementation (e.g. a
 prefix-cached one) must give the same values and gradients as
 :func:`naive_scored_logits`, the reference.
 """
@@ -13,10 +14,10 @@ from __future__ import annotations
 from typing import Protocol
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Int
 from torch import Tensor
 
-from headsteer.hooks import PromptEndAdd, added_hooks, hook_z_name
+from headsteer.hooks import added_hooks, delta_hooks
 from headsteer.prompts import TokenBatch
 
 
@@ -24,7 +25,7 @@ class ScoredForward(Protocol):
     def __call__(
         self,
         model,
-        layer: int,
+        layer: int | Int[Tensor, " batch"],
         tokens: TokenBatch,
         delta: Float[Tensor, "*rows n_heads d_head"],
         n_scored: int,
@@ -42,14 +43,13 @@ def gather_positions(
 
 def naive_scored_logits(
     model,
-    layer: int,
+    layer: int | Int[Tensor, " batch"],
     tokens: TokenBatch,
     delta: Float[Tensor, "*rows n_heads d_head"],
     n_scored: int,
 ) -> Float[Tensor, "batch n_scored vocab"]:
     """Full forward of every row through every layer; the reference implementation."""
-    hook = PromptEndAdd(delta, tokens.last_index, tokens.prompt_len)
     device = model.cfg.device
-    with added_hooks(model, [(hook_z_name(layer), hook)]):
+    with added_hooks(model, delta_hooks(layer, delta, tokens.last_index, tokens.prompt_len)):
         logits = model(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
     return gather_positions(logits, tokens, n_scored)

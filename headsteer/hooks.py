@@ -84,6 +84,24 @@ class PromptEndAdd:
         return act + onehot[:, :, None, None] * delta[:, None]
 
 
+def delta_hooks(
+    layer: int | Int[Tensor, " batch"],
+    delta: Float[Tensor, "*rows n_heads d_head"],
+    last_index: Int[Tensor, " batch"] | None = None,
+    prompt_len: int | None = None,
+) -> list[tuple[str, PromptEndAdd]]:
+    """Hooks adding Δ at one layer, or at each row's own layer (``layer`` per row, Δ per row)."""
+    if isinstance(layer, int):
+        return [(hook_z_name(layer), PromptEndAdd(delta, last_index, prompt_len))]
+    if delta.ndim != 3 or delta.shape[0] != layer.shape[0]:
+        raise ValueError(f"per-row layers need a per-row Δ [batch, n_heads, d_head], got {tuple(delta.shape)}")
+    hooks = []
+    for value in layer.unique().tolist():
+        on = (layer == value).to(delta.dtype)[:, None, None]
+        hooks.append((hook_z_name(int(value)), PromptEndAdd(delta * on, last_index, prompt_len)))
+    return hooks
+
+
 @contextmanager
 def added_hooks(model, hooks: Sequence[tuple[str, PromptEndAdd]]) -> Iterator[None]:
     """Attach ``hooks`` for the body of the ``with``; exactly these are removed in ``finally``.

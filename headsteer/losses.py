@@ -39,6 +39,9 @@ class AnswerTargets:
     target_ids: Int[Tensor, "batch tgt"]
     target_mask: Bool[Tensor, "batch tgt"]
 
+    def select(self, rows: Tensor) -> AnswerTargets:
+        return AnswerTargets(self.target_ids[rows], self.target_mask[rows])
+
 @dataclass(frozen=True)
 class OptionTargets:
     """Per example: the option-letter token ids and the target distribution over them.
@@ -56,6 +59,9 @@ class OptionTargets:
         sums = (self.probs * self.option_mask).sum(-1)
         if not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
             raise ValueError(f"each target distribution must sum to 1 over its options, got {sums.tolist()}")
+
+    def select(self, rows: Tensor) -> OptionTargets:
+        return OptionTargets(self.option_ids[rows], self.option_mask[rows], self.probs[rows])
 
 def option_kl(scored: Float[Tensor, "batch tgt vocab"], options: OptionTargets) -> Float[Tensor, " batch"]:
     """L_i = KL(p_i ‖ q_i) = Σ_k p_ik (log p_ik − log q_ik).

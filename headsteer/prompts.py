@@ -87,6 +87,9 @@ class TokenBatch:
         """Passes at least this long hold every row's prompt (shorter ones continue a KV cache)."""
         return int(self.last_index.max()) + 1
 
+    def select(self, rows: Tensor) -> TokenBatch:
+        return TokenBatch(self.input_ids[rows], self.attention_mask[rows], self.last_index[rows])
+
 def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text)["input_ids"])
 

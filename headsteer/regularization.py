@@ -18,7 +18,10 @@ def penalty(delta: Float[Tensor, "*fits n_heads d_head"], gamma: float, lam: flo
 
 
 def prox_sparse_group_lasso(
-    delta: Float[Tensor, "*fits n_heads d_head"], step: float, gamma: float, lam: float
+    delta: Float[Tensor, "*fits n_heads d_head"],
+    step: float | Tensor,
+    gamma: float | Tensor,
+    lam: float | Tensor,
 ) -> Float[Tensor, "*fits n_heads d_head"]:
     """prox_{ηR}(Δ) = argmin_X ½‖X − Δ‖² + η R(X), in closed form:
 
@@ -26,7 +29,7 @@ def prox_sparse_group_lasso(
         X_h   = U_h · max(0, 1 − ηλ / ‖U_h‖₂)              (group shrink; 0 if U_h = 0)
 
     Entries below ηγ and heads whose thresholded norm is below ηλ become
-    exactly zero.
+    exactly zero. η, γ, λ may be tensors broadcasting against Δ (one per fit).
     """
     u = torch.sign(delta) * (delta.abs() - step * gamma).clamp_min(0.0)
     norms = torch.linalg.vector_norm(u, dim=-1, keepdim=True)

@@ -63,5 +63,5 @@ def test_the_cache_does_not_grow_step_after_step(gemma_tiny):
     lengths = []
     for _ in range(3):
         fast(gemma_tiny, 1, tokens, delta, 2)
-        lengths.append(fast._prefix.cache.get_seq_length())
+        lengths.append(next(iter(fast._prefixes.values()))[1].cache.get_seq_length())
     assert lengths == [int(tokens.last_index.max()) + 2] * 3

@@ -23,7 +23,7 @@ class OneHeadProblem:
         self.bias = torch.randn(4, vocab, generator=g)
 
     def __call__(self, model, layer, tokens, delta, n_scored):
-        moved = torch.einsum("h,hvd,hd->v", self.coef, self.maps, delta)
+        moved = torch.einsum("h,hvd,bhd->bv", self.coef, self.maps, delta)  # Δ arrives per row
         return (self.bias + moved).unsqueeze(1)
 
 
