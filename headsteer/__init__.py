@@ -11,8 +11,8 @@
 
 from headsteer.config import FitConfig
 from headsteer.evaluate import evaluate_pairs, mean_std, summarize
-from headsteer.fit import FitResult, NonFiniteLossError, fit, fit_delta
-from headsteer.generate import greedy_generate, next_token_logits
+from headsteer.fit import FitJob, FitResult, NonFiniteLossError, fit, fit_delta, fit_many
+from headsteer.generate import RowDeltas, greedy_generate, greedy_ids, next_token_logits
 from headsteer.intervention import Intervention, ModelMismatchError, ModelSignature, steer
 from headsteer.models import DEFAULT_MODEL, load_model, wrap_model
 from headsteer.prompts import TEMPLATES, Template, TemplateTokenizationError, encode_prompts, encode_targets, get_template
@@ -21,12 +21,14 @@ from headsteer.tasks import Pair, Task, TaskError, load_task, split_task
 __all__ = [
     "DEFAULT_MODEL",
     "FitConfig",
+    "FitJob",
     "FitResult",
     "Intervention",
     "ModelMismatchError",
     "ModelSignature",
     "NonFiniteLossError",
     "Pair",
+    "RowDeltas",
     "TEMPLATES",
     "Task",
     "TaskError",
@@ -37,8 +39,10 @@ __all__ = [
     "evaluate_pairs",
     "fit",
     "fit_delta",
+    "fit_many",
     "get_template",
     "greedy_generate",
+    "greedy_ids",
     "load_model",
     "load_task",
     "mean_std",

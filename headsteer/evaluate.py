@@ -1,7 +1,7 @@
 """Score a model, with or without interventions, on rule-understanding pairs.
 
-* ``first_token``: the argmax next token after the prompt equals the first
-  token of the answer (Todd et al.'s top-1 accuracy).
+* ``first_token``: the argmax next token after the prompt (the first greedy
+  token) equals the first token of the answer (Todd et al.'s top-1 accuracy).
 * ``exact_match``: the greedy answer (at most ``max_new_tokens``, cut at the
   template's stop string) equals the target after normalisation: surrounding
   whitespace stripped, Unicode case-folded. Nothing else is forgiven
@@ -15,8 +15,7 @@ from typing import Sequence
 import pandas as pd
 from tqdm.auto import tqdm
 
-from headsteer.generate import greedy_generate, next_token_logits
-from headsteer.intervention import Intervention
+from headsteer.generate import RowDeltas, Steering, cut_at_stop, decode, greedy_ids
 from headsteer.prompts import Template, encode_prompts, split_answer_tokens
 from headsteer.tasks import Pair
 
@@ -29,29 +28,34 @@ def evaluate_pairs(
     model,
     pairs: Sequence[Pair],
     template: Template,
-    interventions: Sequence[Intervention] = (),
-    batch_size: int = 32,
+    steering: Steering = (),
+    batch_size: int = 64,
     max_new_tokens: int = 6,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """One row per pair: input, target, prediction, first_token, exact_match."""
+    """One row per pair: input, target, prediction, first_token, exact_match.
+
+    ``steering`` is a list of interventions applied to every pair, or
+    ``RowDeltas`` with one Δ (and layer) per pair.
+    """
     if not pairs:
         raise ValueError("evaluate_pairs: no pairs to evaluate")
+    if isinstance(steering, RowDeltas) and len(steering.layers) != len(pairs):
+        raise ValueError(f"RowDeltas has {len(steering.layers)} rows for {len(pairs)} pairs")
     rows = []
-    batches = range(0, len(pairs), batch_size)
-    for start in tqdm(batches, desc="evaluate", disable=not progress, leave=False):
+    for start in tqdm(range(0, len(pairs), batch_size), desc="evaluate", disable=not progress, leave=False):
         chunk = pairs[start : start + batch_size]
+        part = steering.select(slice(start, start + batch_size)) if isinstance(steering, RowDeltas) else steering
         tokens = encode_prompts(model.tokenizer, template, [p.input for p in chunk])
-        first = next_token_logits(model, tokens, interventions).argmax(-1).cpu()
-        answers = greedy_generate(model, tokens, interventions, max_new_tokens, template.stop)
-        for pair, pred_first, answer in zip(chunk, first.tolist(), answers):
-            target_first = _answer_first_token(model.tokenizer, template, pair)
+        ids = greedy_ids(model, tokens, part, max_new_tokens, template.stop)
+        answers = [cut_at_stop(t, template.stop) for t in decode(model, ids, model.tokenizer.eos_token_id)]
+        for pair, first, answer in zip(chunk, ids[:, 0].tolist(), answers):
             rows.append(
                 {
                     "input": pair.input,
                     "target": pair.output,
                     "prediction": answer,
-                    "first_token": pred_first == target_first,
+                    "first_token": first == _answer_first_token(model.tokenizer, template, pair),
                     "exact_match": normalize(answer) == normalize(pair.output),
                 }
             )

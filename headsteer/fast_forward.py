@@ -96,12 +96,13 @@ def build_prefix(model, tokens: TokenBatch, n_scored: int) -> _Prefix:
     n_real = prefix_mask.sum(1, keepdim=True)
     prefix_positions = (prefix_mask.cumsum(-1) - 1).clamp_min(0)
     suffix_positions = n_real + torch.arange(n_scored)
-    _, cache = model(
-        prefix_ids.to(device),
+    # The prefix needs no Δ and no logits: run the Hugging Face base model (no unembedding).
+    cache = model.original_model.base_model(
+        input_ids=prefix_ids.to(device),
         attention_mask=prefix_mask.to(device),
         position_ids=prefix_positions.to(device),
-        return_type="logits_and_cache",
-    )
+        use_cache=True,
+    ).past_key_values
     saved = [(layer.keys, layer.values) for layer in cache.layers]
     full_mask = torch.cat([prefix_mask, suffix_mask], dim=1)
     return _Prefix(cache, saved, suffix_ids.to(device), full_mask.to(device), suffix_positions.to(device))

@@ -1,22 +1,53 @@
-"""Greedy decoding with a KV cache, Δ added once at each prompt's last token."""
+"""Greedy decoding with a KV cache, Δ added once at each prompt's last token.
+
+The prompt minus its last token is run once through the base model (no Δ,
+no logits); the last prompt token then runs with the Δ hooks attached, and
+every generated token after it runs without them, reading the cache.
+"""
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Sequence, Union
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from headsteer.fast_forward import build_prefix
+from headsteer.hooks import PromptEndAdd, added_hooks, delta_hooks
 from headsteer.intervention import Intervention, steer
 from headsteer.prompts import TokenBatch
+
+
+@dataclass(frozen=True)
+class RowDeltas:
+    """One Δ per row, each at its own layer: many interventions scored in one batch."""
+
+    layers: Int[Tensor, " batch"]
+    deltas: Float[Tensor, "batch n_heads d_head"]
+
+    def select(self, rows: slice | Tensor) -> RowDeltas:
+        return RowDeltas(self.layers[rows], self.deltas[rows])
+
+
+Steering = Union[Sequence[Intervention], RowDeltas]
+
+
+def steering_hooks(model, steering: Steering, last_index: Tensor, prompt_len: int) -> list[tuple[str, PromptEndAdd]]:
+    """The hooks that apply ``steering`` (checking that each intervention fits the model)."""
+    if isinstance(steering, RowDeltas):
+        return delta_hooks(steering.layers, steering.deltas, last_index, prompt_len)
+    for iv in steering:
+        iv.check_fits(model)
+    return [iv.hook(last_index, prompt_len) for iv in steering]
 
 
 @torch.no_grad()
 def next_token_logits(
     model, tokens: TokenBatch, interventions: Sequence[Intervention] = ()
 ) -> Float[Tensor, "batch vocab"]:
-    """Logits after each row's last prompt token, with the interventions applied."""
+    """Logits after each row's last prompt token, with the interventions applied (full forward)."""
     device = model.cfg.device
     with steer(model, interventions, tokens.last_index, tokens.prompt_len):
         logits = model(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
@@ -25,44 +56,41 @@ def next_token_logits(
 
 
 @torch.no_grad()
-def greedy_generate(
-    model,
-    tokens: TokenBatch,
-    interventions: Sequence[Intervention] = (),
-    max_new_tokens: int = 6,
-    stop: str | None = "\n",
-) -> list[str]:
-    """Greedy continuations of left-padded prompts, decoded, cut at ``stop``.
-
-    The prompt pass carries Δ at ``last_index``; each later one-token pass
-    reads the KV cache and gets no Δ of its own.
-    """
+def greedy_ids(
+    model, tokens: TokenBatch, steering: Steering = (), max_new_tokens: int = 6, stop: str | None = "\n"
+) -> Int[Tensor, "batch new"]:
+    """Greedy new token ids for left-padded prompts; stops early once every row holds ``stop`` or EOS."""
     if int(tokens.last_index.min()) != tokens.input_ids.shape[1] - 1:
-        raise ValueError("greedy_generate needs left-padded prompts (use encode_prompts)")
-    device = model.cfg.device
-    ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
-    positions = (mask.cumsum(-1) - 1).clamp_min(0)
-    new = torch.empty((len(tokens), 0), dtype=torch.long, device=device)
-    eos = model.tokenizer.eos_token_id
-    done = torch.zeros(len(tokens), dtype=torch.bool, device=device)
-    with steer(model, interventions, tokens.last_index, tokens.prompt_len):
-        logits, cache = model(ids, attention_mask=mask, position_ids=positions, return_type="logits_and_cache")
-        for step in range(max_new_tokens):
-            nxt = logits[:, -1].argmax(-1, keepdim=True)
-            new = torch.cat([new, nxt], dim=1)
-            done |= nxt.squeeze(-1) == eos
-            finished = stop and all(stop in t.lstrip() for t in _decode(model, new))
-            if step == max_new_tokens - 1 or done.all() or finished:
-                break
-            mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
-            positions = positions[:, -1:] + 1
-            logits, cache = model(
-                nxt, attention_mask=mask, position_ids=positions, past_key_values=cache, return_type="logits_and_cache"
-            )
-    return [cut_at_stop(t, stop) for t in _decode(model, new, eos)]
+        raise ValueError("greedy generation needs left-padded prompts (use encode_prompts)")
+    prefix = build_prefix(model, tokens, n_scored=1)
+    mask, positions = prefix.mask, prefix.suffix_positions
+    at_first = torch.zeros(len(tokens), dtype=torch.long)
+    with added_hooks(model, steering_hooks(model, steering, at_first, prompt_len=1)):
+        logits = model(prefix.suffix_ids, attention_mask=mask, position_ids=positions, past_key_values=prefix.cache)
+    new, eos = [], model.tokenizer.eos_token_id
+    done = torch.zeros(len(tokens), dtype=torch.bool, device=logits.device)
+    for step in range(max_new_tokens):
+        nxt = logits[:, -1].argmax(-1, keepdim=True)
+        new.append(nxt)
+        done |= nxt.squeeze(-1) == eos
+        finished = stop and all(stop in t.lstrip() for t in decode(model, torch.cat(new, 1)))
+        if step == max_new_tokens - 1 or done.all() or finished:
+            break
+        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+        positions = positions[:, -1:] + 1
+        logits = model(nxt, attention_mask=mask, position_ids=positions, past_key_values=prefix.cache)
+    return torch.cat(new, 1).cpu()
 
 
-def _decode(model, new: Int[Tensor, "batch new"], eos: int | None = None) -> list[str]:
+def greedy_generate(
+    model, tokens: TokenBatch, steering: Steering = (), max_new_tokens: int = 6, stop: str | None = "\n"
+) -> list[str]:
+    """Greedy continuations, decoded (up to EOS) and cut at ``stop``."""
+    ids = greedy_ids(model, tokens, steering, max_new_tokens, stop)
+    return [cut_at_stop(t, stop) for t in decode(model, ids, model.tokenizer.eos_token_id)]
+
+
+def decode(model, new: Int[Tensor, "batch new"], eos: int | None = None) -> list[str]:
     texts = []
     for row in new.tolist():
         if eos is not None and eos in row:

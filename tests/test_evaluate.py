@@ -45,3 +45,18 @@ def test_mean_std_across_seeds():
     assert row["first_token_mean"] == pytest.approx(0.2) and row["first_token_std"] == pytest.approx(0.1)
     assert row["seeds"] == 3 and table.set_index("method").loc["b", "first_token_std"] == 0.0
     assert format_mean_std(table).set_index("method").loc["a", "first_token"] == "0.200 ± 0.100"
+
+
+def test_row_deltas_score_like_separate_interventions(gemma_tiny):
+    import torch
+
+    from tests.test_hooks import make_iv
+
+    pairs = [hs.Pair("hot", "cold"), hs.Pair("big", "small"), hs.Pair("up", "down")]
+    a = make_iv(gemma_tiny, scale=3.0, seed=1)
+    b = hs.Intervention(make_iv(gemma_tiny, scale=3.0, seed=2).delta, 2, a.model)
+    rows = hs.RowDeltas(torch.tensor([1] * 3 + [2] * 3), torch.stack([a.delta] * 3 + [b.delta] * 3))
+    together = hs.evaluate_pairs(gemma_tiny, pairs * 2, QA, rows, batch_size=4, progress=False)
+    separate = pd.concat([hs.evaluate_pairs(gemma_tiny, pairs, QA, [iv], progress=False) for iv in (a, b)])
+    pd.testing.assert_frame_equal(together, separate.reset_index(drop=True))
+    assert together["prediction"].tolist() != hs.evaluate_pairs(gemma_tiny, pairs * 2, QA, progress=False)["prediction"].tolist()

@@ -1,0 +1,88 @@
+"""Naive vs prefix-cached fitting, and sequential vs batched fits, measured side by side.
+
+    python benchmarks/fit_speed.py [--steps 10] [--task antonym] [--seeds 5]
+
+Each case runs in its own process (so its peak resident memory is its own)
+on the same model, data and layer, and prints one table:
+
+* single fit, naive full forward vs prefix-cached: seconds per step, ratio;
+* a layer sweep (every layer × ``--seeds`` samples): sequential naive fits
+  (timed on ``--sequential`` of them) vs one batched prefix-cached pass,
+  in fit-steps per second, and the ratio;
+* peak resident memory (model included) of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+
+def case(name: str, steps: int, task: str, seeds: int, sequential: int) -> dict:
+    import headsteer as hs
+    from headsteer.fit import FitJob, fit_many
+    from headsteer.forward import naive_scored_logits
+
+    model = hs.load_model()
+    loaded, template = hs.load_task(task), hs.get_template("qa")
+    train = lambda seed: tuple(hs.split_task(loaded, n_train=10, seed=seed)[0])  # noqa: E731
+    config = lambda layer, seed: hs.FitConfig(layer=layer, seed=seed, steps=steps)  # noqa: E731
+    start = time.perf_counter()
+    if name in ("naive", "fast"):
+        forward = naive_scored_logits if name == "naive" else None
+        hs.fit(model, train(0), template, config(4, 0), forward=forward, progress=False)
+        fits = 1
+    elif name == "sequential-naive":
+        layers = range(0, model.cfg.n_layers, max(1, model.cfg.n_layers // sequential))[:sequential]
+        for layer in layers:
+            hs.fit(model, train(0), template, config(layer, 0), forward=naive_scored_logits, progress=False)
+        fits = len(layers)
+    else:
+        jobs = [FitJob(train(s), config(l, s)) for l in range(model.cfg.n_layers) for s in range(seeds)]
+        fit_many(model, jobs, template, progress=False)
+        fits = len(jobs)
+    seconds = time.perf_counter() - start
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    # steps + 1 forward/backward passes per fit (the last evaluates the returned Δ)
+    return {"case": name, "fits": fits, "seconds": seconds, "fit_steps_per_s": fits * (steps + 1) / seconds, "peak_gib": peak_gib}
+
+
+def run_case(name: str, args: argparse.Namespace) -> dict:
+    cmd = [sys.executable, __file__, "--case", name, "--steps", str(args.steps), "--task", args.task,
+           "--seeds", str(args.seeds), "--sequential", str(args.sequential)]
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--task", default="antonym")
+    parser.add_argument("--seeds", type=int, default=5, help="training samples per layer in the batched sweep")
+    parser.add_argument("--sequential", type=int, default=3, help="naive fits timed for the sequential baseline")
+    parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(case(args.case, args.steps, args.task, args.seeds, args.sequential)))
+        return
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+          f"torch {torch.__version__}; task {args.task}, N=10, {args.steps} steps per fit")
+    rows = {name: run_case(name, args) for name in ("naive", "fast", "sequential-naive", "batched-fast")}
+    print("| case | fits | wall s | fit-steps/s | peak RSS GiB |\n|---|---:|---:|---:|---:|")
+    for r in rows.values():
+        print(f"| {r['case']} | {r['fits']} | {r['seconds']:.1f} | {r['fit_steps_per_s']:.2f} | {r['peak_gib']:.2f} |")
+    single = rows["fast"]["fit_steps_per_s"] / rows["naive"]["fit_steps_per_s"]
+    batched = rows["batched-fast"]["fit_steps_per_s"] / rows["sequential-naive"]["fit_steps_per_s"]
+    print(f"\nsingle fit, fast / naive steps per second: {single:.2f}x (target 2.5x)")
+    print(f"layer sweep, batched fast / sequential naive fit-steps per second: {batched:.2f}x (target 8x)")
+
+
+if __name__ == "__main__":
+    main()
