@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default=None, help="write the per-seed results to this CSV")
 
+    p = sub.add_parser("sweep", help="fit and score every (layer, seed); resumable CSV (the paper's Figure 1)")
+    _add_model_args(p), _add_task_args(p), _add_fit_args(p)
+    p.set_defaults(max_test=100)
+    p.add_argument("--layers", default="all", help="'all', a list '0,2,4' or a range '0-8'")
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..SEEDS-1")
+    p.add_argument("--out", required=True, help="results CSV; rerun the same command to resume")
+
     p = sub.add_parser("demo", help="the README's main job: default model, built-in antonyms, a few minutes")
     _add_model_args(p)
     p.add_argument("--task", default="builtin/antonym")

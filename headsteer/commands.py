@@ -12,6 +12,7 @@ from headsteer.experiments import fit_and_score, zero_shot_vs_fitted
 from headsteer.intervention import Intervention
 from headsteer.models import load_model
 from headsteer.prompts import Template, get_template
+from headsteer.sweep import sweep as run_sweep
 from headsteer.tasks import load_task, split_task
 
 
@@ -64,6 +65,29 @@ def compare(args: argparse.Namespace) -> int:
         results.to_csv(args.out, index=False)
     table = format_mean_std(mean_std(results, by=["task", "layer", "method"]))
     print(table.to_markdown(index=False))
+    return 0
+
+
+def parse_layers(text: str, n_layers: int) -> list[int]:
+    """'all', '0,2,4' or '0-8' (inclusive) as a list of layer indices."""
+    if text == "all":
+        return list(range(n_layers))
+    if "-" in text:
+        lo, hi = (int(x) for x in text.split("-", 1))
+        return list(range(lo, hi + 1))
+    return [int(x) for x in text.split(",")]
+
+
+def sweep(args: argparse.Namespace) -> int:
+    config = _config(args, 0)
+    task = load_task(args.task, args.data_dir)
+    model = load_model(args.model, args.cache_dir)
+    layers = parse_layers(args.layers, model.cfg.n_layers)
+    table = run_sweep(model, task, get_template(args.template), layers, range(args.seeds), config,
+                      args.n_train, _max_test(args), args.out)
+    summary = table.groupby("layer")[["first_token", "exact_match", "zero_shot_first_token"]].agg(["mean", "std"])
+    print(summary.round(3).to_markdown())
+    print(f"wrote {args.out}")
     return 0
 
 

@@ -62,3 +62,14 @@ def test_eval_refuses_a_mismatched_model(tmp_path, capsys):
     assert main(["fit", "--model", gemma_dir, "--task", "builtin/antonym", "--out", str(out), *FAST]) == 0
     assert main(["eval", "--model", gpt2_dir, "--task", "builtin/antonym", "--intervention", str(out)]) == 2
     assert "does not fit this model" in capsys.readouterr().err
+
+
+def test_sweep_writes_a_resumable_csv(model_dir, tmp_path, capsys):
+    out = tmp_path / "sweep.csv"
+    args = ["sweep", "--model", model_dir, "--task", "builtin/antonym", "--layers", "0-1", "--seeds", "2",
+            "--out", str(out), "--steps", "2", "--max-test", "4"]
+    assert main(args) == 0
+    assert len(out.read_text().splitlines()) == 1 + 4
+    assert main(args) == 0  # everything done: nothing refitted, same file
+    assert len(out.read_text().splitlines()) == 1 + 4
+    assert "first_token" in capsys.readouterr().out

@@ -1,0 +1,123 @@
+"""Layer × seed sweeps (the paper's Figure 1): batched fits, batched scoring, resumable results.
+
+Each finished batch of cells is merged into the results CSV by an atomic
+replace, so a sweep killed at any point keeps every cell written so far;
+restarted with the same settings it skips those cells. The settings live in
+``<out>.settings.json`` and a restart with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from headsteer.config import FitConfig
+from headsteer.evaluate import evaluate_pairs
+from headsteer.fit import FitJob, fit_many
+from headsteer.generate import RowDeltas
+from headsteer.prompts import Template
+from headsteer.tasks import Pair, Task, split_task
+
+COLUMNS = ["task", "layer", "seed", "n_train", "n_test", "first_token", "exact_match",
+           "zero_shot_first_token", "zero_shot_exact_match", "final_task_loss", "active_heads"]
+
+
+def sweep(
+    model,
+    task: Task,
+    template: Template,
+    layers: Sequence[int],
+    seeds: Sequence[int],
+    config: FitConfig = FitConfig(),
+    n_train: int = 10,
+    max_test: int | None = 100,
+    out: str | Path | None = None,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Fit and score every (layer, seed) cell; one tidy row per cell.
+
+    Cells of one seed are fitted together in one batch (``fit_many``) and
+    scored together (``RowDeltas``); with ``out``, results are written after
+    each batch and finished cells are skipped on restart.
+    """
+    settings = {"task": task.name, "template": template.to_dict(), "config": config.to_dict(),
+                "n_train": n_train, "max_test": max_test, "model": str(model.cfg.model_name)}
+    done = _load_results(Path(out), settings) if out else pd.DataFrame(columns=COLUMNS)
+    finished = set(zip(done["layer"].astype(int), done["seed"].astype(int)))
+    todo = {s: [l for l in layers if (l, s) not in finished] for s in seeds}
+    bar = tqdm(total=sum(map(len, todo.values())), desc=f"sweep {task.name}", disable=not progress)
+    for seed, cell_layers in todo.items():
+        if not cell_layers:
+            continue
+        rows = _run_seed(model, task, template, config, cell_layers, seed, n_train, max_test)
+        done = pd.concat([done, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
+        if out:
+            _write_csv(Path(out), done)
+        bar.update(len(cell_layers))
+    bar.close()
+    wanted = done["layer"].astype(int).isin(layers) & done["seed"].astype(int).isin(seeds)
+    return done[wanted].sort_values(["layer", "seed"]).reset_index(drop=True)
+
+
+def _run_seed(model, task, template, config, layers, seed, n_train, max_test) -> list[dict]:
+    """Fit Δ at every layer on one seed's training sample, then score all of them at once."""
+    train, test = split_task(task, n_train=n_train, seed=seed, max_test=max_test)
+    jobs = [FitJob(tuple(train), replace(config, layer=l, seed=seed), task.name) for l in layers]
+    results = fit_many(model, jobs, template, progress=False)
+    zero = evaluate_pairs(model, test, template, (), progress=False)
+    steered = _score_all(model, test, template, [r.intervention for r in results])
+    rows = []
+    for k, (layer, result) in enumerate(zip(layers, results)):
+        scores = steered.iloc[k * len(test) : (k + 1) * len(test)]
+        rows.append({
+            "task": task.name, "layer": layer, "seed": seed, "n_train": len(train), "n_test": len(test),
+            "first_token": scores["first_token"].mean(), "exact_match": scores["exact_match"].mean(),
+            "zero_shot_first_token": zero["first_token"].mean(), "zero_shot_exact_match": zero["exact_match"].mean(),
+            "final_task_loss": float(result.history["task_loss"].iloc[-1]),
+            "active_heads": len(result.intervention.active_heads()),
+        })
+    return rows
+
+
+def _score_all(model, test: list[Pair], template: Template, interventions) -> pd.DataFrame:
+    """``evaluate_pairs`` of every intervention on ``test``, as one batch of per-row Δ's."""
+    for iv in interventions:
+        iv.check_fits(model)
+    n = len(test)
+    layers = torch.tensor([iv.layer for iv in interventions]).repeat_interleave(n)
+    deltas = torch.stack([iv.delta for iv in interventions]).repeat_interleave(n, dim=0)
+    return evaluate_pairs(model, test * len(interventions), template, RowDeltas(layers, deltas), progress=False)
+
+
+def _settings_path(out: Path) -> Path:
+    return out.with_name(out.name + ".settings.json")
+
+
+def _load_results(out: Path, settings: dict) -> pd.DataFrame:
+    """Earlier results of this sweep, refusing ones made with other settings."""
+    path = _settings_path(out)
+    if path.is_file():
+        earlier = json.loads(path.read_text())
+        if earlier != settings:
+            changed = sorted(k for k in settings if earlier.get(k) != settings[k])
+            raise ValueError(f"{out} holds a sweep with other settings ({', '.join(changed)}); use another --out")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=2))
+    if not out.is_file():
+        return pd.DataFrame(columns=COLUMNS)
+    return pd.read_csv(out)
+
+
+def _write_csv(out: Path, frame: pd.DataFrame) -> None:
+    with tempfile.NamedTemporaryFile("w", dir=out.parent, suffix=".tmp", delete=False) as tmp:
+        frame.to_csv(tmp, index=False)
+    os.replace(tmp.name, out)
