@@ -4,13 +4,16 @@
 on Δ, at any layer, so their keys and values are computed once per batch
 (the *prefix*, left-padded and run with a KV cache). Each step then runs only
 the *suffix* — positions p_i .. p_i + n_scored − 1 — through the model,
-reading the prefix cache, and unembeds just those positions:
+reading the prefix cache, and returns their final hidden states with the
+unembedding (:class:`headsteer.unembed.FinalHidden`), which the losses read
+in one streaming pass instead of materialising ``[rows, vocab]`` logits:
 
-    logits_i = model(x_i[p_i : p_i + n_scored] | KV(x_i[:p_i]));  Δ added at suffix position 0
+    h_i = base_model(x_i[p_i : p_i + n_scored] | KV(x_i[:p_i]));  Δ added at suffix position 0
 
 Same values and gradients as :func:`headsteer.forward.naive_scored_logits`
 (up to fp32 summation order); the cost per step is the suffix through every
-layer plus ``n_scored`` rows of the unembedding instead of every position.
+layer plus one read of the unembedding for ``n_scored`` rows, instead of
+every position's logits and their gradient.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from torch import Tensor
 
 from headsteer.hooks import added_hooks, delta_hooks
 from headsteer.prompts import TokenBatch
+from headsteer.unembed import FinalHidden, output_embedding
 
 
 @dataclass
@@ -56,7 +60,7 @@ class PrefixCachedForward:
         tokens: TokenBatch,
         delta: Float[Tensor, "*rows n_heads d_head"],
         n_scored: int,
-    ) -> Float[Tensor, "batch n_scored vocab"]:
+    ) -> FinalHidden:
         key = (id(model), id(tokens), n_scored)
         if key not in self._prefixes:  # the entry keeps ``tokens`` alive, so its id stays unique
             self._prefixes[key] = (tokens, build_prefix(model, tokens, n_scored))
@@ -64,12 +68,14 @@ class PrefixCachedForward:
         _restore(prefix)
         at_first = torch.zeros(len(tokens), dtype=torch.long)  # Δ at suffix position 0
         with added_hooks(model, delta_hooks(layer, delta, at_first, prompt_len=1)):
-            return model(
-                prefix.suffix_ids,
+            hidden = model.original_model.base_model(
+                input_ids=prefix.suffix_ids,
                 attention_mask=prefix.mask,
                 position_ids=prefix.suffix_positions,
                 past_key_values=prefix.cache,
-            )
+                use_cache=True,
+            ).last_hidden_state
+        return FinalHidden(hidden, *output_embedding(model))
 
 
 @torch.no_grad()

@@ -1,9 +1,11 @@
 """The forward the fitter differentiates: logits at the scored positions under Δ.
 
-A ``ScoredForward`` is ``fn(model, layer, tokens, delta, n_scored) -> logits``
-returning ``[batch, n_scored, vocab]``: the logits at positions
+A ``ScoredForward`` is ``fn(model, layer, tokens, delta, n_scored) -> scored``
+returning, at positions
 ``last_index + 0 .. last_index + n_scored - 1`` with Δ added to
-``blocks.{layer}.attn.hook_z`` at ``last_index``. ``layer`` is one int, or one
+``blocks.{layer}.attn.hook_z`` at ``last_index``, either the logits
+``[batch, n_scored, vocab]`` or a :class:`~headsteer.unembed.FinalHidden`
+(see ``headsteer.losses``). ``layer`` is one int, or one
 per row with a per-row Δ ``[batch, n_heads, d_head]`` (many fits in one batch). Any implementation (e.g. a
 prefix-cached one) must give the same values and gradients as
 :func:`naive_scored_logits`, the reference.
@@ -18,6 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from headsteer.hooks import added_hooks, delta_hooks
+from headsteer.losses import Scored
 from headsteer.prompts import TokenBatch
 
 
@@ -29,7 +32,7 @@ class ScoredForward(Protocol):
         tokens: TokenBatch,
         delta: Float[Tensor, "*rows n_heads d_head"],
         n_scored: int,
-    ) -> Float[Tensor, "batch n_scored vocab"]: ...
+    ) -> Scored: ...
 
 
 def gather_positions(

@@ -1,35 +1,43 @@
-"""Task losses, one value per example, from the logits at the scored positions.
+"""Task losses, one value per example, from what the forward gives at the scored positions.
 
-``scored[i, j]`` are the logits at position ``last_index[i] + j``: the ones
-that predict the answer's j-th token.
+``scored[i, j]`` is position ``last_index[i] + j`` (the one that predicts the
+answer's j-th token): either its logits ``[batch, tgt, vocab]`` or, from the
+prefix-cached forward, its final hidden state with the unembedding
+(:class:`FinalHidden`, which never materialises the full logits).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Union
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
+from headsteer.unembed import FinalHidden
 
-def first_token_nll(
-    scored: Float[Tensor, "batch tgt vocab"], target_ids: Int[Tensor, "batch tgt"]
-) -> Float[Tensor, " batch"]:
+
+Scored = Union[Float[Tensor, "batch tgt vocab"], FinalHidden]
+
+
+def _token_nll(scored: Scored, target_ids: Int[Tensor, "batch tgt"]) -> Float[Tensor, "batch tgt"]:
+    if isinstance(scored, FinalHidden):
+        return scored.token_nll(target_ids)
+    logp = torch.log_softmax(scored.float(), dim=-1)
+    return -logp.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)
+
+
+def first_token_nll(scored: Scored, target_ids: Int[Tensor, "batch tgt"]) -> Float[Tensor, " batch"]:
     """L_i = −log p(y_i,1 | x_i): NLL of the target's first token (the paper's loss)."""
-    logp = torch.log_softmax(scored[:, 0].float(), dim=-1)
-    return -logp.gather(-1, target_ids[:, :1]).squeeze(-1)
+    return _token_nll(scored[:, :1], target_ids[:, :1]).squeeze(-1)
 
 
 def sequence_nll(
-    scored: Float[Tensor, "batch tgt vocab"],
-    target_ids: Int[Tensor, "batch tgt"],
-    target_mask: Bool[Tensor, "batch tgt"],
+    scored: Scored, target_ids: Int[Tensor, "batch tgt"], target_mask: Bool[Tensor, "batch tgt"]
 ) -> Float[Tensor, " batch"]:
     """L_i = −Σ_j log p(y_i,j | x_i, y_i,<j): teacher-forced NLL of the whole answer."""
-    logp = torch.log_softmax(scored.float(), dim=-1)
-    token_nll = -logp.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)
-    return (token_nll * target_mask).sum(-1)
+    return (_token_nll(scored, target_ids) * target_mask).sum(-1)
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,7 @@ class OptionTargets:
     def select(self, rows: Tensor) -> OptionTargets:
         return OptionTargets(self.option_ids[rows], self.option_mask[rows], self.probs[rows])
 
-def option_kl(scored: Float[Tensor, "batch tgt vocab"], options: OptionTargets) -> Float[Tensor, " batch"]:
+def option_kl(scored: Scored, options: OptionTargets) -> Float[Tensor, " batch"]:
     """L_i = KL(p_i ‖ q_i) = Σ_k p_ik (log p_ik − log q_ik).
 
     q_i is the model's next-token distribution renormalised over the option
@@ -71,7 +79,10 @@ def option_kl(scored: Float[Tensor, "batch tgt vocab"], options: OptionTargets) 
     forward direction KL(target ‖ model) is mass-covering: it is large when
     the model gives little probability to an answer the group often picks.
     """
-    logits = scored[:, 0].float().gather(-1, options.option_ids)
+    if isinstance(scored, FinalHidden):
+        logits = scored.logits_of(options.option_ids)
+    else:
+        logits = scored[:, 0].float().gather(-1, options.option_ids)
     logits = logits.masked_fill(~options.option_mask, float("-inf"))
     log_q = torch.log_softmax(logits, dim=-1)
     p = options.probs * options.option_mask
@@ -90,7 +101,7 @@ def scored_positions(loss: str, targets: Targets) -> int:
     return 1
 
 
-def task_loss(loss: str, scored: Float[Tensor, "batch tgt vocab"], targets: Targets) -> Float[Tensor, " batch"]:
+def task_loss(loss: str, scored: Scored, targets: Targets) -> Float[Tensor, " batch"]:
     """Dispatch to the named per-example loss, checking the targets fit it."""
     if loss == "option_kl":
         if not isinstance(targets, OptionTargets):

@@ -51,7 +51,10 @@ def test_cache_follows_the_batch(gemma_tiny):
     for tokens in (a, b, a):
         with torch.no_grad():
             torch.testing.assert_close(
-                fast(gemma_tiny, 1, tokens, zero, 1), naive_scored_logits(gemma_tiny, 1, tokens, zero, 1), rtol=1e-5, atol=1e-5
+                fast(gemma_tiny, 1, tokens, zero, 1).logits(),
+                naive_scored_logits(gemma_tiny, 1, tokens, zero, 1),
+                rtol=1e-5,
+                atol=1e-5,
             )
 
 
