@@ -27,7 +27,6 @@ def batch(model, side):
         return tokens
     # Re-pack the same rows right-padded.
     rows = [r[m.bool()] for r, m in zip(tokens.input_ids, tokens.attention_mask)]
-    width = tokens.input_ids.shape[1]
     ids = torch.zeros_like(tokens.input_ids)
     mask = torch.zeros_like(tokens.attention_mask)
     for i, r in enumerate(rows):
