@@ -57,7 +57,7 @@ def sweep(
     for seed, cell_layers in todo.items():
         if not cell_layers:
             continue
-        rows = _run_seed(model, task, template, config, cell_layers, seed, n_train, max_test)
+        rows = _run_seed(model, task, template, config, cell_layers, seed, n_train, max_test, progress)
         done = pd.concat([done, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
         if out:
             _write_csv(Path(out), done)
@@ -67,11 +67,11 @@ def sweep(
     return done[wanted].sort_values(["layer", "seed"]).reset_index(drop=True)
 
 
-def _run_seed(model, task, template, config, layers, seed, n_train, max_test) -> list[dict]:
+def _run_seed(model, task, template, config, layers, seed, n_train, max_test, progress=False) -> list[dict]:
     """Fit Δ at every layer on one seed's training sample, then score all of them at once."""
     train, test = split_task(task, n_train=n_train, seed=seed, max_test=max_test)
     jobs = [FitJob(tuple(train), replace(config, layer=l, seed=seed), task.name) for l in layers]
-    results = fit_many(model, jobs, template, progress=False)
+    results = fit_many(model, jobs, template, progress=progress)  # an inner bar over steps
     zero = evaluate_pairs(model, test, template, (), progress=False)
     steered = _score_all(model, test, template, [r.intervention for r in results])
     rows = []
