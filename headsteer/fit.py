@@ -203,7 +203,7 @@ def _check_configs(model, configs: Sequence[FitConfig], row_fit: Tensor) -> None
 
 
 def _history_rows(step: int, loss: Tensor, delta: Tensor, gamma: Tensor, lam: Tensor) -> list[dict]:
-    reg = penalty(delta, 1.0, 0.0) * gamma + penalty(delta, 0.0, 1.0) * lam
+    reg = penalty(delta, gamma, lam)
     active = (torch.linalg.vector_norm(delta, dim=-1) > 0).sum(-1)
     zeros = (delta == 0).flatten(1).float().mean(1)
     return [

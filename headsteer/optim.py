@@ -75,7 +75,7 @@ def adam_steps(
         _check(loss, grad, step)
         yield delta, loss
         d = delta.detach().requires_grad_(True)
-        (reg_grad,) = torch.autograd.grad(penalty(d, 1.0, 0.0) @ gamma + penalty(d, 0.0, 1.0) @ lam, d)
+        (reg_grad,) = torch.autograd.grad(penalty(d, gamma, lam).sum(), d)
         g = grad + reg_grad
         m = betas[0] * m + (1 - betas[0]) * g
         v = betas[1] * v + (1 - betas[1]) * g * g

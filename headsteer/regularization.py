@@ -10,8 +10,10 @@ from jaxtyping import Float
 from torch import Tensor
 
 
-def penalty(delta: Float[Tensor, "*fits n_heads d_head"], gamma: float, lam: float) -> Float[Tensor, " *fits"]:
-    """R(Δ) = γ‖Δ‖₁ + λ Σ_h ‖Δ_h‖₂ (one value per leading index)."""
+def penalty(
+    delta: Float[Tensor, "*fits n_heads d_head"], gamma: float | Tensor, lam: float | Tensor
+) -> Float[Tensor, " *fits"]:
+    """R(Δ) = γ‖Δ‖₁ + λ Σ_h ‖Δ_h‖₂, one value per leading index (γ, λ may be one per fit)."""
     l1 = delta.abs().sum(dim=(-2, -1))
     group = torch.linalg.vector_norm(delta, dim=-1).sum(-1)
     return gamma * l1 + lam * group
