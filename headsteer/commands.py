@@ -84,7 +84,7 @@ def sweep(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.cache_dir)
     layers = parse_layers(args.layers, model.cfg.n_layers)
     table = run_sweep(model, task, get_template(args.template), layers, range(args.seeds), config,
-                      args.n_train, _max_test(args), args.out)
+                      args.n_train, _max_test(args), args.out, fast=args.fast)
     summary = table.groupby("layer")[["first_token", "exact_match", "zero_shot_first_token"]].agg(["mean", "std"])
     print(summary.round(3).to_markdown())
     print(f"wrote {args.out}")

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from headsteer.config import FitConfig
 from headsteer.evaluate import evaluate_pairs
 from headsteer.fit import FitJob, fit_many
+from headsteer.forward import naive_scored_logits
 from headsteer.generate import RowDeltas
 from headsteer.prompts import Template
 from headsteer.tasks import Pair, Task, split_task
@@ -41,12 +42,14 @@ def sweep(
     max_test: int | None = 100,
     out: str | Path | None = None,
     progress: bool = True,
+    fast: bool = True,
 ) -> pd.DataFrame:
     """Fit and score every (layer, seed) cell; one tidy row per cell.
 
     Cells of one seed are fitted together in one batch (``fit_many``) and
     scored together (``RowDeltas``); with ``out``, results are written after
-    each batch and finished cells are skipped on restart.
+    each batch and finished cells are skipped on restart. ``fast=False``
+    fits with the naive full forward (the reference).
     """
     settings = {"task": task.name, "template": template.to_dict(), "config": config.to_dict(),
                 "n_train": n_train, "max_test": max_test, "model": str(model.cfg.model_name)}
@@ -57,7 +60,7 @@ def sweep(
     for seed, cell_layers in todo.items():
         if not cell_layers:
             continue
-        rows = _run_seed(model, task, template, config, cell_layers, seed, n_train, max_test, progress)
+        rows = _run_seed(model, task, template, config, cell_layers, seed, n_train, max_test, progress, fast)
         done = pd.concat([done, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
         if out:
             _write_csv(Path(out), done)
@@ -67,11 +70,12 @@ def sweep(
     return done[wanted].sort_values(["layer", "seed"]).reset_index(drop=True)
 
 
-def _run_seed(model, task, template, config, layers, seed, n_train, max_test, progress=False) -> list[dict]:
+def _run_seed(model, task, template, config, layers, seed, n_train, max_test, progress=False, fast=True) -> list[dict]:
     """Fit Δ at every layer on one seed's training sample, then score all of them at once."""
     train, test = split_task(task, n_train=n_train, seed=seed, max_test=max_test)
     jobs = [FitJob(tuple(train), replace(config, layer=l, seed=seed), task.name) for l in layers]
-    results = fit_many(model, jobs, template, progress=progress)  # an inner bar over steps
+    forward = None if fast else naive_scored_logits
+    results = fit_many(model, jobs, template, forward, progress=progress)  # an inner bar over steps
     zero = evaluate_pairs(model, test, template, (), progress=False)
     steered = _score_all(model, test, template, [r.intervention for r in results])
     rows = []

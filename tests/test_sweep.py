@@ -48,3 +48,13 @@ def test_resuming_with_other_settings_is_refused(gemma_tiny, tmp_path):
     sweep(gemma_tiny, TASK, QA, layers=[0], seeds=[0], config=CONFIG, max_test=4, out=out, progress=False)
     with pytest.raises(ValueError, match=r"other settings \(config\)"):
         sweep(gemma_tiny, TASK, QA, layers=[0], seeds=[0], config=hs.FitConfig(steps=4), max_test=4, out=out, progress=False)
+
+
+def test_sweep_can_fit_with_the_naive_reference(gemma_tiny, monkeypatch):
+    calls = []
+    real = sweep_module.naive_scored_logits
+    monkeypatch.setattr(sweep_module, "naive_scored_logits", lambda *a: calls.append(1) or real(*a))
+    naive = sweep(gemma_tiny, TASK, QA, layers=[1], seeds=[0], config=CONFIG, max_test=4, progress=False, fast=False)
+    assert calls, "fast=False must fit with the naive forward"
+    fast = sweep(gemma_tiny, TASK, QA, layers=[1], seeds=[0], config=CONFIG, max_test=4, progress=False)
+    assert naive.final_task_loss.tolist() == pytest.approx(fast.final_task_loss.tolist(), rel=1e-4, abs=1e-5)
