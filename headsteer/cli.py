@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from headsteer.config import LOSSES, OPTIMIZERS, FitConfig
+from headsteer.config import DEFAULT_LR, LOSSES, OPTIMIZERS, FitConfig
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -30,7 +30,8 @@ def _add_fit_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--loss", choices=LOSSES, default=d.loss)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default=d.optimizer)
     p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr", type=float, default=None,
+                   help="step size; default per optimizer: " + ", ".join(f"{k} {v}" for k, v in DEFAULT_LR.items()))
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
                    help="prefix-cached forward (default); --no-fast runs the naive full forward, the reference")
 
@@ -65,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the README's main job: default model, built-in antonyms, a few minutes")
     _add_model_args(p)
     p.add_argument("--task", default="builtin/antonym")
-    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--steps", type=int, default=FitConfig().steps)
     return parser
 
 

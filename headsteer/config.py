@@ -12,10 +12,12 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
 LossName = Literal["first_token", "sequence", "option_kl"]
-OptimizerName = Literal["proximal", "adam"]
+OptimizerName = Literal["prox_adam", "fista", "adam"]
 
 LOSSES: tuple[str, ...] = ("first_token", "sequence", "option_kl")
-OPTIMIZERS: tuple[str, ...] = ("proximal", "adam")
+OPTIMIZERS: tuple[str, ...] = ("prox_adam", "fista", "adam")
+# Step size used when ``lr`` is not given, per optimizer (chosen on antonym layer sweeps, see README).
+DEFAULT_LR: dict[str, float] = {"prox_adam": 0.15, "fista": 0.3, "adam": 0.05}
 
 
 @dataclass(frozen=True)
@@ -29,11 +31,14 @@ class FitConfig:
         loss: ``first_token`` (NLL of the target's first token, the paper's),
             ``sequence`` (teacher-forced NLL of every target token, answer end
             included) or ``option_kl`` (KL(target ‖ model) over an option set).
-        optimizer: ``proximal`` (accelerated proximal gradient with the
-            closed-form sparse-group-lasso prox: exact zeros) or ``adam``
-            (Adam on the subgradient of the whole objective, the paper's way).
+        optimizer: ``prox_adam`` (Adam's moments on the task loss, then the
+            sparse-group-lasso prox in Adam's metric: exact zeros, the default),
+            ``fista`` (accelerated proximal gradient, fixed step, closed-form
+            prox) or ``adam`` (Adam on the subgradient of the whole objective,
+            the paper's way: no exact zeros).
         steps: optimisation steps (each a full pass over the training set).
-        lr: step size η of the proximal method, or Adam's learning rate.
+        lr: step size η (Adam's learning rate for the Adam-based ones); None
+            takes ``DEFAULT_LR[optimizer]``, and the resolved value is stored.
         seed: seeds the training sample and any randomness in the fit.
     """
 
@@ -41,9 +46,9 @@ class FitConfig:
     gamma: float = 0.01
     lam: float = 0.01
     loss: LossName = "first_token"
-    optimizer: OptimizerName = "proximal"
-    steps: int = 100
-    lr: float = 0.3
+    optimizer: OptimizerName = "prox_adam"
+    steps: int = 50
+    lr: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -59,7 +64,9 @@ class FitConfig:
             raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
-        if not math.isfinite(self.lr) or self.lr <= 0:
+        if self.lr is None:
+            object.__setattr__(self, "lr", DEFAULT_LR[self.optimizer])
+        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if not isinstance(self.seed, int):
             raise ValueError(f"seed must be an int, got {self.seed!r}")

@@ -26,11 +26,12 @@ from headsteer.forward import ScoredForward
 from headsteer.hooks import check_layer
 from headsteer.intervention import Intervention, ModelSignature
 from headsteer.losses import Targets, scored_positions, task_loss
-from headsteer.optim import NonFiniteLossError, adam_steps, proximal_steps
+from headsteer.optim import NonFiniteLossError, adam_steps, fista_steps, prox_adam_steps
 from headsteer.prompts import Template, TokenBatch, encode_targets
 from headsteer.regularization import penalty
 from headsteer.tasks import Pair
 
+OPTIMIZERS = {"prox_adam": prox_adam_steps, "fista": fista_steps, "adam": adam_steps}
 # Rows per forward/backward chunk: bounds the [rows, vocab] logits held at once.
 MAX_ROWS = 128
 
@@ -154,7 +155,7 @@ def optimize(
     smooth = _smooth_fn(model, tokens, targets, row_fit, configs, forward, max_rows)
     shape = (len(configs), model.cfg.n_heads, model.cfg.d_head)
     lr, gamma, lam = (torch.tensor([getattr(c, k) for c in configs], dtype=torch.float32) for k in ("lr", "gamma", "lam"))
-    steps_fn = proximal_steps if configs[0].optimizer == "proximal" else adam_steps
+    steps_fn = OPTIMIZERS[configs[0].optimizer]
     histories: list[list[dict]] = [[] for _ in configs]
     with frozen(model):
         steps = steps_fn(smooth, shape, lr, gamma, lam, configs[0].steps)

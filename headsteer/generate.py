@@ -59,27 +59,46 @@ def next_token_logits(
 def greedy_ids(
     model, tokens: TokenBatch, steering: Steering = (), max_new_tokens: int = 6, stop: str | None = "\n"
 ) -> Int[Tensor, "batch new"]:
-    """Greedy new token ids for left-padded prompts; stops early once every row holds ``stop`` or EOS."""
+    """Greedy new token ids for left-padded prompts.
+
+    A row stops once it emits EOS or its text holds ``stop`` (after leading
+    whitespace); it then leaves the batch (its cache rows are dropped), and its
+    remaining positions are filled with EOS. Decoding stops when no row is left.
+    """
     if int(tokens.last_index.min()) != tokens.input_ids.shape[1] - 1:
         raise ValueError("greedy generation needs left-padded prompts (use encode_prompts)")
+    eos = model.tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("greedy generation needs a tokenizer with an EOS token to mark finished rows")
     prefix = build_prefix(model, tokens, n_scored=1)
-    mask, positions = prefix.mask, prefix.suffix_positions
+    mask, positions, cache = prefix.mask, prefix.suffix_positions, prefix.cache
     at_first = torch.zeros(len(tokens), dtype=torch.long)
     with added_hooks(model, steering_hooks(model, steering, at_first, prompt_len=1)):
-        logits = model(prefix.suffix_ids, attention_mask=mask, position_ids=positions, past_key_values=prefix.cache)
-    new, eos = [], model.tokenizer.eos_token_id
-    done = torch.zeros(len(tokens), dtype=torch.bool, device=logits.device)
+        logits = model(prefix.suffix_ids, attention_mask=mask, position_ids=positions, past_key_values=cache)
+    out = torch.full((len(tokens), max_new_tokens), eos, dtype=torch.long)
+    active = torch.arange(len(tokens))  # rows of ``out`` still generating, in cache order
     for step in range(max_new_tokens):
-        nxt = logits[:, -1].argmax(-1, keepdim=True)
-        new.append(nxt)
-        done |= nxt.squeeze(-1) == eos
-        finished = stop and all(stop in t.lstrip() for t in decode(model, torch.cat(new, 1)))
-        if step == max_new_tokens - 1 or done.all() or finished:
+        nxt = logits[:, -1].argmax(-1, keepdim=True).cpu()
+        out[active, step] = nxt.squeeze(-1)
+        going = ~_finished(model, out[active, : step + 1], eos, stop)
+        if step == max_new_tokens - 1 or not going.any():
             break
-        mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+        if not going.all():
+            keep = torch.nonzero(going).squeeze(-1)
+            active, nxt, mask, positions = active[keep], nxt[keep], mask[keep.to(mask.device)], positions[keep.to(mask.device)]
+            cache.batch_select_indices(keep.to(mask.device))
+        mask = torch.cat([mask, torch.ones_like(nxt, device=mask.device)], dim=1)
         positions = positions[:, -1:] + 1
-        logits = model(nxt, attention_mask=mask, position_ids=positions, past_key_values=prefix.cache)
-    return torch.cat(new, 1).cpu()
+        logits = model(nxt.to(mask.device), attention_mask=mask, position_ids=positions, past_key_values=cache)
+    return out
+
+
+def _finished(model, ids: Int[Tensor, "rows new"], eos: int, stop: str | None) -> Tensor:
+    """Rows that emitted EOS, or whose text (leading whitespace dropped) holds ``stop``."""
+    done = (ids == eos).any(1)
+    if stop:
+        done |= torch.tensor([stop in text.lstrip() for text in decode(model, ids)], dtype=torch.bool)
+    return done
 
 
 def greedy_generate(

@@ -8,13 +8,14 @@ final Δ with its loss: that last one is the fit.
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterator
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from headsteer.regularization import penalty, prox_sparse_group_lasso
+from headsteer.regularization import penalty, prox_sparse_group_lasso, prox_sparse_group_lasso_scaled
 
 Smooth = Callable[[Tensor], tuple[Float[Tensor, " fits"], Float[Tensor, "fits n_heads d_head"]]]
 Steps = Iterator[tuple[Float[Tensor, "fits n_heads d_head"], Float[Tensor, " fits"]]]
@@ -38,7 +39,7 @@ def _col(x: Tensor) -> Tensor:
     return x[:, None, None]
 
 
-def proximal_steps(smooth: Smooth, shape: tuple[int, ...], lr: Tensor, gamma: Tensor, lam: Tensor, steps: int) -> Steps:
+def fista_steps(smooth: Smooth, shape: tuple[int, ...], lr: Tensor, gamma: Tensor, lam: Tensor, steps: int) -> Steps:
     """FISTA per fit: y = x_k + β_k(x_k − x_{k−1});  x_{k+1} = prox_{ηR}(y − η∇f(y)),
 
     β_k = (t_k − 1)/t_{k+1}, t_{k+1} = (1 + √(1 + 4t_k²))/2, and a fit's momentum
@@ -83,3 +84,31 @@ def adam_steps(
         delta = delta - _col(lr) * m_hat / (v_hat.sqrt() + eps)
     yield delta, smooth(delta)[0]
 
+
+
+def prox_adam_steps(
+    smooth: Smooth, shape: tuple[int, ...], lr: Tensor, gamma: Tensor, lam: Tensor, steps: int,
+    betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+) -> Steps:
+    """Adam's moments on the smooth part, then the prox of R in Adam's metric (ProxGen):
+
+        m ← β₁m + (1−β₁)∇f;  v ← β₂v + (1−β₂)(∇f)²;  D = √v̂ + ε
+        Δ ← argmin_X  Σ_i D_i (X_i − Δ_i + η_t m̂_i / D_i)² / 2η_t + γ‖X‖₁ + λ Σ_h ‖X_h‖₂
+
+    with η_t = η (0.1 + 0.9 (1 + cos(π t / T)) / 2) decaying over the T steps:
+    Adam's per-coordinate step sizes, proximal gradient's fixed points
+    (0 ∈ ∇f + ∂R when m̂ = ∇f) and exact zeros.
+    """
+    delta = torch.zeros(shape)
+    m, v = torch.zeros(shape), torch.zeros(shape)
+    for step in range(steps):
+        loss, grad = smooth(delta)
+        _check(loss, grad, step)
+        yield delta, loss
+        m = betas[0] * m + (1 - betas[0]) * grad
+        v = betas[1] * v + (1 - betas[1]) * grad * grad
+        m_hat, v_hat = m / (1 - betas[0] ** (step + 1)), v / (1 - betas[1] ** (step + 1))
+        metric = v_hat.sqrt() + eps
+        eta = _col(lr) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
+        delta = prox_sparse_group_lasso_scaled(delta - eta * m_hat / metric, eta, _col(gamma), _col(lam), metric)
+    yield delta, smooth(delta)[0]

@@ -98,7 +98,7 @@ def _score_all(model, test: list[Pair], template: Template, interventions) -> pd
     n = len(test)
     layers = torch.tensor([iv.layer for iv in interventions]).repeat_interleave(n)
     deltas = torch.stack([iv.delta for iv in interventions]).repeat_interleave(n, dim=0)
-    return evaluate_pairs(model, test * len(interventions), template, RowDeltas(layers, deltas), progress=False)
+    return evaluate_pairs(model, test * len(interventions), template, RowDeltas(layers, deltas), batch_size=128, progress=False)
 
 
 def _settings_path(out: Path) -> Path:

@@ -73,3 +73,13 @@ def test_sweep_writes_a_resumable_csv(model_dir, tmp_path, capsys):
     assert main(args) == 0  # everything done: nothing refitted, same file
     assert len(out.read_text().splitlines()) == 1 + 4
     assert "first_token" in capsys.readouterr().out
+
+
+def test_lr_defaults_to_the_chosen_optimizers_step(model_dir, tmp_path):
+    from headsteer.config import DEFAULT_LR
+
+    out = tmp_path / "fista"
+    args = ["fit", "--model", model_dir, "--task", "builtin/antonym", "--out", str(out), "--optimizer", "fista"]
+    assert main([*args, "--layer", "1", "--steps", "2", "--max-test", "3"]) == 0
+    saved = json.loads(out.with_suffix(".json").read_text())
+    assert saved["fit_config"]["optimizer"] == "fista" and saved["fit_config"]["lr"] == DEFAULT_LR["fista"]

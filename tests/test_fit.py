@@ -36,8 +36,9 @@ def synthetic_fit(model, optimizer, gamma, lam, steps=300, lr=0.05):
     return delta, history
 
 
-def test_regularized_proximal_fit_recovers_the_one_useful_head(gemma_tiny):
-    delta, history = synthetic_fit(gemma_tiny, "proximal", gamma=0.01, lam=0.5)
+@pytest.mark.parametrize("optimizer", ["prox_adam", "fista"])
+def test_regularized_proximal_fit_recovers_the_one_useful_head(gemma_tiny, optimizer):
+    delta, history = synthetic_fit(gemma_tiny, optimizer, gamma=0.01, lam=0.5)
     norms = delta.norm(dim=-1)
     assert norms[2] > 0.5
     assert norms[[0, 1, 3]].eq(0).all(), f"unused heads must be exactly zero, got {norms}"
@@ -45,16 +46,18 @@ def test_regularized_proximal_fit_recovers_the_one_useful_head(gemma_tiny):
 
 
 def test_unregularized_fit_uses_every_head_and_adam_gives_no_exact_zeros(gemma_tiny):
-    delta, _ = synthetic_fit(gemma_tiny, "proximal", gamma=0.0, lam=0.0)
-    assert delta.norm(dim=-1).gt(0).all()
+    for optimizer in ("prox_adam", "fista"):
+        delta, _ = synthetic_fit(gemma_tiny, optimizer, gamma=0.0, lam=0.0)
+        assert delta.norm(dim=-1).gt(0).all(), optimizer
     adam_delta, _ = synthetic_fit(gemma_tiny, "adam", gamma=0.01, lam=0.5, lr=0.02)
     assert (adam_delta == 0).float().mean() < 0.5
 
 
-@pytest.mark.parametrize("optimizer", ["proximal", "adam"])
+@pytest.mark.parametrize("optimizer", ["prox_adam", "fista", "adam"])
 @pytest.mark.parametrize("loss", ["first_token", "sequence"])
 def test_fit_lowers_the_task_loss_on_a_tiny_model(any_model, loss, optimizer):
-    config = hs.FitConfig(layer=1, loss=loss, optimizer=optimizer, steps=30, lr=0.5 if optimizer == "proximal" else 0.1, gamma=0.001, lam=0.001)
+    lr = {"prox_adam": 0.3, "fista": 0.5, "adam": 0.1}[optimizer]
+    config = hs.FitConfig(layer=1, loss=loss, optimizer=optimizer, steps=30, lr=lr, gamma=0.001, lam=0.001)
     result = hs.fit(any_model, TRAIN, QA, config, task="toy", progress=False)
     losses = result.history["task_loss"]
     assert isinstance(result.history, pd.DataFrame) and len(result.history) == config.steps + 1
@@ -72,7 +75,7 @@ def test_option_kl_fit_moves_the_option_distribution_to_the_target(gemma_tiny):
         torch.tensor([[True, True, True], [True, True, False]]),
         torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.9, 0.0]]),
     )
-    config = hs.FitConfig(layer=1, loss="option_kl", steps=60, lr=0.5, gamma=0.0, lam=0.0)
+    config = hs.FitConfig(layer=1, loss="option_kl", steps=60, lr=0.1, gamma=0.0, lam=0.0)
     _, history = hs.fit_delta(gemma_tiny, tokens, options, config, progress=False)
     assert history["task_loss"].iloc[-1] < 0.3 * history["task_loss"].iloc[0]
 
@@ -125,3 +128,13 @@ def test_config_round_trips():
     assert hs.FitConfig.from_dict(config.to_dict()) == config
     with pytest.raises(ValueError, match="unknown FitConfig fields"):
         hs.FitConfig.from_dict({"layers": 3})
+
+
+def test_config_fills_in_each_optimizers_default_step_size():
+    from headsteer.config import DEFAULT_LR
+
+    for optimizer, lr in DEFAULT_LR.items():
+        config = hs.FitConfig(optimizer=optimizer)
+        assert config.lr == lr and config.to_dict()["lr"] == lr
+        assert hs.FitConfig.from_dict(config.to_dict()) == config
+    assert hs.FitConfig(optimizer="fista", lr=0.7).lr == 0.7

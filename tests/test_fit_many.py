@@ -19,7 +19,7 @@ def jobs():
     return out
 
 
-@pytest.mark.parametrize("optimizer", ["proximal", "adam"])
+@pytest.mark.parametrize("optimizer", ["prox_adam", "fista", "adam"])
 def test_batched_fits_equal_sequential_fits(any_model, optimizer):
     batch = [FitJob(j.pairs, hs.FitConfig(**{**j.config.to_dict(), "optimizer": optimizer}), j.task) for j in jobs()]
     together = fit_many(any_model, batch, QA, progress=False, max_rows=5)  # chunks cross job boundaries

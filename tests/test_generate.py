@@ -61,3 +61,23 @@ def test_generation_with_delta_changes_the_first_logits(gemma_tiny):
     steered = hs.next_token_logits(gemma_tiny, tokens, [make_iv(gemma_tiny, scale=3.0)])
     assert base.shape == (len(INPUTS), gemma_tiny.cfg.d_vocab)
     assert not torch.allclose(base, steered)
+
+
+def test_finished_rows_leave_the_batch_without_changing_any_answer(any_model):
+    """A row whose text reaches ``stop`` retires, EOS-filled; every other row decodes as if none had."""
+    iv = make_iv(any_model, scale=3.0)
+    tokens = hs.encode_prompts(any_model.tokenizer, QA, INPUTS)
+    full = hs.greedy_ids(any_model, tokens, [iv], max_new_tokens=4, stop=None)
+    eos = any_model.tokenizer.eos_token_id
+    texts = lambda ids: [t.lstrip() for t in hs.generate.decode(any_model, ids)]  # noqa: E731
+    stops = {t.strip() for t in texts(full.flatten()[:, None])} - {""}
+    retired_early = 0
+    for stop in stops:
+        early = hs.greedy_ids(any_model, tokens, [iv], max_new_tokens=4, stop=stop)
+        for row in range(len(full)):
+            ends = [k for k in range(4) if stop in texts(full[row : row + 1, : k + 1])[0]]
+            k = ends[0] if ends else 3
+            assert torch.equal(early[row, : k + 1], full[row, : k + 1])
+            assert (early[row, k + 1 :] == eos).all()
+            retired_early += k < 3
+    assert retired_early > 0  # the case under test happened

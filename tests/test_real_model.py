@@ -22,7 +22,7 @@ def test_short_fit_beats_zero_shot_on_held_out_antonyms(gemma):
     task = hs.load_task("builtin/antonym")
     train, test = hs.split_task(task, n_train=10, seed=0)
     template = hs.get_template("qa")
-    result = hs.fit(gemma, train, template, hs.FitConfig(layer=4, steps=60, lr=0.3), task=task.name, progress=False)
+    result = hs.fit(gemma, train, template, hs.FitConfig(layer=4), task=task.name, progress=False)
     zero = hs.summarize(hs.evaluate_pairs(gemma, test, template, (), progress=False))
     fitted = hs.summarize(hs.evaluate_pairs(gemma, test, template, [result.intervention], progress=False))
     assert result.history["task_loss"].iloc[-1] < 0.5 * result.history["task_loss"].iloc[0]

@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from headsteer.regularization import penalty, prox_sparse_group_lasso
+from headsteer.regularization import penalty, prox_sparse_group_lasso, prox_sparse_group_lasso_scaled
 
 
 def reference_prox(delta, step, gamma, lam):
@@ -47,3 +47,31 @@ def test_penalty_value_and_zero_step_is_identity():
     delta = torch.tensor([[3.0, -4.0], [0.0, 0.0]])
     assert math.isclose(penalty(delta, gamma=0.1, lam=1.0).item(), 0.1 * 7 + 5.0, rel_tol=1e-6)
     assert torch.equal(prox_sparse_group_lasso(delta, 0.0, 0.1, 1.0), delta)
+
+
+def test_scaled_prox_satisfies_its_optimality_conditions():
+    """0 ∈ D(X − Δ)/η + γ∂‖X‖₁ + λ∂Σ_h‖X_h‖₂, checked entry by entry and head by head."""
+    g = torch.Generator().manual_seed(1)
+    delta = torch.randn(6, 32, generator=g, dtype=torch.float64)
+    metric = torch.rand(6, 32, generator=g, dtype=torch.float64) * 5 + 0.1
+    delta[2] *= 0.02  # a weak head: must vanish
+    step, gamma, lam = 0.4, 0.3, 0.8
+    x = prox_sparse_group_lasso_scaled(delta, step, gamma, lam, metric)
+    pull = metric * (delta - x) / step  # = γ s + λ t for subgradients s of ‖·‖₁, t of ‖·‖₂
+    assert x[2].eq(0).all() and (x.norm(dim=-1) > 0).sum() >= 3
+    for h in range(6):
+        if x[h].eq(0).all():  # some |s_i| ≤ 1 leaves a residual of norm ≤ λ
+            residual = torch.sign(pull[h]) * (pull[h].abs() - gamma).clamp_min(0)
+            assert residual.norm() <= lam + 1e-9
+            continue
+        on = x[h] != 0
+        expected = gamma * torch.sign(x[h][on]) + lam * x[h][on] / x[h].norm()
+        torch.testing.assert_close(pull[h][on], expected)
+        assert (pull[h][~on].abs() <= gamma + 1e-9).all()
+
+
+def test_scaled_prox_with_unit_metric_is_the_plain_prox():
+    g = torch.Generator().manual_seed(2)
+    delta = torch.randn(3, 4, 16, generator=g, dtype=torch.float64)
+    plain = prox_sparse_group_lasso(delta, 0.5, 0.2, 0.9)
+    torch.testing.assert_close(prox_sparse_group_lasso_scaled(delta, 0.5, 0.2, 0.9, torch.ones_like(delta)), plain)
