@@ -79,8 +79,12 @@ class PrefixCachedForward:
 
 
 @torch.no_grad()
-def build_prefix(model, tokens: TokenBatch, n_scored: int) -> _Prefix:
-    """Split each row at its last prompt token; run the left-padded prefixes once with a KV cache."""
+def build_prefix(model, tokens: TokenBatch, n_scored: int, repeats: int = 1) -> _Prefix:
+    """Split each row at its last prompt token; run the left-padded prefixes once with a KV cache.
+
+    With ``repeats`` > 1 every row is repeated that many times (row i becomes
+    rows i·repeats .. i·repeats + repeats − 1) after its prefix is computed once.
+    """
     device = model.cfg.device
     ids, mask, last = tokens.input_ids, tokens.attention_mask, tokens.last_index
     rows = range(len(tokens))
@@ -109,8 +113,13 @@ def build_prefix(model, tokens: TokenBatch, n_scored: int) -> _Prefix:
         position_ids=prefix_positions.to(device),
         use_cache=True,
     ).past_key_values
-    saved = [(layer.keys, layer.values) for layer in cache.layers]
     full_mask = torch.cat([prefix_mask, suffix_mask], dim=1)
+    if repeats > 1:
+        cache.batch_repeat_interleave(repeats)
+        suffix_ids, full_mask, suffix_positions = (
+            t.repeat_interleave(repeats, dim=0) for t in (suffix_ids, full_mask, suffix_positions)
+        )
+    saved = [(layer.keys, layer.values) for layer in cache.layers]
     return _Prefix(cache, saved, suffix_ids.to(device), full_mask.to(device), suffix_positions.to(device))
 
 

@@ -15,7 +15,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from headsteer.fast_forward import build_prefix
-from headsteer.hooks import PromptEndAdd, added_hooks, delta_hooks
+from headsteer.hooks import PromptEndAdd, Steerer, added_hooks, delta_hooks
 from headsteer.intervention import Intervention, steer
 from headsteer.prompts import TokenBatch
 
@@ -31,7 +31,7 @@ class RowDeltas:
         return RowDeltas(self.layers[rows], self.deltas[rows])
 
 
-Steering = Union[Sequence[Intervention], RowDeltas]
+Steering = Union[Sequence[Steerer], RowDeltas]  # interventions, function vectors, ... or one Δ per row
 
 
 def steering_hooks(model, steering: Steering, last_index: Tensor, prompt_len: int) -> list[tuple[str, PromptEndAdd]]:

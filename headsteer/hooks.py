@@ -19,7 +19,7 @@ where ``last_b`` is row b's last prompt token. Which pass is a prompt pass:
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 from jaxtyping import Float, Int
@@ -41,32 +41,46 @@ def check_layer(model, layer: int) -> str:
     return name
 
 
+class Steerer(Protocol):
+    """What steers a model at the last prompt token: an Intervention, a function vector, ..."""
+
+    def check_fits(self, model) -> None: ...
+
+    def hook(self, last_index: Tensor | None, prompt_len: int | None) -> tuple[str, Callable]: ...
+
+
 class PromptEndAdd:
     """``fn(act, hook) -> act`` adding ``delta`` at each row's last prompt token.
 
-    ``delta`` is ``[n_heads, d_head]`` (one Δ for all rows) or
-    ``[batch, n_heads, d_head]`` (one Δ per row).
+    The activation is ``[batch, pos, *site]``: ``site`` is ``(n_heads, d_head)``
+    for ``hook_z`` (the default, ``site_ndim=2``) or ``(d_model,)`` for a
+    residual-stream hook (``site_ndim=1``). ``delta`` is ``site``-shaped (one
+    vector for all rows) or ``[batch, *site]`` (one per row).
     """
 
     def __init__(
         self,
-        delta: Float[Tensor, "*rows n_heads d_head"],
+        delta: Float[Tensor, "*rows ..."],
         last_index: Int[Tensor, " batch"] | None = None,
         prompt_len: int | None = None,
+        site_ndim: int = 2,
     ):
-        if delta.ndim not in (2, 3):
-            raise ValueError(f"Δ must be [n_heads, d_head] or [batch, n_heads, d_head], got {tuple(delta.shape)}")
+        if delta.ndim not in (site_ndim, site_ndim + 1):
+            site = "[n_heads, d_head]" if site_ndim == 2 else f"a {site_ndim}-d site"
+            raise ValueError(f"Δ must be {site} or [batch, ...] of it, got {tuple(delta.shape)}")
         if (last_index is None) != (prompt_len is None):
             raise ValueError("give both last_index and prompt_len, or neither")
         self.delta = delta
         self.last_index = last_index
         self.prompt_len = prompt_len
+        self.site_ndim = site_ndim
 
-    def __call__(self, act: Float[Tensor, "batch pos n_heads d_head"], hook) -> Tensor:
-        if act.ndim != 4 or act.shape[-2:] != self.delta.shape[-2:]:
+    def __call__(self, act: Float[Tensor, "batch pos ..."], hook) -> Tensor:
+        site = tuple(self.delta.shape[-self.site_ndim :])
+        if act.ndim != 2 + self.site_ndim or tuple(act.shape[2:]) != site:
             raise ValueError(
                 f"{getattr(hook, 'name', 'hook')}: activation {tuple(act.shape)} does not fit Δ "
-                f"{tuple(self.delta.shape)}; expected [batch, pos, {self.delta.shape[-2]}, {self.delta.shape[-1]}]"
+                f"{tuple(self.delta.shape)}; expected [batch, pos, {', '.join(map(str, site))}]"
             )
         batch, pos = act.shape[:2]
         if self.last_index is None:
@@ -79,9 +93,9 @@ class PromptEndAdd:
             index = self.last_index.to(act.device)
         onehot = torch.nn.functional.one_hot(index, pos).to(act.dtype)
         delta = self.delta.to(device=act.device, dtype=act.dtype)
-        if delta.ndim == 2:
+        if delta.ndim == self.site_ndim:
             delta = delta.unsqueeze(0)
-        return act + onehot[:, :, None, None] * delta[:, None]
+        return act + onehot.reshape(batch, pos, *[1] * self.site_ndim) * delta[:, None]
 
 
 def delta_hooks(

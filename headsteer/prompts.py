@@ -122,7 +122,14 @@ def encode_prompts(tokenizer, template: Template, inputs: Sequence[str]) -> Toke
     """Left-pad the prompts of ``inputs`` (for generation and next-token scoring)."""
     if not inputs:
         raise ValueError("encode_prompts: no inputs")
-    rows = [_ids(tokenizer, template.format_prompt(x)) for x in inputs]
+    return encode_texts(tokenizer, [template.format_prompt(x) for x in inputs])
+
+
+def encode_texts(tokenizer, texts: Sequence[str]) -> TokenBatch:
+    """Left-pad ready-made prompt texts (each row's last token is the prompt's last)."""
+    if not texts:
+        raise ValueError("encode_texts: no texts")
+    rows = [_ids(tokenizer, text) for text in texts]
     ids, mask = _pad(rows, _pad_id(tokenizer), "left")
     last = torch.full((len(rows),), ids.shape[1] - 1, dtype=torch.long)
     return TokenBatch(ids, mask, last)

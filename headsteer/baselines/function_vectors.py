@@ -1,0 +1,197 @@
+"""Function vectors (Todd et al. 2023) on TransformerLens hooks, from the same training pairs.
+
+With the N training pairs, prompt i is the other N − 1 pairs as demonstrations
+(shuffled, seeded) and pair i as the query (leave-one-out, so a query never
+sees its own answer). Then
+
+    ā_{ℓh}   = mean_i z_{ℓh}(clean_i)                          (hook_z at the last token)
+    AIE_{ℓh} = mean_i [ p(y_i | corrupt_i, z_{ℓh} := ā_{ℓh}) − p(y_i | corrupt_i) ]
+    FV       = Σ_{(ℓ,h) ∈ top-k AIE} ā_{ℓh} W_O^{ℓh}               ∈ R^{d_model}
+
+where corrupt_i is prompt i with the demonstrations' answers shuffled among
+them (a derangement) and y_i the first token of pair i's answer. The FV is
+added to the residual stream (``blocks.{L}.hook_resid_post``) at the last
+prompt token. Patching a head at the last token changes nothing at earlier
+positions, so every corrupted prompt's prefix is run once and each of the
+L·H patches costs one token.
+
+For models with a norm after the attention output (Gemma's
+post-attention norm), ā W_O is the head's output before that norm: the FV is
+the same linear read-out Todd et al. use, not the head's exact contribution.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from headsteer.baselines.prompting import few_shot_template
+from headsteer.fast_forward import build_prefix
+from headsteer.hooks import PromptEndAdd, added_hooks, delta_hooks, hook_z_name
+from headsteer.intervention import ModelMismatchError, ModelSignature
+from headsteer.prompts import Template, TokenBatch, encode_texts, split_answer_tokens
+from headsteer.tasks import Pair
+from headsteer.unembed import FinalHidden, output_embedding
+
+
+@dataclass(frozen=True)
+class FVConfig:
+    """``top_k`` heads summed into the FV; ``layer`` gets it (None: n_layers // 3, Todd et al.'s)."""
+
+    top_k: int = 10
+    layer: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.top_k, int) or self.top_k < 1:
+            raise ValueError(f"top_k must be an int >= 1, got {self.top_k!r}")
+        if self.layer is not None and (not isinstance(self.layer, int) or self.layer < 0):
+            raise ValueError(f"layer must be None or an int >= 0, got {self.layer!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FVConfig:
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class FunctionVector:
+    """A residual-stream vector added at the last prompt token of ``layer``; steers like an Intervention."""
+
+    vector: Float[Tensor, " d_model"]
+    layer: int
+    heads: tuple[tuple[int, int], ...]
+    model: ModelSignature
+    task: str = ""
+
+    @property
+    def hook_name(self) -> str:
+        return f"blocks.{self.layer}.hook_resid_post"
+
+    def check_fits(self, model) -> None:
+        problems = self.model.mismatches(ModelSignature.of(model))
+        if problems or self.hook_name not in model.hook_dict:
+            raise ModelMismatchError(f"function vector for {self.task!r} does not fit this model: {problems}")
+
+    def hook(self, last_index: Int[Tensor, " batch"] | None = None, prompt_len: int | None = None):
+        return self.hook_name, PromptEndAdd(self.vector, last_index, prompt_len, site_ndim=1)
+
+
+def icl_prompts(pairs: Sequence[Pair], template: Template, seed: int, corrupt: bool = False) -> list[str]:
+    """Leave-one-out few-shot prompts; ``corrupt`` shuffles the demonstrations' answers (no fixed points)."""
+    if len(pairs) < 3:
+        raise ValueError(f"function vectors need at least 3 training pairs, got {len(pairs)}")
+    rng = random.Random(seed)
+    prompts = []
+    for i, query in enumerate(pairs):
+        demos = [p for j, p in enumerate(pairs) if j != i]
+        rng.shuffle(demos)
+        if corrupt:
+            shift = rng.randrange(1, len(demos))  # a rotation: every demo gets another demo's answer
+            demos = [Pair(d.input, demos[(k + shift) % len(demos)].output) for k, d in enumerate(demos)]
+        prompts.append(few_shot_template(template, demos).format_prompt(query.input))
+    return prompts
+
+
+@torch.no_grad()
+def last_token_z(model, tokens: TokenBatch) -> Float[Tensor, "batch n_layers n_heads d_head"]:
+    """Every layer's hook_z at each (left-padded) row's last token."""
+    store: dict[int, Tensor] = {}
+
+    def keep(layer: int):
+        def fn(act, hook):
+            store[layer] = act[:, -1].detach().clone()
+            return act
+        return fn
+
+    hooks = [(hook_z_name(layer), keep(layer)) for layer in range(model.cfg.n_layers)]
+    device = model.cfg.device
+    with added_hooks(model, hooks):
+        model(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
+    return torch.stack([store[layer] for layer in range(model.cfg.n_layers)], dim=1).cpu()
+
+
+@torch.no_grad()
+def indirect_effects(
+    model, corrupted: TokenBatch, mean_z: Float[Tensor, "n_layers n_heads d_head"], targets: Int[Tensor, " batch"],
+    progress: bool = False,
+) -> Float[Tensor, "n_layers n_heads"]:
+    """AIE_{ℓh}: the mean gain in p(target) from setting head (ℓ, h) to its clean mean at the last token."""
+    n, (n_layers, n_heads, _) = len(corrupted), mean_z.shape
+    corrupt_z = last_token_z(model, corrupted)
+    base = _target_probs(model, corrupted, targets, 1, None, None)
+    effects = torch.zeros(n_layers, n_heads)
+    for layer in tqdm(range(n_layers), desc="head effects", disable=not progress, leave=False):
+        patch = (mean_z[layer][None] - corrupt_z[:, layer])  # [n, H, D]: what moves z to the clean mean
+        onehot = torch.eye(n_heads)[None, :, :, None]  # [1, H(patched), H, 1]
+        deltas = (onehot * patch[:, None]).reshape(n * n_heads, n_heads, -1)  # row i·H + h patches head h
+        probs = _target_probs(model, corrupted, targets, n_heads, layer, deltas)
+        effects[layer] = (probs.reshape(n, n_heads) - base[:, None]).mean(0)
+    return effects
+
+
+def _target_probs(model, tokens, targets, repeats, layer, deltas) -> Tensor:
+    """p(target) at the last token, each row repeated ``repeats`` times with its own Δ at ``layer``."""
+    prefix = build_prefix(model, tokens, n_scored=1, repeats=repeats)
+    hooks = [] if deltas is None else delta_hooks(layer, deltas, torch.zeros(len(deltas), dtype=torch.long), 1)
+    with added_hooks(model, hooks):
+        hidden = model.original_model.base_model(
+            input_ids=prefix.suffix_ids, attention_mask=prefix.mask, position_ids=prefix.suffix_positions,
+            past_key_values=prefix.cache, use_cache=True,
+        ).last_hidden_state
+    nll = FinalHidden(hidden, *output_embedding(model)).token_nll(targets.repeat_interleave(repeats)[:, None])
+    return torch.exp(-nll[:, 0]).cpu()
+
+
+def head_output_vector(model, mean_z: Tensor, heads: Sequence[tuple[int, int]]) -> Float[Tensor, " d_model"]:
+    """Σ over ``heads`` of ā_{ℓh} W_O^{ℓh} (W_O: [n_heads, d_head, d_model] per layer)."""
+    total = torch.zeros(model.cfg.d_model)
+    for layer, head in heads:
+        w_o = model.blocks[layer].attn.W_O.detach().cpu()
+        total = total + mean_z[layer, head] @ w_o[head]
+    return total
+
+
+def fit_function_vector(
+    model, pairs: Sequence[Pair], template: Template, config: FVConfig = FVConfig(), task: str = "",
+    progress: bool = False,
+) -> tuple[FunctionVector, pd.DataFrame]:
+    """The FV and a table of every head's AIE (layer, head, aie, rank; rank 1 = largest)."""
+    layer = model.cfg.n_layers // 3 if config.layer is None else config.layer
+    if not layer < model.cfg.n_layers:
+        raise ValueError(f"FV layer {layer} is out of range: this model has layers 0..{model.cfg.n_layers - 1}")
+    clean = encode_texts(model.tokenizer, icl_prompts(pairs, template, config.seed))
+    corrupted = encode_texts(model.tokenizer, icl_prompts(pairs, template, config.seed, corrupt=True))
+    targets = torch.tensor([_first_answer_token(model.tokenizer, template, p) for p in pairs])
+    mean_z = last_token_z(model, clean).mean(0)
+    aie = indirect_effects(model, corrupted, mean_z, targets, progress)
+    table = _effects_table(aie, task)
+    heads = tuple((int(r.layer), int(r.head)) for r in table.head(config.top_k).itertuples())
+    vector = head_output_vector(model, mean_z, heads)
+    return FunctionVector(vector, layer, heads, ModelSignature.of(model), task), table
+
+
+def _first_answer_token(tokenizer, template: Template, pair: Pair) -> int:
+    return split_answer_tokens(tokenizer, template.format_prompt(pair.input), template.format_answer(pair.output))[1][0]
+
+
+def _effects_table(aie: Tensor, task: str) -> pd.DataFrame:
+    n_layers, n_heads = aie.shape
+    table = pd.DataFrame({
+        "task": task,
+        "layer": torch.arange(n_layers).repeat_interleave(n_heads).tolist(),
+        "head": torch.arange(n_heads).repeat(n_layers).tolist(),
+        "aie": aie.flatten().tolist(),
+    })
+    table = table.sort_values("aie", ascending=False, kind="stable").reset_index(drop=True)
+    table["rank"] = range(1, len(table) + 1)
+    return table
