@@ -13,9 +13,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import pandas as pd
+from jaxtyping import Int
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from headsteer.generate import RowDeltas, Steering, cut_at_stop, decode, greedy_ids
+from headsteer.generate import RowDeltas, Steering, cut_at_stop, greedy_ids
 from headsteer.prompts import Template, encode_prompts, split_answer_tokens
 from headsteer.tasks import Pair
 
@@ -42,24 +44,36 @@ def evaluate_pairs(
         raise ValueError("evaluate_pairs: no pairs to evaluate")
     if isinstance(steering, RowDeltas) and len(steering.layers) != len(pairs):
         raise ValueError(f"RowDeltas has {len(steering.layers)} rows for {len(pairs)} pairs")
-    rows = []
+    frames = []
     for start in tqdm(range(0, len(pairs), batch_size), desc="evaluate", disable=not progress, leave=False):
         chunk = pairs[start : start + batch_size]
         part = steering.select(slice(start, start + batch_size)) if isinstance(steering, RowDeltas) else steering
         tokens = encode_prompts(model.tokenizer, template, [p.input for p in chunk])
         ids = greedy_ids(model, tokens, part, max_new_tokens, template.stop)
-        answers = [cut_at_stop(t, template.stop) for t in decode(model, ids, model.tokenizer.eos_token_id)]
-        for pair, first, answer in zip(chunk, ids[:, 0].tolist(), answers):
-            rows.append(
-                {
-                    "input": pair.input,
-                    "target": pair.output,
-                    "prediction": answer,
-                    "first_token": first == _answer_first_token(model.tokenizer, template, pair),
-                    "exact_match": normalize(answer) == normalize(pair.output),
-                }
-            )
-    return pd.DataFrame(rows)
+        frames.append(score_generations(model.tokenizer, chunk, template, ids))
+    return pd.concat(frames, ignore_index=True)
+
+
+def score_generations(
+    tokenizer, pairs: Sequence[Pair], template: Template, new_ids: Int[Tensor, "batch new"]
+) -> pd.DataFrame:
+    """The metrics of greedy continuations ``new_ids`` (from any generator; EOS ends a row)."""
+    texts = [tokenizer.decode(_until_eos(row, tokenizer.eos_token_id), skip_special_tokens=True) for row in new_ids.tolist()]
+    answers = [cut_at_stop(t, template.stop) for t in texts]
+    return pd.DataFrame([
+        {
+            "input": pair.input,
+            "target": pair.output,
+            "prediction": answer,
+            "first_token": first == _answer_first_token(tokenizer, template, pair),
+            "exact_match": normalize(answer) == normalize(pair.output),
+        }
+        for pair, first, answer in zip(pairs, new_ids[:, 0].tolist(), answers)
+    ])
+
+
+def _until_eos(row: list[int], eos: int | None) -> list[int]:
+    return row[: row.index(eos)] if eos is not None and eos in row else row
 
 
 def _answer_first_token(tokenizer, template: Template, pair: Pair) -> int:

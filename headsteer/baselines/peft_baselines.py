@@ -1,0 +1,165 @@
+"""Parameter-efficient fine-tuning baselines (``peft``) on the same pairs and the same loss as Δ.
+
+Each method trains a copy of the wrapped Hugging Face model, so the bridge the
+other methods use is never touched:
+
+* ``lora``: rank-4 LoRA (α = 8) on the attention query and value projections;
+* ``ia3``: IA3 scaling vectors on the key, value and MLP down projections;
+* ``prompt_tuning``: 8 virtual tokens initialised from a task description.
+
+The loss is the paper's first-token NLL, −log p(y_i¹ | prompt_i), averaged
+over the training pairs, minimised with AdamW (full batch) for ``steps``
+steps; the trained model is scored by greedy decoding with the same metrics
+as every other method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from headsteer.evaluate import score_generations
+from headsteer.prompts import Template, encode_prompts, split_answer_tokens
+from headsteer.tasks import Pair
+
+METHODS = ("lora", "ia3", "prompt_tuning")
+DEFAULT_LR = {"lora": 5e-3, "ia3": 3e-2, "prompt_tuning": 3e-2}
+TASK_DESCRIPTIONS = {
+    "antonym": "Answer with the opposite of the word.",
+    "synonym": "Answer with a word of the same meaning.",
+    "english-french": "Translate the English word into French.",
+    "english-german": "Translate the English word into German.",
+}
+GENERIC_DESCRIPTION = "Answer the question with one word."
+
+
+@dataclass(frozen=True)
+class PEFTConfig:
+    method: str = "lora"
+    steps: int = 100
+    lr: float | None = None  # None: DEFAULT_LR[method]
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not isinstance(self.steps, int) or self.steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
+        if self.lr is None:
+            object.__setattr__(self, "lr", DEFAULT_LR[self.method])
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PEFTConfig:
+        return cls(**data)
+
+
+def peft_model(model, config: PEFTConfig, task: str = ""):
+    """A trainable ``peft`` model around a deep copy of ``model``'s Hugging Face model."""
+    import peft
+
+    hf = plain_hf_copy(model)
+    names = {name.rsplit(".", 1)[-1] for name, _ in hf.named_modules()}
+    needed = {"lora": {"q_proj", "v_proj"}, "ia3": {"k_proj", "v_proj", "down_proj"}}.get(config.method, set())
+    if not needed <= names:
+        raise ValueError(f"{config.method} needs modules {sorted(needed)}; this model has none named {sorted(needed - names)}")
+    if config.method == "lora":
+        spec = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=sorted(needed), task_type="CAUSAL_LM")
+    elif config.method == "ia3":
+        spec = peft.IA3Config(target_modules=sorted(needed), feedforward_modules=["down_proj"], task_type="CAUSAL_LM")
+    else:
+        spec = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=8, prompt_tuning_init="RANDOM")
+        return _prompt_tuning_model(hf, spec, model.tokenizer, TASK_DESCRIPTIONS.get(task, GENERIC_DESCRIPTION))
+    return peft.get_peft_model(hf, spec)
+
+
+def plain_hf_copy(model):
+    """A fresh Hugging Face model with ``model``'s weights, free of the bridge's wrapper modules."""
+    from transformers import AutoModelForCausalLM
+
+    source = model.original_model
+    fresh = AutoModelForCausalLM.from_config(source.config, attn_implementation="eager", torch_dtype=source.dtype)
+    weights = {k.replace("._original_component", ""): v for k, v in source.state_dict().items()}
+    wanted = fresh.state_dict().keys()
+    missing = [k for k in wanted if k not in weights]
+    if missing:
+        raise ValueError(f"cannot copy the model for PEFT: no weights for {missing[:3]}")
+    fresh.load_state_dict({k: weights[k].clone() for k in wanted}, strict=True)
+    return fresh.to(next(source.parameters()).device).eval()
+
+
+def _prompt_tuning_model(hf, spec, tokenizer, description: str):
+    """Virtual tokens initialised from ``description`` with our tokenizer (peft's TEXT init loads one by name)."""
+    import peft
+
+    ids = tokenizer(description, add_special_tokens=False)["input_ids"]
+    wrapped = peft.get_peft_model(hf, spec)
+    rows = torch.tensor([ids[i % len(ids)] for i in range(spec.num_virtual_tokens)])
+    with torch.no_grad():  # the virtual tokens start as the description's token embeddings (repeated to 8)
+        embedding = wrapped.prompt_encoder[wrapped.active_adapter].embedding
+        embedding.weight.copy_(hf.get_input_embeddings().weight[rows])
+    return wrapped
+
+
+def first_token_loss(trained, tokenizer, template: Template, pairs: Sequence[Pair]) -> torch.Tensor:
+    """(1/N) Σ_i −log p(y_i¹ | prompt_i) under ``trained`` (a Hugging Face causal LM)."""
+    tokens = encode_prompts(tokenizer, template, [p.input for p in pairs])
+    targets = torch.tensor([
+        split_answer_tokens(tokenizer, template.format_prompt(p.input), template.format_answer(p.output))[1][0]
+        for p in pairs
+    ])
+    device = next(trained.parameters()).device
+    logits = trained(input_ids=tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device)).logits
+    return torch.nn.functional.cross_entropy(logits[:, -1].float(), targets.to(device))
+
+
+def train_peft(
+    model, pairs: Sequence[Pair], template: Template, config: PEFTConfig, task: str = "", progress: bool = False
+) -> tuple[Any, pd.DataFrame]:
+    """Train one PEFT baseline; returns the trained model and its loss per step."""
+    torch.manual_seed(config.seed)
+    trained = peft_model(model, config, task)
+    trained.train()
+    params = [p for p in trained.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    history = []
+    for step in tqdm(range(config.steps), desc=config.method, disable=not progress, leave=False):
+        loss = first_token_loss(trained, model.tokenizer, template, pairs)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{config.method}: non-finite loss at step {step}")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append({"step": step, "task_loss": float(loss)})
+    trained.eval()
+    with torch.no_grad():
+        history.append({"step": config.steps, "task_loss": float(first_token_loss(trained, model.tokenizer, template, pairs))})
+    return trained, pd.DataFrame(history)
+
+
+@torch.no_grad()
+def evaluate_hf(
+    trained, tokenizer, pairs: Sequence[Pair], template: Template, batch_size: int = 64, max_new_tokens: int = 6
+) -> pd.DataFrame:
+    """``evaluate_pairs``' metrics for a Hugging Face (or peft) model, by its own greedy ``generate``."""
+    frames = []
+    device = next(trained.parameters()).device
+    for start in range(0, len(pairs), batch_size):
+        chunk = list(pairs[start : start + batch_size])
+        tokens = encode_prompts(tokenizer, template, [p.input for p in chunk])
+        out = trained.generate(
+            input_ids=tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device),
+            max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+        new = out[:, tokens.input_ids.shape[1] :].cpu()
+        frames.append(score_generations(tokenizer, chunk, template, new))
+    return pd.concat(frames, ignore_index=True)
