@@ -91,6 +91,23 @@ def sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def table(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from headsteer.table import METHODS, TableConfig, build_table, summary_markdown
+
+    methods = tuple(args.methods or METHODS)
+    config = TableConfig(n_train=args.n_train, max_test=_max_test(args), layer=args.layer,
+                         fv_top_k=args.fv_top_k, peft_steps=args.peft_steps, methods=methods)
+    tasks = [load_task(name, args.data_dir) for name in args.tasks]
+    model = load_model(args.model, args.cache_dir)
+    rows = build_table(model, tasks, get_template(args.template), range(args.seeds), config, args.out)
+    text = summary_markdown(rows, methods)
+    Path(args.out).with_suffix(".md").write_text(text)
+    print(text)
+    return 0
+
+
 def demo(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.cache_dir)
     run_demo(model, task=args.task, config=replace(FitConfig(), steps=args.steps))

@@ -8,9 +8,6 @@ restarted with the same settings it skips those cells. The settings live in
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -25,6 +22,7 @@ from headsteer.fit import FitJob, fit_many
 from headsteer.forward import naive_scored_logits
 from headsteer.generate import RowDeltas
 from headsteer.prompts import Template
+from headsteer.results_file import load_rows, write_rows
 from headsteer.tasks import Pair, Task, split_task
 
 COLUMNS = ["task", "layer", "seed", "n_train", "n_test", "first_token", "exact_match",
@@ -53,7 +51,7 @@ def sweep(
     """
     settings = {"task": task.name, "template": template.to_dict(), "config": config.to_dict(),
                 "n_train": n_train, "max_test": max_test, "model": str(model.cfg.model_name)}
-    done = _load_results(Path(out), settings) if out else pd.DataFrame(columns=COLUMNS)
+    done = load_rows(Path(out), settings, COLUMNS) if out else pd.DataFrame(columns=COLUMNS)
     finished = set(zip(done["layer"].astype(int), done["seed"].astype(int)))
     todo = {s: [l for l in layers if (l, s) not in finished] for s in seeds}
     bar = tqdm(total=sum(map(len, todo.values())), desc=f"sweep {task.name}", disable=not progress)
@@ -63,7 +61,7 @@ def sweep(
         rows = _run_seed(model, task, template, config, cell_layers, seed, n_train, max_test, progress, fast)
         done = pd.concat([done, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
         if out:
-            _write_csv(Path(out), done)
+            write_rows(Path(out), done)
         bar.update(len(cell_layers))
     bar.close()
     wanted = done["layer"].astype(int).isin(layers) & done["seed"].astype(int).isin(seeds)
@@ -99,29 +97,3 @@ def _score_all(model, test: list[Pair], template: Template, interventions) -> pd
     layers = torch.tensor([iv.layer for iv in interventions]).repeat_interleave(n)
     deltas = torch.stack([iv.delta for iv in interventions]).repeat_interleave(n, dim=0)
     return evaluate_pairs(model, test * len(interventions), template, RowDeltas(layers, deltas), batch_size=128, progress=False)
-
-
-def _settings_path(out: Path) -> Path:
-    return out.with_name(out.name + ".settings.json")
-
-
-def _load_results(out: Path, settings: dict) -> pd.DataFrame:
-    """Earlier results of this sweep, refusing ones made with other settings."""
-    path = _settings_path(out)
-    if path.is_file():
-        earlier = json.loads(path.read_text())
-        if earlier != settings:
-            changed = sorted(k for k in settings if earlier.get(k) != settings[k])
-            raise ValueError(f"{out} holds a sweep with other settings ({', '.join(changed)}); use another --out")
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings, indent=2))
-    if not out.is_file():
-        return pd.DataFrame(columns=COLUMNS)
-    return pd.read_csv(out)
-
-
-def _write_csv(out: Path, frame: pd.DataFrame) -> None:
-    with tempfile.NamedTemporaryFile("w", dir=out.parent, suffix=".tmp", delete=False) as tmp:
-        frame.to_csv(tmp, index=False)
-    os.replace(tmp.name, out)

@@ -117,7 +117,8 @@ def first_token_loss(trained, tokenizer, template: Template, pairs: Sequence[Pai
         for p in pairs
     ])
     device = next(trained.parameters()).device
-    logits = trained(input_ids=tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device)).logits
+    ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
+    logits = trained(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits  # the last position only
     return torch.nn.functional.cross_entropy(logits[:, -1].float(), targets.to(device))
 
 

@@ -1,0 +1,44 @@
+"""Resumable results: a tidy CSV merged by atomic replace, and a settings sidecar that guards it.
+
+A long job (a sweep, a table) writes each finished batch of rows with
+:func:`write_rows`; killed at any point, the CSV holds every row written so
+far. Restarted, :func:`load_rows` returns them (so the job skips their
+cells) after checking ``<out>.settings.json`` matches the job's settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+
+def settings_path(out: Path) -> Path:
+    return out.with_name(out.name + ".settings.json")
+
+
+def load_rows(out: Path, settings: dict, columns: Sequence[str]) -> pd.DataFrame:
+    """Earlier rows of this job; refuses a file made with other settings (and names what differs)."""
+    path = settings_path(out)
+    if path.is_file():
+        earlier = json.loads(path.read_text())
+        if earlier != settings:
+            changed = sorted(k for k in set(settings) | set(earlier) if earlier.get(k) != settings.get(k))
+            raise ValueError(f"{out} holds results made with other settings ({', '.join(changed)}); use another --out")
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(settings, indent=2))
+    if not out.is_file():
+        return pd.DataFrame(columns=list(columns))
+    return pd.read_csv(out)
+
+
+def write_rows(out: Path, frame: pd.DataFrame) -> None:
+    """Replace ``out`` with ``frame`` atomically (a reader sees the old file or the new one)."""
+    with tempfile.NamedTemporaryFile("w", dir=out.parent, suffix=".tmp", delete=False) as tmp:
+        frame.to_csv(tmp, index=False)
+    os.replace(tmp.name, out)

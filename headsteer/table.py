@@ -1,0 +1,164 @@
+"""The paper's comparison tables: every method on the same seeded splits, resumable, mean ± std.
+
+For each (task, seed) the training pairs (N = ``n_train``) and held-out pairs
+come from :func:`headsteer.tasks.split_task`, identical for every method.
+Each method turns them into ``evaluate_pairs``-style scores; one row per
+(task, method, seed) goes into the results CSV as soon as it is done, so a
+killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from headsteer.baselines.function_vectors import FVConfig, fit_function_vector
+from headsteer.baselines.icv import fit_icv
+from headsteer.baselines.peft_baselines import PEFTConfig, evaluate_hf, train_peft
+from headsteer.baselines.prompting import few_shot_template
+from headsteer.config import FitConfig
+from headsteer.evaluate import evaluate_pairs, format_mean_std, mean_std
+from headsteer.fit import fit
+from headsteer.prompts import Template
+from headsteer.results_file import load_rows, write_rows
+from headsteer.tasks import Pair, Task, split_task
+
+COLUMNS = ["task", "method", "seed", "n_train", "n_test", "first_token", "exact_match"]
+
+
+@dataclass(frozen=True)
+class TableConfig:
+    """Shared settings: Δ's layer and fit, the FV's k and layer, the ICV's strength, PEFT steps."""
+
+    n_train: int = 10
+    max_test: int | None = 100
+    layer: int = 4
+    fit_steps: int = FitConfig().steps
+    fv_top_k: int = 10
+    fv_layer: int | None = None
+    icv_strength: float = 0.1
+    peft_steps: int = 100
+    methods: tuple[str, ...] = field(default_factory=lambda: tuple(METHODS))
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; known: {list(METHODS)}")
+        if self.n_train < 3:
+            raise ValueError(f"n_train must be >= 3 (function vectors use leave-one-out prompts), got {self.n_train}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "methods": list(self.methods)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TableConfig:
+        return cls(**{**data, "methods": tuple(data.get("methods", METHODS))})
+
+
+@dataclass
+class Cell:
+    """One (task, seed): the model, its splits, the template, and a cache shared by its methods."""
+
+    model: Any
+    task: str
+    seed: int
+    train: list[Pair]
+    test: list[Pair]
+    template: Template
+    config: TableConfig
+    cache: dict = field(default_factory=dict)
+
+    def fit_config(self, **changes) -> FitConfig:
+        return replace(FitConfig(layer=self.config.layer, steps=self.config.fit_steps, seed=self.seed), **changes)
+
+
+def _score(cell: Cell, template: Template, steering=()) -> pd.DataFrame:
+    return evaluate_pairs(cell.model, cell.test, template, steering, progress=False)
+
+
+def _function_vector(cell: Cell):
+    if "fv" not in cell.cache:
+        config = FVConfig(top_k=cell.config.fv_top_k, layer=cell.config.fv_layer, seed=cell.seed)
+        cell.cache["fv"] = fit_function_vector(cell.model, cell.train, cell.template, config, cell.task)[0]
+    return cell.cache["fv"]
+
+
+def _icv(cell: Cell) -> pd.DataFrame:
+    icv = fit_icv(cell.model, cell.train, cell.config.icv_strength, cell.task)
+    with icv.applied(cell.model):
+        return _score(cell, cell.template)
+
+
+def _peft(method: str) -> Callable[[Cell], pd.DataFrame]:
+    def run(cell: Cell) -> pd.DataFrame:
+        config = PEFTConfig(method=method, steps=cell.config.peft_steps, seed=cell.seed)
+        trained, _ = train_peft(cell.model, cell.train, cell.template, config, cell.task)
+        return evaluate_hf(trained, cell.model.tokenizer, cell.test, cell.template)
+    return run
+
+
+def _delta(**changes) -> Callable[[Cell], pd.DataFrame]:
+    def run(cell: Cell) -> pd.DataFrame:
+        result = fit(cell.model, cell.train, cell.template, cell.fit_config(**changes), cell.task, progress=False)
+        return _score(cell, cell.template, [result.intervention])
+    return run
+
+
+METHODS: dict[str, Callable[[Cell], pd.DataFrame]] = {
+    "0-shot": lambda c: _score(c, c.template),
+    "10-shot": lambda c: _score(c, few_shot_template(c.template, c.train)),
+    "0-shot + FV": lambda c: _score(c, c.template, [_function_vector(c)]),
+    "10-shot + FV": lambda c: _score(c, few_shot_template(c.template, c.train), [_function_vector(c)]),
+    "ICV": _icv,
+    "LoRA": _peft("lora"),
+    "IA3": _peft("ia3"),
+    "prompt tuning": _peft("prompt_tuning"),
+    "Δ (ours)": _delta(),
+    "Δ unregularized": _delta(gamma=0.0, lam=0.0),
+    "Δ Adam": _delta(optimizer="adam", lr=None),
+    "Δ FISTA": _delta(optimizer="fista", lr=None),
+}
+
+
+def build_table(
+    model, tasks: Sequence[Task], template: Template, seeds: Sequence[int], config: TableConfig = TableConfig(),
+    out: str | Path | None = None, progress: bool = True,
+) -> pd.DataFrame:
+    """One row per (task, method, seed); with ``out``, resumable (finished cells are skipped)."""
+    settings = {"template": template.to_dict(), "config": config.to_dict(), "model": str(model.cfg.model_name)}
+    done = load_rows(Path(out), settings, COLUMNS) if out else pd.DataFrame(columns=COLUMNS)
+    finished = set(zip(done["task"], done["method"], done["seed"].astype(int)))
+    todo = [(t, s, m) for t in tasks for s in seeds for m in config.methods if (t.name, m, s) not in finished]
+    cells: dict[tuple[str, int], Cell] = {}
+    for task, seed, method in tqdm(todo, desc="table", disable=not progress):
+        if (task.name, seed) not in cells:
+            cells = {(task.name, seed): _cell(model, task, seed, template, config)}  # keep one cell's cache
+        cell = cells[(task.name, seed)]
+        scores = METHODS[method](cell)
+        row = {"task": task.name, "method": method, "seed": seed, "n_train": len(cell.train), "n_test": len(scores),
+               "first_token": scores["first_token"].mean(), "exact_match": scores["exact_match"].mean()}
+        done = pd.concat([done, pd.DataFrame([row], columns=COLUMNS)], ignore_index=True)
+        if out:
+            write_rows(Path(out), done)
+    wanted = done["task"].isin([t.name for t in tasks]) & done["seed"].astype(int).isin(seeds)
+    return done[wanted & done["method"].isin(config.methods)].reset_index(drop=True)
+
+
+def _cell(model, task: Task, seed: int, template: Template, config: TableConfig) -> Cell:
+    train, test = split_task(task, n_train=config.n_train, seed=seed, max_test=config.max_test)
+    return Cell(model, task.name, seed, list(train), list(test), template, config)
+
+
+def summary_markdown(rows: pd.DataFrame, methods: Sequence[str]) -> str:
+    """Method × task tables of mean ± std over seeds, exact match then first-token accuracy."""
+    table = format_mean_std(mean_std(rows, by=["task", "method"]))
+    parts = []
+    for metric, title in (("exact_match", "Exact match"), ("first_token", "First-token accuracy")):
+        wide = table.pivot(index="method", columns="task", values=metric)
+        wide = wide.reindex([m for m in methods if m in wide.index])
+        parts.append(f"{title} (mean ± std over seeds)\n\n" + wide.to_markdown())
+    return "\n\n".join(parts) + "\n"

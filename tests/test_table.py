@@ -1,0 +1,63 @@
+"""The comparison table on a tiny model: every method runs, rows are tidy, a killed run resumes."""
+
+import pandas as pd
+import pytest
+
+import headsteer as hs
+from headsteer.cli import main
+from headsteer.table import METHODS, TableConfig, build_table, summary_markdown
+from tests.helpers import save_tiny_model
+
+QA = hs.get_template("qa")
+SMALL = dict(max_test=4, fit_steps=3, peft_steps=2, fv_top_k=2, layer=1)
+
+
+def test_every_method_gives_one_row_per_task_and_seed(gemma_tiny, tmp_path):
+    task = hs.load_task("builtin/antonym")
+    rows = build_table(gemma_tiny, [task], QA, [0, 1], TableConfig(**SMALL), tmp_path / "t.csv", progress=False)
+    assert len(rows) == 2 * len(METHODS) and set(rows["method"]) == set(METHODS)
+    assert rows["n_test"].eq(4).all() and rows["n_train"].eq(10).all()
+    assert rows[["first_token", "exact_match"]].apply(lambda c: c.between(0, 1)).all().all()
+    text = summary_markdown(rows, list(METHODS))
+    assert "Exact match" in text and "± " in text and "Δ (ours)" in text
+
+
+def test_a_killed_table_resumes_and_refuses_other_settings(gemma_tiny, tmp_path, monkeypatch):
+    import headsteer.table as table
+
+    out, task = tmp_path / "t.csv", hs.load_task("builtin/antonym")
+    config = TableConfig(**SMALL, methods=("0-shot", "Δ (ours)"))
+    calls = []
+    real = table.METHODS["Δ (ours)"]
+
+    def dies_on_seed_1(cell):
+        calls.append(cell.seed)
+        if cell.seed == 1:
+            raise KeyboardInterrupt
+        return real(cell)
+
+    monkeypatch.setitem(table.METHODS, "Δ (ours)", dies_on_seed_1)
+    with pytest.raises(KeyboardInterrupt):
+        build_table(gemma_tiny, [task], QA, [0, 1], config, out, progress=False)
+    assert len(pd.read_csv(out)) == 3  # seed 0 both methods, seed 1's 0-shot
+    monkeypatch.setitem(table.METHODS, "Δ (ours)", real)
+    rows = build_table(gemma_tiny, [task], QA, [0, 1], config, out, progress=False)
+    assert len(rows) == 4 and calls == [0, 1]
+    with pytest.raises(ValueError, match="other settings"):
+        build_table(gemma_tiny, [task], QA, [0, 1], TableConfig(**{**SMALL, "max_test": 5}), out, progress=False)
+
+
+def test_table_config_is_validated_and_round_trips():
+    with pytest.raises(ValueError, match="unknown methods"):
+        TableConfig(methods=("magic",))
+    config = TableConfig(methods=("ICV", "LoRA"), fv_layer=3)
+    assert TableConfig.from_dict(config.to_dict()) == config
+
+
+def test_cli_table_writes_csv_and_markdown(tmp_path, capsys):
+    model = str(save_tiny_model("gemma3", tmp_path / "m"))
+    out = tmp_path / "table.csv"
+    args = ["table", "--model", model, "--tasks", "builtin/antonym", "--seeds", "1", "--methods", "0-shot", "10-shot",
+            "--max-test", "3", "--layer", "1", "--out", str(out)]
+    assert main(args) == 0
+    assert len(pd.read_csv(out)) == 2 and "10-shot" in out.with_suffix(".md").read_text()
