@@ -128,3 +128,22 @@ def added_hooks(model, hooks: Sequence[tuple[str, PromptEndAdd]]) -> Iterator[No
             raise ValueError(f"hook {name!r} does not exist on this model")
     with model.hooks(fwd_hooks=list(hooks)):
         yield
+
+
+@torch.no_grad()
+def last_token_activations(
+    model, input_ids: Int[Tensor, "batch pos"], attention_mask: Int[Tensor, "batch pos"], names: Sequence[str]
+) -> list[Tensor]:
+    """Each named activation at the final position of left-padded rows (read, never changed)."""
+    store: dict[str, Tensor] = {}
+
+    def keep(name: str):  # keyed by the name asked for (a bridge hook may carry an alias)
+        def fn(act, hook):
+            store[name] = act[:, -1].detach().clone()
+            return act
+        return fn
+
+    device = model.cfg.device
+    with added_hooks(model, [(name, keep(name)) for name in names]):
+        model(input_ids.to(device), attention_mask=attention_mask.to(device))
+    return [store[name].cpu() for name in names]

@@ -35,6 +35,13 @@ def _check(loss: Tensor, grad: Tensor, step: int) -> None:
         )
 
 
+def _moments(m: Tensor, v: Tensor, g: Tensor, step: int, betas: tuple[float, float]):
+    """Adam's moments after gradient ``g`` at ``step`` (0-based), and their bias-corrected values."""
+    m = betas[0] * m + (1 - betas[0]) * g
+    v = betas[1] * v + (1 - betas[1]) * g * g
+    return m, v, m / (1 - betas[0] ** (step + 1)), v / (1 - betas[1] ** (step + 1))
+
+
 def _col(x: Tensor) -> Tensor:
     return x[:, None, None]
 
@@ -77,10 +84,7 @@ def adam_steps(
         yield delta, loss
         d = delta.detach().requires_grad_(True)
         (reg_grad,) = torch.autograd.grad(penalty(d, gamma, lam).sum(), d)
-        g = grad + reg_grad
-        m = betas[0] * m + (1 - betas[0]) * g
-        v = betas[1] * v + (1 - betas[1]) * g * g
-        m_hat, v_hat = m / (1 - betas[0] ** (step + 1)), v / (1 - betas[1] ** (step + 1))
+        m, v, m_hat, v_hat = _moments(m, v, grad + reg_grad, step, betas)
         delta = delta - _col(lr) * m_hat / (v_hat.sqrt() + eps)
     yield delta, smooth(delta)[0]
 
@@ -105,9 +109,7 @@ def prox_adam_steps(
         loss, grad = smooth(delta)
         _check(loss, grad, step)
         yield delta, loss
-        m = betas[0] * m + (1 - betas[0]) * grad
-        v = betas[1] * v + (1 - betas[1]) * grad * grad
-        m_hat, v_hat = m / (1 - betas[0] ** (step + 1)), v / (1 - betas[1] ** (step + 1))
+        m, v, m_hat, v_hat = _moments(m, v, grad, step, betas)
         metric = v_hat.sqrt() + eps
         eta = _col(lr) * (0.1 + 0.45 * (1 + math.cos(math.pi * step / steps)))
         delta = prox_sparse_group_lasso_scaled(delta - eta * m_hat / metric, eta, _col(gamma), _col(lam), metric)

@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from headsteer.baselines.prompting import few_shot_template
 from headsteer.fast_forward import build_prefix
-from headsteer.hooks import PromptEndAdd, added_hooks, delta_hooks, hook_z_name
+from headsteer.hooks import PromptEndAdd, added_hooks, delta_hooks, hook_z_name, last_token_activations
 from headsteer.intervention import ModelMismatchError, ModelSignature
 from headsteer.prompts import Template, TokenBatch, encode_texts, split_answer_tokens
 from headsteer.tasks import Pair
@@ -102,22 +102,10 @@ def icl_prompts(pairs: Sequence[Pair], template: Template, seed: int, corrupt: b
     return prompts
 
 
-@torch.no_grad()
 def last_token_z(model, tokens: TokenBatch) -> Float[Tensor, "batch n_layers n_heads d_head"]:
     """Every layer's hook_z at each (left-padded) row's last token."""
-    store: dict[int, Tensor] = {}
-
-    def keep(layer: int):
-        def fn(act, hook):
-            store[layer] = act[:, -1].detach().clone()
-            return act
-        return fn
-
-    hooks = [(hook_z_name(layer), keep(layer)) for layer in range(model.cfg.n_layers)]
-    device = model.cfg.device
-    with added_hooks(model, hooks):
-        model(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
-    return torch.stack([store[layer] for layer in range(model.cfg.n_layers)], dim=1).cpu()
+    names = [hook_z_name(layer) for layer in range(model.cfg.n_layers)]
+    return torch.stack(last_token_activations(model, tokens.input_ids, tokens.attention_mask, names), dim=1)
 
 
 @torch.no_grad()

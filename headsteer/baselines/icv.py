@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from headsteer.hooks import added_hooks
+from headsteer.hooks import added_hooks, last_token_activations
 from headsteer.intervention import ModelMismatchError, ModelSignature
 from headsteer.prompts import encode_texts
 from headsteer.tasks import Pair
@@ -74,22 +74,11 @@ class NormPreservingAdd:
         return moved * scale
 
 
-@torch.no_grad()
 def last_token_states(model, texts: Sequence[str]) -> Float[Tensor, "batch n_layers d_model"]:
     """Every layer's residual stream after the block, at each text's last token."""
-    store: dict[int, Tensor] = {}
-
-    def keep(layer: int):
-        def fn(act, hook):
-            store[layer] = act[:, -1].detach().clone()
-            return act
-        return fn
-
     tokens = encode_texts(model.tokenizer, list(texts))
-    device = model.cfg.device
-    with added_hooks(model, [(resid_name(layer), keep(layer)) for layer in range(model.cfg.n_layers)]):
-        model(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
-    return torch.stack([store[layer] for layer in range(model.cfg.n_layers)], dim=1).cpu()
+    names = [resid_name(layer) for layer in range(model.cfg.n_layers)]
+    return torch.stack(last_token_activations(model, tokens.input_ids, tokens.attention_mask, names), dim=1)
 
 
 def fit_icv(model, pairs: Sequence[Pair], strength: float = 0.1, task: str = "") -> InContextVector:
