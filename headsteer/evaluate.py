@@ -17,7 +17,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from headsteer.generate import RowDeltas, Steering, cut_at_stop, greedy_ids
+from headsteer.generate import RowDeltas, Steering, cut_at_stop, decode_tokens, greedy_ids
 from headsteer.prompts import Template, encode_prompts, split_answer_tokens
 from headsteer.tasks import Pair
 
@@ -58,8 +58,7 @@ def score_generations(
     tokenizer, pairs: Sequence[Pair], template: Template, new_ids: Int[Tensor, "batch new"]
 ) -> pd.DataFrame:
     """The metrics of greedy continuations ``new_ids`` (from any generator; EOS ends a row)."""
-    texts = [tokenizer.decode(_until_eos(row, tokenizer.eos_token_id), skip_special_tokens=True) for row in new_ids.tolist()]
-    answers = [cut_at_stop(t, template.stop) for t in texts]
+    answers = [cut_at_stop(t, template.stop) for t in decode_tokens(tokenizer, new_ids, tokenizer.eos_token_id)]
     return pd.DataFrame([
         {
             "input": pair.input,
@@ -70,10 +69,6 @@ def score_generations(
         }
         for pair, first, answer in zip(pairs, new_ids[:, 0].tolist(), answers)
     ])
-
-
-def _until_eos(row: list[int], eos: int | None) -> list[int]:
-    return row[: row.index(eos)] if eos is not None and eos in row else row
 
 
 def _answer_first_token(tokenizer, template: Template, pair: Pair) -> int:

@@ -64,18 +64,25 @@ class PrefixCachedForward:
         key = (id(model), id(tokens), n_scored)
         if key not in self._prefixes:  # the entry keeps ``tokens`` alive, so its id stays unique
             self._prefixes[key] = (tokens, build_prefix(model, tokens, n_scored))
-        prefix = self._prefixes[key][1]
-        _restore(prefix)
-        at_first = torch.zeros(len(tokens), dtype=torch.long)  # Δ at suffix position 0
-        with added_hooks(model, delta_hooks(layer, delta, at_first, prompt_len=1)):
-            hidden = model.original_model.base_model(
-                input_ids=prefix.suffix_ids,
-                attention_mask=prefix.mask,
-                position_ids=prefix.suffix_positions,
-                past_key_values=prefix.cache,
-                use_cache=True,
-            ).last_hidden_state
-        return FinalHidden(hidden, *output_embedding(model))
+        return run_suffix(model, self._prefixes[key][1], layer, delta)
+
+
+def run_suffix(
+    model, prefix: _Prefix, layer: int | Int[Tensor, " batch"], delta: Float[Tensor, "*rows n_heads d_head"] | None
+) -> FinalHidden:
+    """The suffix of every row against its prefix cache, Δ added at suffix position 0 (None: no Δ)."""
+    _restore(prefix)
+    at_first = torch.zeros(len(prefix.suffix_ids), dtype=torch.long)
+    hooks = [] if delta is None else delta_hooks(layer, delta, at_first, prompt_len=1)
+    with added_hooks(model, hooks):
+        hidden = model.original_model.base_model(
+            input_ids=prefix.suffix_ids,
+            attention_mask=prefix.mask,
+            position_ids=prefix.suffix_positions,
+            past_key_values=prefix.cache,
+            use_cache=True,
+        ).last_hidden_state
+    return FinalHidden(hidden, *output_embedding(model))
 
 
 @torch.no_grad()

@@ -110,12 +110,13 @@ def greedy_generate(
 
 
 def decode(model, new: Int[Tensor, "batch new"], eos: int | None = None) -> list[str]:
-    texts = []
-    for row in new.tolist():
-        if eos is not None and eos in row:
-            row = row[: row.index(eos)]
-        texts.append(model.tokenizer.decode(row, skip_special_tokens=True))
-    return texts
+    return decode_tokens(model.tokenizer, new, eos)
+
+
+def decode_tokens(tokenizer, new: Int[Tensor, "batch new"], eos: int | None = None) -> list[str]:
+    """Each row's text, up to (not including) its first ``eos``."""
+    rows = [row[: row.index(eos)] if eos is not None and eos in row else row for row in new.tolist()]
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in rows]
 
 
 def cut_at_stop(text: str, stop: str | None) -> str:

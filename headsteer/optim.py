@@ -89,7 +89,6 @@ def adam_steps(
     yield delta, smooth(delta)[0]
 
 
-
 def prox_adam_steps(
     smooth: Smooth, shape: tuple[int, ...], lr: Tensor, gamma: Tensor, lam: Tensor, steps: int,
     betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

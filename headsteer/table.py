@@ -133,11 +133,10 @@ def build_table(
     done = load_rows(Path(out), settings, COLUMNS) if out else pd.DataFrame(columns=COLUMNS)
     finished = set(zip(done["task"], done["method"], done["seed"].astype(int)))
     todo = [(t, s, m) for t in tasks for s in seeds for m in config.methods if (t.name, m, s) not in finished]
-    cells: dict[tuple[str, int], Cell] = {}
+    cell: Cell | None = None  # the current (task, seed); its cache is shared by its methods only
     for task, seed, method in tqdm(todo, desc="table", disable=not progress):
-        if (task.name, seed) not in cells:
-            cells = {(task.name, seed): _cell(model, task, seed, template, config)}  # keep one cell's cache
-        cell = cells[(task.name, seed)]
+        if cell is None or (cell.task, cell.seed) != (task.name, seed):
+            cell = _cell(model, task, seed, template, config)
         scores = METHODS[method](cell)
         row = {"task": task.name, "method": method, "seed": seed, "n_train": len(cell.train), "n_test": len(scores),
                "first_token": scores["first_token"].mean(), "exact_match": scores["exact_match"].mean()}

@@ -33,12 +33,11 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from headsteer.baselines.prompting import few_shot_template
-from headsteer.fast_forward import build_prefix
-from headsteer.hooks import PromptEndAdd, added_hooks, delta_hooks, hook_z_name, last_token_activations
+from headsteer.fast_forward import build_prefix, run_suffix
+from headsteer.hooks import PromptEndAdd, hook_z_name, last_token_activations
 from headsteer.intervention import ModelMismatchError, ModelSignature
 from headsteer.prompts import Template, TokenBatch, encode_texts, split_answer_tokens
 from headsteer.tasks import Pair
-from headsteer.unembed import FinalHidden, output_embedding
 
 
 @dataclass(frozen=True)
@@ -130,13 +129,8 @@ def indirect_effects(
 def _target_probs(model, tokens, targets, repeats, layer, deltas) -> Tensor:
     """p(target) at the last token, each row repeated ``repeats`` times with its own Δ at ``layer``."""
     prefix = build_prefix(model, tokens, n_scored=1, repeats=repeats)
-    hooks = [] if deltas is None else delta_hooks(layer, deltas, torch.zeros(len(deltas), dtype=torch.long), 1)
-    with added_hooks(model, hooks):
-        hidden = model.original_model.base_model(
-            input_ids=prefix.suffix_ids, attention_mask=prefix.mask, position_ids=prefix.suffix_positions,
-            past_key_values=prefix.cache, use_cache=True,
-        ).last_hidden_state
-    nll = FinalHidden(hidden, *output_embedding(model)).token_nll(targets.repeat_interleave(repeats)[:, None])
+    scored = run_suffix(model, prefix, layer, deltas)
+    nll = scored.token_nll(targets.repeat_interleave(repeats)[:, None])
     return torch.exp(-nll[:, 0]).cpu()
 
 
