@@ -74,8 +74,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-test", type=int, default=100, help="held-out pairs scored per cell (0: all)")
     p.add_argument("--layer", type=int, default=FitConfig().layer, help="Δ's layer")
     p.add_argument("--fv-top-k", type=int, default=10, help="heads summed into the function vector")
-    p.add_argument("--peft-steps", type=int, default=100)
+    p.add_argument("--peft-steps", type=int, default=FitConfig().steps, help="PEFT training steps (default: as Δ)")
     p.add_argument("--out", required=True, help="results CSV (OUT.md gets the summary); rerun to resume")
+
+    p = sub.add_parser("judge", help="GPT-Eval: an LLM judge votes on saved predictions (OpenAI-compatible endpoint)")
+    p.add_argument("predictions", help="a predictions CSV (e.g. the table's OUT.predictions.csv)")
+    p.add_argument("--out", required=True, help="votes CSV (OUT.md gets the GPT-Eval table); rerun to resume")
+    p.add_argument("--queries", type=int, default=5, help="queries per prediction")
+    p.add_argument("--min-yes", type=int, default=3, help="accepted with at least this many yes votes")
+    p.add_argument("--workers", type=int, default=4, help="queries in flight at once")
 
     p = sub.add_parser("demo", help="the README's main job: default model, built-in antonyms, a few minutes")
     _add_model_args(p)
@@ -90,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return getattr(commands, args.command)(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as err:  # bad input: say what, no traceback
+    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as err:  # bad input: say what, no traceback
         print(f"headsteer {args.command}: error: {err}", file=sys.stderr)
         return 2
 

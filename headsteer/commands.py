@@ -108,6 +108,30 @@ def table(args: argparse.Namespace) -> int:
     return 0
 
 
+def judge(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    import pandas as pd
+
+    from headsteer.judge import JudgeConfig, JudgeNotConfigured, judge_predictions
+    from headsteer.table import METHODS, summary_markdown
+
+    try:
+        base = JudgeConfig.from_env()
+    except JudgeNotConfigured as err:  # a skipped metric, not a failure: say so and write nothing
+        print(err, file=sys.stderr)
+        return 0
+    config = replace(base, queries=args.queries, min_yes=args.min_yes, workers=args.workers)
+    judged = judge_predictions(pd.read_csv(args.predictions, keep_default_na=False), config, args.out)
+    per_seed = judged.groupby(["task", "method", "seed"], as_index=False)["gpt_eval"].mean()
+    methods = [m for m in METHODS if m in set(per_seed["method"])] + sorted(set(per_seed["method"]) - set(METHODS))
+    text = summary_markdown(per_seed, methods, metrics=("gpt_eval",))
+    Path(args.out).with_suffix(".md").write_text(text)
+    print(text)
+    return 0
+
+
 def demo(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.cache_dir)
     run_demo(model, task=args.task, config=replace(FitConfig(), steps=args.steps))

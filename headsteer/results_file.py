@@ -21,8 +21,11 @@ def settings_path(out: Path) -> Path:
     return out.with_name(out.name + ".settings.json")
 
 
-def load_rows(out: Path, settings: dict, columns: Sequence[str]) -> pd.DataFrame:
-    """Earlier rows of this job; refuses a file made with other settings (and names what differs)."""
+def load_rows(out: Path, settings: dict, columns: Sequence[str], text: bool = False) -> pd.DataFrame:
+    """Earlier rows of this job; refuses a file made with other settings (and names what differs).
+
+    ``text``: keep empty cells and words like "NA" or "null" as strings (for predictions), not NaN.
+    """
     path = settings_path(out)
     if path.is_file():
         earlier = json.loads(path.read_text())
@@ -34,7 +37,7 @@ def load_rows(out: Path, settings: dict, columns: Sequence[str]) -> pd.DataFrame
         path.write_text(json.dumps(settings, indent=2))
     if not out.is_file():
         return pd.DataFrame(columns=list(columns))
-    return pd.read_csv(out)
+    return pd.read_csv(out, keep_default_na=not text)
 
 
 def write_rows(out: Path, frame: pd.DataFrame) -> None:

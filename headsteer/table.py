@@ -4,7 +4,8 @@ For each (task, seed) the training pairs (N = ``n_train``) and held-out pairs
 come from :func:`headsteer.tasks.split_task`, identical for every method.
 Each method turns them into ``evaluate_pairs``-style scores; one row per
 (task, method, seed) goes into the results CSV as soon as it is done, so a
-killed run resumes where it stopped.
+killed run resumes where it stopped, and every held-out prediction goes into
+``<out>.predictions.csv`` (what :mod:`headsteer.judge` reads).
 """
 
 from __future__ import annotations
@@ -26,8 +27,11 @@ from headsteer.fit import fit
 from headsteer.prompts import Template
 from headsteer.results_file import load_rows, write_rows
 from headsteer.tasks import Pair, Task, split_task
+from headsteer.tuning import fit_tuned
 
 COLUMNS = ["task", "method", "seed", "n_train", "n_test", "first_token", "exact_match"]
+KEY = ["task", "method", "seed"]
+PREDICTION_COLUMNS = KEY + ["input", "target", "prediction", "first_token", "exact_match"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,7 @@ class TableConfig:
     fv_top_k: int = 10
     fv_layer: int | None = None
     icv_strength: float = 0.1
-    peft_steps: int = 100
+    peft_steps: int = FitConfig().steps  # the same step budget as Δ: LoRA and IA3 reach ~0 training loss in 10 (README)
     methods: tuple[str, ...] = field(default_factory=lambda: tuple(METHODS))
 
     def __post_init__(self) -> None:
@@ -108,6 +112,11 @@ def _delta(**changes) -> Callable[[Cell], pd.DataFrame]:
     return run
 
 
+def _delta_tuned(cell: Cell) -> pd.DataFrame:
+    result, _ = fit_tuned(cell.model, cell.train, cell.template, cell.fit_config(), task=cell.task, progress=False)
+    return _score(cell, cell.template, [result.intervention])
+
+
 METHODS: dict[str, Callable[[Cell], pd.DataFrame]] = {
     "0-shot": lambda c: _score(c, c.template),
     "10-shot": lambda c: _score(c, few_shot_template(c.template, c.train)),
@@ -118,6 +127,7 @@ METHODS: dict[str, Callable[[Cell], pd.DataFrame]] = {
     "IA3": _peft("ia3"),
     "prompt tuning": _peft("prompt_tuning"),
     "Δ (ours)": _delta(),
+    "Δ tuned (CV)": _delta_tuned,
     "Δ unregularized": _delta(gamma=0.0, lam=0.0),
     "Δ Adam": _delta(optimizer="adam", lr=None),
     "Δ FISTA": _delta(optimizer="fista", lr=None),
@@ -128,23 +138,44 @@ def build_table(
     model, tasks: Sequence[Task], template: Template, seeds: Sequence[int], config: TableConfig = TableConfig(),
     out: str | Path | None = None, progress: bool = True,
 ) -> pd.DataFrame:
-    """One row per (task, method, seed); with ``out``, resumable (finished cells are skipped)."""
-    settings = {"template": template.to_dict(), "config": config.to_dict(), "model": str(model.cfg.model_name)}
+    """One row per (task, method, seed); with ``out``, resumable (finished cells are skipped).
+
+    ``config.methods`` only selects what to run: one file may gather methods over several runs.
+    """
+    settings = {"template": template.to_dict(), "config": {**config.to_dict(), "methods": None},
+                "model": str(model.cfg.model_name)}
     done = load_rows(Path(out), settings, COLUMNS) if out else pd.DataFrame(columns=COLUMNS)
+    predictions = _earlier_predictions(Path(out), done) if out else pd.DataFrame(columns=PREDICTION_COLUMNS)
     finished = set(zip(done["task"], done["method"], done["seed"].astype(int)))
     todo = [(t, s, m) for t in tasks for s in seeds for m in config.methods if (t.name, m, s) not in finished]
     cell: Cell | None = None  # the current (task, seed); its cache is shared by its methods only
     for task, seed, method in tqdm(todo, desc="table", disable=not progress):
         if cell is None or (cell.task, cell.seed) != (task.name, seed):
             cell = _cell(model, task, seed, template, config)
-        scores = METHODS[method](cell)
+        scores = METHODS[method](cell).assign(task=task.name, method=method, seed=seed)
         row = {"task": task.name, "method": method, "seed": seed, "n_train": len(cell.train), "n_test": len(scores),
                "first_token": scores["first_token"].mean(), "exact_match": scores["exact_match"].mean()}
+        predictions = pd.concat([predictions, scores[PREDICTION_COLUMNS]], ignore_index=True)
         done = pd.concat([done, pd.DataFrame([row], columns=COLUMNS)], ignore_index=True)
-        if out:
+        if out:  # predictions first: a row on disk always has its predictions
+            write_rows(predictions_path(Path(out)), predictions)
             write_rows(Path(out), done)
     wanted = done["task"].isin([t.name for t in tasks]) & done["seed"].astype(int).isin(seeds)
     return done[wanted & done["method"].isin(config.methods)].reset_index(drop=True)
+
+
+def predictions_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".predictions.csv")
+
+
+def _earlier_predictions(out: Path, done: pd.DataFrame) -> pd.DataFrame:
+    """Saved predictions of the finished rows (a run killed between the two writes left extras)."""
+    path = predictions_path(out)
+    if not path.is_file():
+        return pd.DataFrame(columns=PREDICTION_COLUMNS)
+    saved = pd.read_csv(path, keep_default_na=False)  # an empty prediction stays ""
+    keys = pd.MultiIndex.from_frame(done[KEY].astype({"seed": int}))
+    return saved[pd.MultiIndex.from_frame(saved[KEY].astype({"seed": int})).isin(keys)].reset_index(drop=True)
 
 
 def _cell(model, task: Task, seed: int, template: Template, config: TableConfig) -> Cell:
@@ -152,11 +183,14 @@ def _cell(model, task: Task, seed: int, template: Template, config: TableConfig)
     return Cell(model, task.name, seed, list(train), list(test), template, config)
 
 
-def summary_markdown(rows: pd.DataFrame, methods: Sequence[str]) -> str:
-    """Method × task tables of mean ± std over seeds, exact match then first-token accuracy."""
-    table = format_mean_std(mean_std(rows, by=["task", "method"]))
+METRIC_TITLES = {"exact_match": "Exact match", "first_token": "First-token accuracy", "gpt_eval": "GPT-Eval (LLM judge)"}
+
+
+def summary_markdown(rows: pd.DataFrame, methods: Sequence[str], metrics: Sequence[str] = ("exact_match", "first_token")) -> str:
+    """Method × task tables of mean ± std over seeds, one per metric (rows: one per task, method, seed)."""
+    table = format_mean_std(mean_std(rows, by=["task", "method"], metrics=metrics), metrics=metrics)
     parts = []
-    for metric, title in (("exact_match", "Exact match"), ("first_token", "First-token accuracy")):
+    for metric, title in ((m, METRIC_TITLES.get(m, m)) for m in metrics):
         wide = table.pivot(index="method", columns="task", values=metric)
         wide = wide.reindex([m for m in methods if m in wide.index])
         parts.append(f"{title} (mean ± std over seeds)\n\n" + wide.to_markdown())

@@ -1,5 +1,7 @@
 """The comparison table on a tiny model: every method runs, rows are tidy, a killed run resumes."""
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 
@@ -40,9 +42,17 @@ def test_a_killed_table_resumes_and_refuses_other_settings(gemma_tiny, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         build_table(gemma_tiny, [task], QA, [0, 1], config, out, progress=False)
     assert len(pd.read_csv(out)) == 3  # seed 0 both methods, seed 1's 0-shot
+    predictions = pd.read_csv(table.predictions_path(out), keep_default_na=False)
+    assert len(predictions) == 3 * 4 and set(predictions.columns) == set(table.PREDICTION_COLUMNS)
     monkeypatch.setitem(table.METHODS, "Δ (ours)", real)
     rows = build_table(gemma_tiny, [task], QA, [0, 1], config, out, progress=False)
     assert len(rows) == 4 and calls == [0, 1]
+    more = build_table(gemma_tiny, [task], QA, [0], replace(config, methods=("10-shot",)), out, progress=False)
+    assert list(more["method"]) == ["10-shot"] and len(pd.read_csv(out)) == 5  # other methods join the same file
+    predictions = pd.read_csv(table.predictions_path(out), keep_default_na=False)
+    means = predictions.groupby(["task", "method", "seed"])["exact_match"].mean()
+    saved = pd.read_csv(out).set_index(["task", "method", "seed"])["exact_match"]
+    pd.testing.assert_series_equal(means.sort_index(), saved.sort_index(), check_names=False)
     with pytest.raises(ValueError, match="other settings"):
         build_table(gemma_tiny, [task], QA, [0, 1], TableConfig(**{**SMALL, "max_test": 5}), out, progress=False)
 

@@ -115,23 +115,21 @@ def indirect_effects(
     """AIE_{ℓh}: the mean gain in p(target) from setting head (ℓ, h) to its clean mean at the last token."""
     n, (n_layers, n_heads, _) = len(corrupted), mean_z.shape
     corrupt_z = last_token_z(model, corrupted)
-    base = _target_probs(model, corrupted, targets, 1, None, None)
+    prefix = build_prefix(model, corrupted, n_scored=1, repeats=n_heads)  # row i·H + h patches head h
+    row_targets = targets.repeat_interleave(n_heads)[:, None]
+
+    def target_probs(layer: int | None, deltas: Tensor | None) -> Tensor:
+        nll = run_suffix(model, prefix, layer, deltas).token_nll(row_targets)
+        return torch.exp(-nll[:, 0]).cpu().reshape(n, n_heads)
+
+    base = target_probs(None, None)[:, :1]  # no patch: every repeat of a row is the same
     effects = torch.zeros(n_layers, n_heads)
     for layer in tqdm(range(n_layers), desc="head effects", disable=not progress, leave=False):
         patch = (mean_z[layer][None] - corrupt_z[:, layer])  # [n, H, D]: what moves z to the clean mean
         onehot = torch.eye(n_heads)[None, :, :, None]  # [1, H(patched), H, 1]
-        deltas = (onehot * patch[:, None]).reshape(n * n_heads, n_heads, -1)  # row i·H + h patches head h
-        probs = _target_probs(model, corrupted, targets, n_heads, layer, deltas)
-        effects[layer] = (probs.reshape(n, n_heads) - base[:, None]).mean(0)
+        deltas = (onehot * patch[:, None]).reshape(n * n_heads, n_heads, -1)
+        effects[layer] = (target_probs(layer, deltas) - base).mean(0)
     return effects
-
-
-def _target_probs(model, tokens, targets, repeats, layer, deltas) -> Tensor:
-    """p(target) at the last token, each row repeated ``repeats`` times with its own Δ at ``layer``."""
-    prefix = build_prefix(model, tokens, n_scored=1, repeats=repeats)
-    scored = run_suffix(model, prefix, layer, deltas)
-    nll = scored.token_nll(targets.repeat_interleave(repeats)[:, None])
-    return torch.exp(-nll[:, 0]).cpu()
 
 
 def head_output_vector(model, mean_z: Tensor, heads: Sequence[tuple[int, int]]) -> Float[Tensor, " d_model"]:

@@ -40,7 +40,7 @@ GENERIC_DESCRIPTION = "Answer the question with one word."
 @dataclass(frozen=True)
 class PEFTConfig:
     method: str = "lora"
-    steps: int = 100
+    steps: int = 50
     lr: float | None = None  # None: DEFAULT_LR[method]
     seed: int = 0
 
@@ -139,7 +139,7 @@ def train_peft(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        history.append({"step": step, "task_loss": float(loss)})
+        history.append({"step": step, "task_loss": float(loss.detach())})
     trained.eval()
     with torch.no_grad():
         history.append({"step": config.steps, "task_loss": float(first_token_loss(trained, model.tokenizer, template, pairs))})
