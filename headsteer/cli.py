@@ -77,6 +77,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peft-steps", type=int, default=FitConfig().steps, help="PEFT training steps (default: as Δ)")
     p.add_argument("--out", required=True, help="results CSV (OUT.md gets the summary); rerun to resume")
 
+    p = sub.add_parser("heads", help="which heads a task uses: Δ with/without penalty, λ path, FV head effects")
+    _add_model_args(p), _add_task_args(p), _add_fit_args(p)
+    p.add_argument("--seed", type=int, default=0, help="training sample and fit seed")
+    p.add_argument("--strengths", type=float, nargs="+", default=None, help="path of γ = λ values (default: 0.3 .. 0)")
+    p.add_argument("--out", default=None, help="output folder (default: results/heads/<task>)")
+
+    p = sub.add_parser("figures", help="regenerate every figure from saved results (HTML + PNG)")
+    p.add_argument("--results", default="results", help="folder with sweep_*.csv, table.csv, heads/<task>/")
+    p.add_argument("--out", default="figures")
+    p.add_argument("--static", action=argparse.BooleanOptionalAction, default=True,
+                   help="also PNG via kaleido (needs a Chromium; BROWSER_PATH=/usr/bin/chromium)")
+
     p = sub.add_parser("judge", help="GPT-Eval: an LLM judge votes on saved predictions (OpenAI-compatible endpoint)")
     p.add_argument("predictions", help="a predictions CSV (e.g. the table's OUT.predictions.csv)")
     p.add_argument("--out", required=True, help="votes CSV (OUT.md gets the GPT-Eval table); rerun to resume")

@@ -108,6 +108,27 @@ def table(args: argparse.Namespace) -> int:
     return 0
 
 
+def heads(args: argparse.Namespace) -> int:
+    from headsteer.head_study import head_study
+    from headsteer.heads import DEFAULT_PATH
+
+    config = _config(args, args.seed)
+    task = load_task(args.task, args.data_dir)
+    model = load_model(args.model, args.cache_dir)
+    out = args.out or f"results/heads/{task.name.replace('/', '-')}"
+    head_study(model, task, get_template(args.template), config, out, args.n_train, args.strengths or DEFAULT_PATH)
+    print(f"wrote {out}/: regularized, unregularized, heads.csv, path.csv, fv_effects.csv")
+    return 0
+
+
+def figures(args: argparse.Namespace) -> int:
+    from headsteer.figures import build_figures
+
+    for path in build_figures(args.results, args.out, args.static):
+        print(path)
+    return 0
+
+
 def judge(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path

@@ -21,6 +21,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from headsteer.config import FitConfig
+from headsteer.display import fit_result_html
 from headsteer.fast_forward import PrefixCachedForward
 from headsteer.forward import ScoredForward
 from headsteer.hooks import check_layer
@@ -61,6 +62,9 @@ class FitResult:
     def head_norms(self) -> pd.DataFrame:
         norms = self.intervention.head_norms().tolist()
         return pd.DataFrame({"layer": self.intervention.layer, "head": range(len(norms)), "norm": norms})
+
+    def _repr_html_(self) -> str:
+        return fit_result_html(self)
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from jaxtyping import Float, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from headsteer.display import intervention_html
 from headsteer.hooks import PromptEndAdd, added_hooks, check_layer, hook_z_name
 
 FORMAT_VERSION = 1
@@ -110,6 +111,9 @@ class Intervention:
             f"Intervention(task={self.task!r}, model={self.model.name!r}, hook={self.hook_name!r}, "
             f"Δ={list(self.delta.shape)}, head norms=[{norms}], zeros={self.sparsity():.0%})"
         )
+
+    def _repr_html_(self) -> str:
+        return intervention_html(self)
 
     # ---- applying ------------------------------------------------------------------------
     def check_fits(self, model) -> None:

@@ -1,0 +1,83 @@
+"""Regenerate every figure from saved results: ``headsteer figures --results results --out figures``.
+
+Reads what the sweep (``sweep_*.csv``), the table (``table.csv``) and the head
+study (``heads/<task>/``) wrote and saves each figure as interactive HTML
+(plotly.js once, in the folder, so the pages work offline) and, with
+``static=True``, as PNG through kaleido. Kaleido drives a Chromium: set
+``BROWSER_PATH`` (e.g. ``/usr/bin/chromium`` after ``apt-get install chromium``)
+where it cannot find one itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from headsteer import plots
+from headsteer.head_study import VARIANTS
+from headsteer.heads import head_overlap
+from headsteer.intervention import Intervention
+from headsteer.table import METHODS
+
+
+def save_figure(fig: go.Figure, out_dir: Path, stem: str, static: bool = True) -> list[Path]:
+    """``stem.html`` (and ``stem.png`` at 2× scale) in ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    html = out_dir / f"{stem}.html"
+    fig.write_html(html, include_plotlyjs="directory")
+    if not static:
+        return [html]
+    png = out_dir / f"{stem}.png"
+    try:
+        fig.write_image(png, scale=2)
+    except Exception as err:  # kaleido's errors name no fix; say what to install
+        raise RuntimeError(
+            f"static export of {png.name} failed ({type(err).__name__}: {err}). Kaleido needs a Chromium: "
+            "install one (Debian: apt-get install chromium) and set BROWSER_PATH=/usr/bin/chromium, "
+            "or pass --no-static for HTML only"
+        ) from err
+    return [html, png]
+
+
+def sweep_figures(results: Path) -> dict[str, go.Figure]:
+    files = sorted(results.glob("sweep_*.csv"))
+    if not files:
+        return {}
+    sweep = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    return {f"layer_sweep_{m}": plots.layer_sweep(sweep, m) for m in ("exact_match", "first_token")}
+
+
+def table_figures(results: Path) -> dict[str, go.Figure]:
+    path = results / "table.csv"
+    if not path.is_file():
+        return {}
+    rows = pd.read_csv(path)
+    return {f"methods_{m}": plots.method_bars(rows, list(METHODS), m) for m in ("exact_match", "first_token")}
+
+
+def head_figures(study: Path) -> dict[str, go.Figure]:
+    """Figure 2 (heatmap, norm bars), the regularization path and the Δ-vs-FV heads for one task."""
+    ivs = {v: Intervention.load(study / v) for v in VARIANTS}
+    task, layer, name = ivs["regularized"].task, ivs["regularized"].layer, study.name
+    heads = pd.read_csv(study / "heads.csv")
+    k = max(1, heads["head"].nunique() // 2)  # half of the layer's heads (2 of Gemma 3 270M's 4)
+    table, overlap = head_overlap(heads[heads["variant"] == "regularized"], pd.read_csv(study / "fv_effects.csv"), k)
+    return {
+        f"{name}_head_heatmap": plots.head_heatmap({v: iv.delta for v, iv in ivs.items()}, layer, task),
+        f"{name}_head_norms": plots.head_norm_bars(heads, f"Per-head norm of Δ ({task}, layer {layer})"),
+        f"{name}_regularization_path": plots.regularization_path(pd.read_csv(study / "path.csv")),
+        f"{name}_delta_vs_fv_heads": plots.head_comparison(table, overlap, task),
+    }
+
+
+def build_figures(results: str | Path, out: str | Path, static: bool = True) -> list[Path]:
+    """Every figure the saved results allow; returns the files written."""
+    results, out = Path(results), Path(out)
+    figures = {**sweep_figures(results), **table_figures(results)}
+    for study in sorted(p for p in (results / "heads").glob("*") if (p / "heads.csv").is_file()):
+        figures.update(head_figures(study))
+    if not figures:
+        raise FileNotFoundError(f"no results to draw in {results} (sweep_*.csv, table.csv or heads/<task>/)")
+    return [p for stem, fig in figures.items() for p in save_figure(fig, out, stem, static)]

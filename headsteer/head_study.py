@@ -1,0 +1,53 @@
+"""The results behind "which heads does a task use": Δ with and without the penalty, the path, FV head effects.
+
+:func:`head_study` fits, on one seeded training split, Δ at ``config``'s γ, λ
+(``regularized``) and at γ = λ = 0 (``unregularized``), the regularization path
+over ``strengths``, and the function vector's per-head indirect effects, and
+writes them to ``out_dir``::
+
+    regularized.safetensors/.json, unregularized.safetensors/.json   the two Δ's
+    heads.csv       variant, task, layer, head, norm, share, rank, active
+    path.csv        task, layer, strength, head, norm, active, task_loss
+    fv_effects.csv  task, layer, head, aie, rank (the FV's ranking over every head)
+
+:mod:`headsteer.figures` draws them; nothing here plots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from headsteer.baselines.function_vectors import FVConfig, fit_function_vector
+from headsteer.config import FitConfig
+from headsteer.fit import FitJob, fit_many
+from headsteer.heads import DEFAULT_PATH, head_table, regularization_path
+from headsteer.prompts import Template
+from headsteer.results_file import write_rows
+from headsteer.tasks import Task, split_task
+
+VARIANTS = ("regularized", "unregularized")
+
+
+def head_study(
+    model, task: Task, template: Template, config: FitConfig, out_dir: str | Path, n_train: int = 10,
+    strengths: Sequence[float] = DEFAULT_PATH, fv_top_k: int = 10, progress: bool = True,
+) -> Path:
+    """Fit and write everything listed in the module docstring; returns ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train, _ = split_task(task, n_train=n_train, seed=config.seed)
+    jobs = [FitJob(tuple(train), config, task.name), FitJob(tuple(train), replace(config, gamma=0.0, lam=0.0), task.name)]
+    results = fit_many(model, jobs, template, progress=progress)
+    heads = pd.concat([head_table([r.intervention]).assign(variant=v) for v, r in zip(VARIANTS, results)])
+    path = regularization_path(model, train, template, config, strengths, task.name, progress)
+    _, effects = fit_function_vector(model, train, template, FVConfig(top_k=fv_top_k, seed=config.seed), task.name,
+                                     progress)
+    for variant, result in zip(VARIANTS, results):
+        result.intervention.save(out / variant)
+    for name, frame in (("heads", heads), ("path", path), ("fv_effects", effects)):
+        write_rows(out / f"{name}.csv", frame.reset_index(drop=True))
+    return out

@@ -1,0 +1,120 @@
+"""Plotly figures from saved results (tidy DataFrames); nothing here fits or runs a model.
+
+Each function takes the table a results file holds and returns a ``go.Figure``:
+the head heatmap and head-norm bars (the paper's Figure 2), the layer sweep
+(Figure 1), the regularization path, Δ-vs-function-vector heads, and method bars.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.colors import qualitative
+from jaxtyping import Float
+from plotly.subplots import make_subplots
+from torch import Tensor
+
+from headsteer.evaluate import mean_std
+
+COLORS = qualitative.Plotly
+METRIC_LABELS = {"exact_match": "exact match", "first_token": "first-token accuracy"}
+LAYOUT = dict(template="plotly_white", font=dict(size=14), margin=dict(l=80, r=40, t=80, b=70))
+
+
+def head_heatmap(deltas: dict[str, Float[Tensor, "n_heads d_head"]], layer: int, task: str = "") -> go.Figure:
+    """Δ's entries, heads × components, one panel per name (e.g. "unregularized", "regularized").
+
+    ``deltas`` maps a panel title to a ``[n_heads, d_head]`` array-like. One colour scale, centred at 0,
+    shared by the panels so their magnitudes compare.
+    """
+    names = list(deltas)
+    arrays = [np.asarray(deltas[n], dtype=float) for n in names]
+    bound = max(float(abs(a).max()) for a in arrays) or 1.0
+    fig = make_subplots(rows=len(names), cols=1, subplot_titles=names, vertical_spacing=0.18)
+    for row, array in enumerate(arrays, start=1):
+        fig.add_trace(go.Heatmap(
+            z=array, zmin=-bound, zmax=bound, colorscale="RdBu", reversescale=True, coloraxis=None,
+            showscale=row == 1, colorbar=dict(title="Δ value"), y=[f"head {h}" for h in range(array.shape[0])],
+            hovertemplate="%{y}, component %{x}: %{z:.4f}<extra></extra>",
+        ), row=row, col=1)
+        fig.update_xaxes(title_text="component of Δ_h (d_head index)", row=row, col=1)
+        fig.update_yaxes(autorange="reversed", title_text="attention head", row=row, col=1)
+    height = sum(max(160, 22 * a.shape[0]) for a in arrays) + 120 * len(arrays)
+    title = f"Δ at layer {layer}{f' ({task})' if task else ''}: heads × components"
+    return fig.update_layout(title=title, height=height, width=1000, **LAYOUT)
+
+
+def head_norm_bars(heads: pd.DataFrame, title: str = "") -> go.Figure:
+    """‖Δ_h‖₂ per head, one bar group per ``variant`` column value (e.g. regularized vs not)."""
+    fig = go.Figure()
+    for i, (variant, part) in enumerate(heads.groupby("variant", sort=False)):
+        fig.add_bar(x=[f"head {h}" for h in part["head"]], y=part["norm"], name=str(variant), marker_color=COLORS[i])
+    fig.update_layout(title=title or "Per-head norm of Δ", barmode="group", width=800, height=450, **LAYOUT)
+    return fig.update_yaxes(title_text="‖Δ_h‖₂").update_xaxes(title_text="attention head")
+
+
+def layer_sweep(sweep: pd.DataFrame, metric: str = "exact_match") -> go.Figure:
+    """Mean ± std over seeds of ``metric`` against layer, one line (and band) per task, zero-shot dashed."""
+    fig = go.Figure()
+    for i, (task, part) in enumerate(sweep.groupby("task")):
+        stats = mean_std(part, by=["layer"], metrics=[metric, f"zero_shot_{metric}"]).sort_values("layer")
+        color = COLORS[i % len(COLORS)]
+        mean, std = stats[f"{metric}_mean"], stats[f"{metric}_std"]
+        fig.add_scatter(x=list(stats["layer"]) + list(stats["layer"])[::-1], y=list(mean + std) + list(mean - std)[::-1],
+                        fill="toself", fillcolor=color, opacity=0.2, line=dict(width=0), showlegend=False, hoverinfo="skip")
+        fig.add_scatter(x=stats["layer"], y=mean, mode="lines+markers", name=f"{task}: fitted Δ", line=dict(color=color))
+        fig.add_scatter(x=stats["layer"], y=stats[f"zero_shot_{metric}_mean"], mode="lines", name=f"{task}: zero-shot",
+                        line=dict(color=color, dash="dash"))
+    seeds = sweep.groupby(["task", "layer"]).size().max()
+    fig.update_layout(title=f"Held-out {METRIC_LABELS.get(metric, metric)} by layer of Δ (mean ± std, {seeds} seeds)",
+                      width=900, height=500, **LAYOUT)
+    fig.update_xaxes(title_text="layer ℓ receiving Δ", dtick=1)
+    return fig.update_yaxes(title_text=METRIC_LABELS.get(metric, metric), rangemode="tozero")
+
+
+def regularization_path(path: pd.DataFrame) -> go.Figure:
+    """‖Δ_h‖₂ per head against the penalty strength γ = λ (log axis, decreasing to the right)."""
+    fig = go.Figure()
+    positive = path[path["strength"] > 0]
+    for i, (head, part) in enumerate(positive.groupby("head")):
+        part = part.sort_values("strength")
+        fig.add_scatter(x=part["strength"], y=part["norm"], mode="lines+markers", name=f"head {head}",
+                        line=dict(color=COLORS[i % len(COLORS)]))
+    task, layer = path["task"].iloc[0], path["layer"].iloc[0]
+    fig.update_layout(title=f"Regularization path ({task}, layer {layer}): heads switch on as γ = λ decreases",
+                      width=900, height=500, **LAYOUT)
+    fig.update_xaxes(title_text="penalty strength γ = λ (log scale)", type="log", autorange="reversed")
+    return fig.update_yaxes(title_text="‖Δ_h‖₂")
+
+
+def head_comparison(overlap: pd.DataFrame, overlap_fraction: float, task: str = "") -> go.Figure:
+    """Top heads by ‖Δ_h‖ beside top heads by function-vector AIE; shared heads marked."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=["Δ: head norm ‖Δ_h‖₂", "function vector: AIE"],
+                        horizontal_spacing=0.18)
+    for col, (head, value, shared) in enumerate(
+        [("delta_head", "delta_norm", "delta_head_in_fv_top"), ("fv_head", "fv_aie", "fv_head_in_delta_top")], start=1
+    ):
+        colors = ["#d62728" if s else "#7f7f7f" for s in overlap[shared]]
+        fig.add_bar(x=overlap[value], y=overlap[head], orientation="h", marker_color=colors, showlegend=False, row=1, col=col)
+        fig.update_yaxes(autorange="reversed", title_text="head (layer.head)" if col == 1 else None, row=1, col=col)
+    fig.update_xaxes(title_text="‖Δ_h‖₂", row=1, col=1).update_xaxes(title_text="average indirect effect (Δp)", row=1, col=2)
+    k = len(overlap)
+    title = f"Top-{k} heads{f' for {task}' if task else ''}: overlap {overlap_fraction:.0%} (red: in both)"
+    return fig.update_layout(title=title, width=1000, height=200 + 40 * k, **LAYOUT)
+
+
+def method_bars(rows: pd.DataFrame, methods: Sequence[str], metric: str = "exact_match") -> go.Figure:
+    """Mean ``metric`` of each method per task, error bars = std over seeds."""
+    stats = mean_std(rows, by=["task", "method"], metrics=[metric])
+    fig = go.Figure()
+    for i, method in enumerate(m for m in methods if m in set(stats["method"])):
+        part = stats[stats["method"] == method]
+        fig.add_bar(x=part["task"], y=part[f"{metric}_mean"], name=method, marker_color=COLORS[i % len(COLORS)],
+                    error_y=dict(type="data", array=part[f"{metric}_std"]))
+    seeds = int(stats["seeds"].max())
+    fig.update_layout(title=f"Held-out {METRIC_LABELS.get(metric, metric)} by method (mean ± std over {seeds} seeds)",
+                      barmode="group", width=1100, height=520, legend=dict(font=dict(size=11)), **LAYOUT)
+    return fig.update_yaxes(title_text=METRIC_LABELS.get(metric, metric), rangemode="tozero").update_xaxes(title_text="task")

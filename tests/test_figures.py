@@ -1,0 +1,80 @@
+"""Figures are drawn from saved results only: a tiny head study plus small sweep and table files."""
+
+import shutil
+import struct
+
+import pandas as pd
+import pytest
+
+import headsteer as hs
+from headsteer import plots
+from headsteer.cli import main
+from headsteer.figures import build_figures, head_figures
+from headsteer.head_study import head_study
+
+QA = hs.get_template("qa")
+HAS_BROWSER = any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome"))
+
+
+@pytest.fixture(scope="module")
+def results(gemma_tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("results")
+    task = hs.load_task("builtin/antonym")
+    head_study(gemma_tiny, task, QA, hs.FitConfig(layer=1, steps=4, lr=0.5), root / "heads" / "antonym",
+               n_train=6, strengths=(1.0, 0.05, 0.0), fv_top_k=2, progress=False)
+    sweep = pd.DataFrame([
+        {"task": "antonym", "layer": layer, "seed": seed, "first_token": 0.1 * layer + 0.01 * seed,
+         "exact_match": 0.1 * layer, "zero_shot_first_token": 0.0, "zero_shot_exact_match": 0.0}
+        for layer in range(3) for seed in range(2)
+    ])
+    sweep.to_csv(root / "sweep_antonym.csv", index=False)
+    table = pd.DataFrame([{"task": t, "method": m, "seed": s, "first_token": 0.2, "exact_match": 0.1 + 0.1 * s}
+                          for t in ("antonym", "synonym") for m in ("0-shot", "Δ (ours)") for s in (0, 1)])
+    table.to_csv(root / "table.csv", index=False)
+    return root
+
+
+def test_head_study_writes_every_result(results):
+    study = results / "heads" / "antonym"
+    names = {p.name for p in study.iterdir()}
+    assert {"regularized.safetensors", "unregularized.json", "heads.csv", "path.csv", "fv_effects.csv"} <= names
+    heads = pd.read_csv(study / "heads.csv")
+    assert set(heads["variant"]) == {"regularized", "unregularized"} and heads["layer"].eq(1).all()
+    assert sorted(pd.read_csv(study / "path.csv")["strength"].unique()) == [0.0, 0.05, 1.0]
+
+
+def test_figures_have_titles_axis_labels_and_the_data(results):
+    figs = head_figures(results / "heads" / "antonym")
+    heatmap = figs["antonym_head_heatmap"]
+    assert [a.text for a in heatmap.layout.annotations] == ["regularized", "unregularized"]
+    assert len(heatmap.data) == 2 and len(heatmap.data[0].z) == 4 and "layer 1" in heatmap.layout.title.text
+    path = figs["antonym_regularization_path"]
+    assert path.layout.xaxis.type == "log" and {tr.name for tr in path.data} == {f"head {h}" for h in range(4)}
+    assert "overlap" in figs["antonym_delta_vs_fv_heads"].layout.title.text
+    sweep = plots.layer_sweep(pd.read_csv(results / "sweep_antonym.csv"), "first_token")
+    fitted = next(tr for tr in sweep.data if tr.name == "antonym: fitted Δ")
+    assert list(fitted.y) == pytest.approx([0.005, 0.105, 0.205]) and "2 seeds" in sweep.layout.title.text
+    bars = plots.method_bars(pd.read_csv(results / "table.csv"), ["0-shot", "Δ (ours)"])
+    assert [b.name for b in bars.data] == ["0-shot", "Δ (ours)"] and list(bars.data[0].error_y.array) == pytest.approx([0.0707, 0.0707], abs=1e-4)
+    for fig in [*figs.values(), sweep, bars]:
+        assert fig.layout.title.text and fig.layout.yaxis.title.text
+
+
+def test_build_figures_writes_html_without_static(results, tmp_path):
+    written = build_figures(results, tmp_path / "figs", static=False)
+    names = {p.name for p in written}
+    assert "layer_sweep_exact_match.html" in names and "methods_first_token.html" in names
+    assert "antonym_head_heatmap.html" in names and (tmp_path / "figs" / "plotly.min.js").is_file()
+
+
+@pytest.mark.skipif(not HAS_BROWSER, reason="static export needs a Chromium (apt-get install chromium)")
+def test_cli_figures_writes_png(results, tmp_path):
+    assert main(["figures", "--results", str(results), "--out", str(tmp_path / "figs")]) == 0
+    png = tmp_path / "figs" / "antonym_head_norms.png"
+    width, height = struct.unpack(">II", png.read_bytes()[16:24])  # the PNG header's IHDR
+    assert (width, height) == (1600, 900)  # 800 × 450 at scale 2
+
+
+def test_figures_without_results_say_so(tmp_path, capsys):
+    assert main(["figures", "--results", str(tmp_path), "--out", str(tmp_path / "f")]) == 2
+    assert "no results to draw" in capsys.readouterr().err
