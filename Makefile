@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet "$(TORCH)"
 	$(VENV)/bin/pip install --quiet -e ".[test]"
+	@# kaleido (PNG export) drives a Chromium and cannot download one here: install Debian's if missing.
+	@command -v chromium >/dev/null || command -v google-chrome >/dev/null \
+	  || (command -v apt-get >/dev/null && apt-get update -qq && apt-get install -y -qq chromium >/dev/null) \
+	  || echo "note: no Chromium; PNG export of figures needs one (see README); HTML still works"
 	touch $(STAMP)
 
 demo: install

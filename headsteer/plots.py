@@ -20,6 +20,7 @@ from torch import Tensor
 from headsteer.evaluate import mean_std
 
 COLORS = qualitative.Plotly
+MANY_COLORS = qualitative.Dark24  # the table's 13 methods need more than Plotly's 10
 METRIC_LABELS = {"exact_match": "exact match", "first_token": "first-token accuracy"}
 LAYOUT = dict(template="plotly_white", font=dict(size=14), margin=dict(l=80, r=40, t=80, b=70))
 
@@ -33,7 +34,9 @@ def head_heatmap(deltas: dict[str, Float[Tensor, "n_heads d_head"]], layer: int,
     names = list(deltas)
     arrays = [np.asarray(deltas[n], dtype=float) for n in names]
     bound = max(float(abs(a).max()) for a in arrays) or 1.0
-    fig = make_subplots(rows=len(names), cols=1, subplot_titles=names, vertical_spacing=0.18)
+    height = sum(max(160, 22 * a.shape[0]) for a in arrays) + 120 * len(arrays)
+    gap = 110 / height  # about 110 px between panels (room for the axis title and the next panel's title)
+    fig = make_subplots(rows=len(names), cols=1, subplot_titles=names, vertical_spacing=min(gap, 0.3))
     for row, array in enumerate(arrays, start=1):
         fig.add_trace(go.Heatmap(
             z=array, zmin=-bound, zmax=bound, colorscale="RdBu", reversescale=True, coloraxis=None,
@@ -42,7 +45,6 @@ def head_heatmap(deltas: dict[str, Float[Tensor, "n_heads d_head"]], layer: int,
         ), row=row, col=1)
         fig.update_xaxes(title_text="component of Δ_h (d_head index)", row=row, col=1)
         fig.update_yaxes(autorange="reversed", title_text="attention head", row=row, col=1)
-    height = sum(max(160, 22 * a.shape[0]) for a in arrays) + 120 * len(arrays)
     title = f"Δ at layer {layer}{f' ({task})' if task else ''}: heads × components"
     return fig.update_layout(title=title, height=height, width=1000, **LAYOUT)
 
@@ -71,7 +73,8 @@ def layer_sweep(sweep: pd.DataFrame, metric: str = "exact_match") -> go.Figure:
     seeds = sweep.groupby(["task", "layer"]).size().max()
     fig.update_layout(title=f"Held-out {METRIC_LABELS.get(metric, metric)} by layer of Δ (mean ± std, {seeds} seeds)",
                       width=900, height=500, **LAYOUT)
-    fig.update_xaxes(title_text="layer ℓ receiving Δ", dtick=1)
+    layers = sweep["layer"]
+    fig.update_xaxes(title_text="layer ℓ receiving Δ", dtick=1, range=[layers.min() - 0.5, layers.max() + 0.5])
     return fig.update_yaxes(title_text=METRIC_LABELS.get(metric, metric), rangemode="tozero")
 
 
@@ -86,7 +89,9 @@ def regularization_path(path: pd.DataFrame) -> go.Figure:
     task, layer = path["task"].iloc[0], path["layer"].iloc[0]
     fig.update_layout(title=f"Regularization path ({task}, layer {layer}): heads switch on as γ = λ decreases",
                       width=900, height=500, **LAYOUT)
-    fig.update_xaxes(title_text="penalty strength γ = λ (log scale)", type="log", autorange="reversed")
+    ticks = sorted(positive["strength"].unique())
+    fig.update_xaxes(title_text="penalty strength γ = λ (log scale; 0 not shown)", type="log", autorange="reversed",
+                     tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
     return fig.update_yaxes(title_text="‖Δ_h‖₂")
 
 
@@ -100,7 +105,8 @@ def head_comparison(overlap: pd.DataFrame, overlap_fraction: float, task: str = 
         colors = ["#d62728" if s else "#7f7f7f" for s in overlap[shared]]
         fig.add_bar(x=overlap[value], y=overlap[head], orientation="h", marker_color=colors, showlegend=False, row=1, col=col)
         fig.update_yaxes(autorange="reversed", title_text="head (layer.head)" if col == 1 else None, row=1, col=col)
-    fig.update_xaxes(title_text="‖Δ_h‖₂", row=1, col=1).update_xaxes(title_text="average indirect effect (Δp)", row=1, col=2)
+    fig.update_xaxes(title_text="‖Δ_h‖₂", row=1, col=1)
+    fig.update_xaxes(title_text="average indirect effect (Δp)", exponentformat="e", row=1, col=2)
     k = len(overlap)
     title = f"Top-{k} heads{f' for {task}' if task else ''}: overlap {overlap_fraction:.0%} (red: in both)"
     return fig.update_layout(title=title, width=1000, height=200 + 40 * k, **LAYOUT)
@@ -112,7 +118,7 @@ def method_bars(rows: pd.DataFrame, methods: Sequence[str], metric: str = "exact
     fig = go.Figure()
     for i, method in enumerate(m for m in methods if m in set(stats["method"])):
         part = stats[stats["method"] == method]
-        fig.add_bar(x=part["task"], y=part[f"{metric}_mean"], name=method, marker_color=COLORS[i % len(COLORS)],
+        fig.add_bar(x=part["task"], y=part[f"{metric}_mean"], name=method, marker_color=MANY_COLORS[i % len(MANY_COLORS)],
                     error_y=dict(type="data", array=part[f"{metric}_std"]))
     seeds = int(stats["seeds"].max())
     fig.update_layout(title=f"Held-out {METRIC_LABELS.get(metric, metric)} by method (mean ± std over {seeds} seeds)",

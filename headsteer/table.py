@@ -187,11 +187,19 @@ METRIC_TITLES = {"exact_match": "Exact match", "first_token": "First-token accur
 
 
 def summary_markdown(rows: pd.DataFrame, methods: Sequence[str], metrics: Sequence[str] = ("exact_match", "first_token")) -> str:
-    """Method × task tables of mean ± std over seeds, one per metric (rows: one per task, method, seed)."""
-    table = format_mean_std(mean_std(rows, by=["task", "method"], metrics=metrics), metrics=metrics)
+    """Method × task tables of mean ± std over seeds, one per metric (rows: one per task, method, seed).
+
+    Where cells have different numbers of seeds (a table still running), each cell names its count.
+    """
+    stats = mean_std(rows, by=["task", "method"], metrics=metrics)
+    table = format_mean_std(stats, metrics=metrics)
+    uneven = stats["seeds"].nunique() > 1
     parts = []
     for metric, title in ((m, METRIC_TITLES.get(m, m)) for m in metrics):
+        if uneven:
+            table[metric] = [f"{v} ({n})" for v, n in zip(table[metric], stats["seeds"])]
         wide = table.pivot(index="method", columns="task", values=metric)
         wide = wide.reindex([m for m in methods if m in wide.index])
-        parts.append(f"{title} (mean ± std over seeds)\n\n" + wide.to_markdown())
+        note = ", (n) = seeds in the cell" if uneven else ""
+        parts.append(f"{title} (mean ± std over seeds{note})\n\n" + wide.to_markdown())
     return "\n\n".join(parts) + "\n"

@@ -78,3 +78,12 @@ def test_cli_figures_writes_png(results, tmp_path):
 def test_figures_without_results_say_so(tmp_path, capsys):
     assert main(["figures", "--results", str(tmp_path), "--out", str(tmp_path / "f")]) == 2
     assert "no results to draw" in capsys.readouterr().err
+
+
+def test_heatmap_grows_with_the_head_count():
+    import torch
+
+    small = plots.head_heatmap({"regularized": torch.randn(4, 256)}, 4)
+    llama = plots.head_heatmap({"regularized": torch.randn(32, 128), "unregularized": torch.randn(32, 128)}, 4)
+    assert len(llama.data[0].y) == 32 and llama.data[0].y[-1] == "head 31"
+    assert llama.layout.height >= 2 * 22 * 32 > small.layout.height  # about 22 px per head row
