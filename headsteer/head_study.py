@@ -24,7 +24,7 @@ import pandas as pd
 from headsteer.baselines.function_vectors import FVConfig, fit_function_vector
 from headsteer.config import FitConfig
 from headsteer.fit import FitJob, fit_many
-from headsteer.heads import DEFAULT_PATH, head_table, regularization_path
+from headsteer.heads import DEFAULT_PATH, head_table, path_jobs, path_table
 from headsteer.prompts import Template
 from headsteer.results_file import write_rows
 from headsteer.tasks import Task, split_task
@@ -37,15 +37,14 @@ def head_study(
     strengths: Sequence[float] = DEFAULT_PATH, fv_top_k: int = 10, progress: bool = True,
 ) -> Path:
     """Fit and write everything listed in the module docstring; returns ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     train, _ = split_task(task, n_train=n_train, seed=config.seed)
-    jobs = [FitJob(tuple(train), config, task.name), FitJob(tuple(train), replace(config, gamma=0.0, lam=0.0), task.name)]
-    results = fit_many(model, jobs, template, progress=progress)
+    fits = [FitJob(tuple(train), config, task.name), FitJob(tuple(train), replace(config, gamma=0.0, lam=0.0), task.name)]
+    results = fit_many(model, fits + path_jobs(train, config, strengths, task.name), template, progress=progress)
+    results, path = results[: len(VARIANTS)], path_table(results[len(VARIANTS) :])  # one batch for all fits
     heads = pd.concat([head_table([r.intervention]).assign(variant=v) for v, r in zip(VARIANTS, results)])
-    path = regularization_path(model, train, template, config, strengths, task.name, progress)
     _, effects = fit_function_vector(model, train, template, FVConfig(top_k=fv_top_k, seed=config.seed), task.name,
                                      progress)
+    out = Path(out_dir)  # created only once every fit is done
     for variant, result in zip(VARIANTS, results):
         result.intervention.save(out / variant)
     for name, frame in (("heads", heads), ("path", path), ("fv_effects", effects)):

@@ -14,7 +14,7 @@ from typing import Sequence
 import pandas as pd
 
 from headsteer.config import FitConfig
-from headsteer.fit import FitJob, fit_many
+from headsteer.fit import FitJob, FitResult, fit_many
 from headsteer.intervention import Intervention
 from headsteer.prompts import Template
 from headsteer.tasks import Pair
@@ -40,17 +40,22 @@ def regularization_path(
     model, pairs: Sequence[Pair], template: Template, base: FitConfig = FitConfig(),
     strengths: Sequence[float] = DEFAULT_PATH, task: str = "", progress: bool = True,
 ) -> pd.DataFrame:
-    """Head norms of Δ fitted with γ = λ = s for each s in ``strengths`` (one batched fit).
+    """Head norms of Δ fitted with γ = λ = s for each s in ``strengths`` (one batched fit); see :func:`path_table`."""
+    return path_table(fit_many(model, path_jobs(pairs, base, strengths, task), template, progress=progress))
 
-    Rows: task, layer, strength, head, norm, active, final task loss of that fit.
-    """
+
+def path_jobs(pairs: Sequence[Pair], base: FitConfig, strengths: Sequence[float], task: str = "") -> list[FitJob]:
+    """One fit per strength s: ``base`` with γ = λ = s (batch them with others through ``fit_many``)."""
     if not strengths:
         raise ValueError("regularization_path: no strengths")
-    jobs = [FitJob(tuple(pairs), replace(base, gamma=s, lam=s), task) for s in strengths]
-    results = fit_many(model, jobs, template, progress=progress)
+    return [FitJob(tuple(pairs), replace(base, gamma=s, lam=s), task) for s in strengths]
+
+
+def path_table(results: Sequence[FitResult]) -> pd.DataFrame:
+    """Rows: task, layer, strength (the fit's γ = λ), head, norm, active, final task loss of that fit."""
     table = head_table([r.intervention for r in results])
-    per_fit = len(table) // len(strengths)
-    table.insert(2, "strength", [s for s in strengths for _ in range(per_fit)])
+    per_fit = len(table) // len(results)
+    table.insert(2, "strength", [r.config.gamma for r in results for _ in range(per_fit)])
     table["task_loss"] = [float(r.history["task_loss"].iloc[-1]) for r in results for _ in range(per_fit)]
     return table.drop(columns=["share", "rank"])
 
