@@ -77,6 +77,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peft-steps", type=int, default=FitConfig().steps, help="PEFT training steps (default: as Δ)")
     p.add_argument("--out", required=True, help="results CSV (OUT.md gets the summary); rerun to resume")
 
+    p = sub.add_parser("compose", help="task composition: Δ_outer + Δ_inner on outer∘inner (the paper's Table 2); resumable")
+    _add_model_args(p)
+    p.add_argument("--compose", nargs=2, action="append", metavar=("OUTER", "INNER"), default=None,
+                   help="one composed task, e.g. --compose english-french antonym (repeatable; default: the paper's four)")
+    p.add_argument("--data-dir", default=None, help="directory of <task>.json files ($HEADSTEER_DATA_DIR)")
+    p.add_argument("--template", default="qa")
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..SEEDS-1")
+    p.add_argument("--n-train", type=int, default=10)
+    p.add_argument("--max-test", type=int, default=100, help="held-out composed pairs scored per cell (0: all)")
+    p.add_argument("--layer", type=int, default=FitConfig().layer, help="the layer of every Δ")
+    p.add_argument("--out", required=True, help="results CSV (OUT.md gets the summary); rerun to resume")
+
+    p = sub.add_parser("opinion", help="steer answers toward a group's OpinionQA distribution (the paper's Table 3)")
+    _add_model_args(p)
+    p.add_argument("--group", action="append", default=None,
+                   help="a group by name, e.g. 'Northeast' or 'INCOME:Refused' (repeatable; default: the paper's four)")
+    p.add_argument("--data-dir", default=None, help="the OpinionQA directory ($HEADSTEER_OPINIONQA_DIR)")
+    p.add_argument("--seeds", type=int, default=5, help="seeds 0..SEEDS-1")
+    p.add_argument("--n-train", type=int, default=10, help="training questions per (group, seed)")
+    p.add_argument("--max-test", type=int, default=100, help="held-out questions scored per cell (0: all)")
+    p.add_argument("--layer", type=int, default=FitConfig().layer, help="Δ's layer")
+    p.add_argument("--out", required=True, help="results CSV (OUT.md gets the summary); rerun to resume")
+
     p = sub.add_parser("heads", help="which heads a task uses: Δ with/without penalty, λ path, FV head effects")
     _add_model_args(p), _add_task_args(p), _add_fit_args(p)
     p.add_argument("--seed", type=int, default=0, help="training sample and fit seed")

@@ -94,7 +94,8 @@ def sweep(args: argparse.Namespace) -> int:
 def table(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from headsteer.table import METHODS, TableConfig, build_table, summary_markdown
+    from headsteer.runner import summary_markdown
+    from headsteer.table import METHODS, TableConfig, build_table
 
     methods = tuple(args.methods or METHODS)
     config = TableConfig(n_train=args.n_train, max_test=_max_test(args), layer=args.layer,
@@ -103,6 +104,44 @@ def table(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.cache_dir)
     rows = build_table(model, tasks, get_template(args.template), range(args.seeds), config, args.out)
     text = summary_markdown(rows, methods)
+    Path(args.out).with_suffix(".md").write_text(text)
+    print(text)
+    return 0
+
+
+def compose(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from headsteer.composition import METHODS, PAPER_COMPOSITIONS, ComposeConfig, build_compose_table, compose_tasks
+    from headsteer.runner import summary_markdown
+
+    config = ComposeConfig(n_train=args.n_train, max_test=_max_test(args), layer=args.layer)
+    composed = [compose_tasks(load_task(outer, args.data_dir), load_task(inner, args.data_dir), config.min_pairs)
+                for outer, inner in args.compose or PAPER_COMPOSITIONS]
+    for c in composed:
+        print(f"{c.name}: {len(c)} chained pairs")
+    model = load_model(args.model, args.cache_dir)
+    rows = build_compose_table(model, composed, get_template(args.template), range(args.seeds), config, args.out)
+    text = summary_markdown(rows, list(METHODS))
+    Path(args.out).with_suffix(".md").write_text(text)
+    print(text)
+    return 0
+
+
+def opinion(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from headsteer.opinion import METHODS, OpinionConfig, build_opinion_table, with_average
+    from headsteer.opinionqa import PAPER_GROUPS, load_group
+    from headsteer.runner import summary_markdown
+
+    config = OpinionConfig(n_train=args.n_train, max_test=_max_test(args), layer=args.layer)
+    groups = {name: load_group(name, args.data_dir) for name in args.group or PAPER_GROUPS}
+    for name, group in groups.items():
+        print(f"{name} ({group.attribute}): {len(group)} questions")
+    model = load_model(args.model, args.cache_dir)
+    rows = build_opinion_table(model, groups, range(args.seeds), config, args.out)
+    text = summary_markdown(with_average(rows), list(METHODS), metrics=("kl",))
     Path(args.out).with_suffix(".md").write_text(text)
     print(text)
     return 0
@@ -136,7 +175,8 @@ def judge(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from headsteer.judge import JudgeConfig, JudgeNotConfigured, judge_predictions
-    from headsteer.table import METHODS, summary_markdown
+    from headsteer.runner import summary_markdown
+    from headsteer.table import METHODS
 
     try:
         base = JudgeConfig.from_env()

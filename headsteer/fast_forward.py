@@ -130,6 +130,30 @@ def build_prefix(model, tokens: TokenBatch, n_scored: int, repeats: int = 1) -> 
     return _Prefix(cache, saved, suffix_ids.to(device), full_mask.to(device), suffix_positions.to(device))
 
 
+@torch.no_grad()
+def shared_prefix_final_hidden(model, shared_ids: list[int], suffixes: TokenBatch) -> FinalHidden:
+    """Final hidden state at each row's last token of ``shared + suffix_i``, the shared part run once.
+
+    The right-padded suffixes continue one KV cache of ``shared_ids``
+    (repeated per row); causal attention keeps every real token from seeing
+    the padding after it, so each row equals a full forward of its own prompt
+    (see :func:`headsteer.prompts.encode_continuations`). For many prompts
+    behind one long context, e.g. few-shot demonstrations.
+    """
+    device, base = model.cfg.device, model.original_model.base_model
+    rows, width = suffixes.input_ids.shape
+    cache = base(input_ids=torch.tensor([shared_ids], device=device), use_cache=True).past_key_values
+    cache.batch_repeat_interleave(rows)
+    mask = torch.cat([torch.ones(rows, len(shared_ids), dtype=torch.long), suffixes.attention_mask], dim=1)
+    positions = (len(shared_ids) + torch.arange(width)).expand(rows, -1)
+    hidden = base(
+        input_ids=suffixes.input_ids.to(device), attention_mask=mask.to(device),
+        position_ids=positions.to(device), past_key_values=cache, use_cache=True,
+    ).last_hidden_state
+    last = hidden[torch.arange(rows, device=device), suffixes.last_index.to(device)]
+    return FinalHidden(last[:, None], *output_embedding(model))
+
+
 def _restore(prefix: _Prefix) -> None:
     """Reset the cache to the prefix: the previous step appended (differentiable) suffix keys/values."""
     for layer, (keys, values) in zip(prefix.cache.layers, prefix.saved):

@@ -36,7 +36,7 @@ OPTIMIZERS = {"prox_adam": prox_adam_steps, "fista": fista_steps, "adam": adam_s
 # Rows per forward/backward chunk: bounds the [rows, vocab] logits held at once.
 MAX_ROWS = 128
 
-__all__ = ["FitJob", "FitResult", "NonFiniteLossError", "fit", "fit_delta", "fit_many", "frozen", "optimize"]
+__all__ = ["FitJob", "FitResult", "NonFiniteLossError", "fit", "fit_encoded", "fit_many", "frozen", "optimize"]
 
 
 @dataclass(frozen=True)
@@ -128,18 +128,25 @@ def fit_many(
     ]
 
 
-def fit_delta(
+def fit_encoded(
     model,
     tokens: TokenBatch,
     targets: Targets,
     config: FitConfig,
+    task: str = "",
+    prompt_format: dict | None = None,
     forward: ScoredForward | None = None,
     progress: bool = True,
-) -> tuple[Float[Tensor, "n_heads d_head"], pd.DataFrame]:
-    """One fit over pre-tokenised data (e.g. option prompts with ``OptionTargets``)."""
+) -> FitResult:
+    """One fit over pre-tokenised data (e.g. option prompts with ``OptionTargets``).
+
+    ``prompt_format`` records how the prompts were made (stored in the
+    intervention where a pair-based fit stores its template).
+    """
     row_fit = torch.zeros(len(tokens), dtype=torch.long)
-    deltas, histories = optimize(model, tokens, targets, row_fit, [config], forward, progress)
-    return deltas[0], histories[0]
+    deltas, histories = optimize(model, tokens, targets, row_fit, [config], forward, progress, desc=task or "fit")
+    iv = Intervention(deltas[0], config.layer, ModelSignature.of(model), task, prompt_format or {}, config.to_dict())
+    return FitResult(iv, histories[0])
 
 
 def optimize(

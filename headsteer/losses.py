@@ -71,6 +71,15 @@ class OptionTargets:
     def select(self, rows: Tensor) -> OptionTargets:
         return OptionTargets(self.option_ids[rows], self.option_mask[rows], self.probs[rows])
 
+def option_log_probs(scored: Scored, options: OptionTargets) -> Float[Tensor, "batch options"]:
+    """log q_i: the next-token distribution renormalised over row i's option tokens (−inf at padding)."""
+    if isinstance(scored, FinalHidden):
+        logits = scored.logits_of(options.option_ids)
+    else:
+        logits = scored[:, 0].float().gather(-1, options.option_ids)
+    return torch.log_softmax(logits.masked_fill(~options.option_mask, float("-inf")), dim=-1)
+
+
 def option_kl(scored: Scored, options: OptionTargets) -> Float[Tensor, " batch"]:
     """L_i = KL(p_i ‖ q_i) = Σ_k p_ik (log p_ik − log q_ik).
 
@@ -79,12 +88,7 @@ def option_kl(scored: Scored, options: OptionTargets) -> Float[Tensor, " batch"]
     forward direction KL(target ‖ model) is mass-covering: it is large when
     the model gives little probability to an answer the group often picks.
     """
-    if isinstance(scored, FinalHidden):
-        logits = scored.logits_of(options.option_ids)
-    else:
-        logits = scored[:, 0].float().gather(-1, options.option_ids)
-    logits = logits.masked_fill(~options.option_mask, float("-inf"))
-    log_q = torch.log_softmax(logits, dim=-1)
+    log_q = option_log_probs(scored, options)
     p = options.probs * options.option_mask
     log_p = torch.where(p > 0, p.clamp_min(1e-30).log(), torch.zeros_like(p))
     terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))

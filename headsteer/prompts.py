@@ -153,6 +153,20 @@ def encode_targets(
     return TokenBatch(ids, mask, torch.tensor(lasts)), AnswerTargets(target_ids, target_mask.bool())
 
 
+def encode_continuations(tokenizer, shared: str, suffixes: Sequence[str]) -> tuple[list[int], TokenBatch]:
+    """Tokens of ``shared``, and right-padded, each suffix's tokens as they stand in ``shared + suffix``.
+
+    ``last_index[i]`` is row i's last real suffix token. Raises
+    :class:`TemplateTokenizationError` where a suffix would merge with ``shared``'s last token.
+    """
+    if not suffixes:
+        raise ValueError("encode_continuations: no suffixes")
+    shared_ids = _ids(tokenizer, shared)
+    rows = [split_answer_tokens(tokenizer, shared, suffix)[1] for suffix in suffixes]
+    ids, mask = _pad(rows, _pad_id(tokenizer), "right")
+    return shared_ids, TokenBatch(ids, mask, mask.sum(1) - 1)
+
+
 def _pad_id(tokenizer) -> int:
     pad = tokenizer.pad_token_id
     return pad if pad is not None else tokenizer.eos_token_id

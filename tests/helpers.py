@@ -21,6 +21,8 @@ from headsteer.models import wrap_model
 
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 EXTRA_WORDS = ["Q", "A", ":", "hotter", "ter", "\n"]
+# Opinion prompts' words, appended after the rest so the earlier words keep their ids (and tests their models).
+OPINION_WORDS = ["Question", "Answer", "B", "C", "D", "E", "."]
 VOCAB_SIZE = 512
 
 
@@ -30,7 +32,7 @@ def _words() -> list[str]:
         if item.name.endswith(".json"):
             for pair in json.loads(item.read_text(encoding="utf-8")):
                 words.update(pair["input"].split() + pair["output"].split())
-    return SPECIALS + sorted(words)
+    return SPECIALS + sorted(words) + [w for w in OPINION_WORDS if w not in words]
 
 
 def save_tiny_tokenizer(directory: Path) -> Path:

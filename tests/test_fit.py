@@ -32,8 +32,8 @@ def synthetic_fit(model, optimizer, gamma, lam, steps=300, lr=0.05):
     tokens = encode_prompts(model.tokenizer, QA, [p.input for p in TRAIN])
     targets = AnswerTargets(torch.full((4, 1), 3), torch.ones(4, 1, dtype=torch.bool))
     config = hs.FitConfig(layer=0, gamma=gamma, lam=lam, steps=steps, lr=lr, optimizer=optimizer)
-    delta, history = hs.fit_delta(model, tokens, targets, config, forward=problem, progress=False)
-    return delta, history
+    result = hs.fit_encoded(model, tokens, targets, config, forward=problem, progress=False)
+    return result.intervention.delta, result.history
 
 
 @pytest.mark.parametrize("optimizer", ["prox_adam", "fista"])
@@ -76,8 +76,9 @@ def test_option_kl_fit_moves_the_option_distribution_to_the_target(gemma_tiny):
         torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.9, 0.0]]),
     )
     config = hs.FitConfig(layer=1, loss="option_kl", steps=60, lr=0.1, gamma=0.0, lam=0.0)
-    _, history = hs.fit_delta(gemma_tiny, tokens, options, config, progress=False)
-    assert history["task_loss"].iloc[-1] < 0.3 * history["task_loss"].iloc[0]
+    result = hs.fit_encoded(gemma_tiny, tokens, options, config, task="opinions", prompt_format={"kind": "test"}, progress=False)
+    assert result.history["task_loss"].iloc[-1] < 0.3 * result.history["task_loss"].iloc[0]
+    assert (result.intervention.task, result.intervention.template, result.config) == ("opinions", {"kind": "test"}, config)
 
 
 def test_fit_is_deterministic_and_restores_the_model(gemma_tiny):
@@ -97,13 +98,13 @@ def test_non_finite_loss_is_reported_with_its_step(gemma_tiny):
 
     tokens, targets = encode_targets(gemma_tiny.tokenizer, QA, TRAIN)
     with pytest.raises(hs.NonFiniteLossError, match="step 0"):
-        hs.fit_delta(gemma_tiny, tokens, targets, hs.FitConfig(layer=0, steps=3), forward=nan_forward, progress=False)
+        hs.fit_encoded(gemma_tiny, tokens, targets, hs.FitConfig(layer=0, steps=3), forward=nan_forward, progress=False)
 
 
 def test_loss_and_targets_must_match(gemma_tiny):
     tokens, targets = encode_targets(gemma_tiny.tokenizer, QA, TRAIN)
     with pytest.raises(TypeError, match="option_kl' needs OptionTargets"):
-        hs.fit_delta(gemma_tiny, tokens, targets, hs.FitConfig(layer=0, steps=1, loss="option_kl"), progress=False)
+        hs.fit_encoded(gemma_tiny, tokens, targets, hs.FitConfig(layer=0, steps=1, loss="option_kl"), progress=False)
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,182 @@
+"""Task composition (the paper's Table 2): does Δ_outer + Δ_inner do outer∘inner?
+
+A composed task chains two word tasks: English→French∘Antonym maps ``x`` to
+the French word for the antonym of ``x``. Its pairs are the chains
+``x →inner→ y →outer→ z`` whose intermediate ``y`` (compared case-folded) is
+both an inner output and an outer input; the pair is ``(x, z)``.
+
+For each seed the composed pairs are split into N training and held-out
+pairs. Each single Δ is fitted on N pairs of its own task drawn only from
+pairs that no held-out chain uses (no inner pair with a held-out ``x``, no
+outer pair with a held-out ``y``), so no method sees a step of a test item.
+Methods, all on the composed held-out pairs:
+
+* ``0-shot``: the model alone;
+* ``Δ inner only`` / ``Δ outer only``: one single-task Δ;
+* ``Ours (Add)``: Δ_outer + Δ_inner, each fitted on its own task at the same
+  layer, applied unchanged;
+* ``Ours (Re-optimized)``: Δ fitted on the N composed training pairs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from headsteer.config import FitConfig
+from headsteer.fit import FitJob, fit_many
+from headsteer.intervention import Intervention
+from headsteer.prompts import Template
+from headsteer.runner import Cell, Method, run_methods
+from headsteer.tasks import Pair, Task, TaskError, split_task
+
+SYMBOL = "∘"
+# The paper's four composed tasks, as (outer, inner).
+PAPER_COMPOSITIONS = (
+    ("english-french", "antonym"),
+    ("english-german", "antonym"),
+    ("english-french", "synonym"),
+    ("english-german", "synonym"),
+)
+
+
+@dataclass(frozen=True)
+class Chain:
+    """One composed example: ``input`` →inner→ ``middle`` →outer→ ``output``."""
+
+    input: str
+    middle: str
+    output: str
+
+
+@dataclass(frozen=True)
+class ComposedTask:
+    outer: Task
+    inner: Task
+    chains: tuple[Chain, ...]
+
+    @property
+    def name(self) -> str:
+        return f"{self.outer.name}{SYMBOL}{self.inner.name}"
+
+    @property
+    def task(self) -> Task:
+        return Task(self.name, tuple(Pair(c.input, c.output) for c in self.chains), f"{self.outer.source} ∘ {self.inner.source}")
+
+    def __len__(self) -> int:
+        return len(self.chains)
+
+
+def compose_tasks(outer: Task, inner: Task, min_pairs: int = 20) -> ComposedTask:
+    """outer∘inner from the inner pairs whose output is an outer input (first outer pair per input wins)."""
+    outer_of: dict[str, str] = {}
+    for pair in outer.pairs:
+        outer_of.setdefault(pair.input.casefold(), pair.output)
+    seen: set[str] = set()
+    chains = []
+    for pair in inner.pairs:
+        middle = pair.output.casefold()
+        if middle in outer_of and pair.input not in seen:
+            seen.add(pair.input)
+            chains.append(Chain(pair.input, pair.output, outer_of[middle]))
+    composed = ComposedTask(outer, inner, tuple(chains))
+    if len(chains) < min_pairs:
+        raise TaskError(
+            f"composed task {composed.name!r} has {len(chains)} chained pairs ({inner.name} outputs that are "
+            f"{outer.name} inputs); at least {min_pairs} are needed"
+        )
+    return composed
+
+
+@dataclass(frozen=True)
+class ComposeConfig:
+    """The split sizes and Δ's layer and fit, shared by the single, summed and re-optimized Δ."""
+
+    n_train: int = 10
+    max_test: int | None = 100
+    layer: int = FitConfig().layer
+    fit_steps: int = FitConfig().steps
+    gamma: float = FitConfig().gamma
+    lam: float = FitConfig().lam
+
+    def __post_init__(self) -> None:
+        FitConfig(layer=self.layer, steps=self.fit_steps, gamma=self.gamma, lam=self.lam)  # validates them
+        if self.n_train < 1:
+            raise ValueError(f"n_train must be >= 1, got {self.n_train}")
+        if self.max_test is not None and self.max_test < 1:
+            raise ValueError(f"max_test must be >= 1 or None, got {self.max_test}")
+
+    @property
+    def min_pairs(self) -> int:
+        """A composed task needs the N training pairs and at least 10 held-out ones."""
+        return self.n_train + 10
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ComposeConfig:
+        return cls(**data)
+
+
+def single_task_train(composed: ComposedTask, test: Sequence[Pair], n_train: int, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """N inner and N outer training pairs that no held-out chain uses."""
+    held_out = {p.input for p in test}
+    middles = {c.middle.casefold() for c in composed.chains if c.input in held_out}
+    inner_pool = [p for p in composed.inner.pairs if p.input not in held_out]
+    outer_pool = [p for p in composed.outer.pairs if p.input.casefold() not in middles]
+    picks = []
+    for task, pool in ((composed.inner, inner_pool), (composed.outer, outer_pool)):
+        if len(pool) <= n_train:
+            raise TaskError(f"{task.name!r}: {len(pool)} pairs are not used by a held-out chain of {composed.name!r}; "
+                            f"n_train={n_train} needs more (score fewer held-out pairs)")
+        train, _ = split_task(Task(task.name, tuple(pool), task.source), n_train=n_train, seed=seed)
+        picks.append(list(train))
+    return picks[0], picks[1]
+
+
+def _deltas(cell: Cell) -> dict[str, Intervention]:
+    """The three Δ of a cell (inner, outer, re-optimized), fitted as one batch and cached."""
+    if "deltas" not in cell.cache:
+        config = cell.fit_config(gamma=cell.config.gamma, lam=cell.config.lam)
+        composed: ComposedTask = cell.cache["composed"]
+        jobs = [FitJob(tuple(cell.cache["inner_train"]), config, composed.inner.name),
+                FitJob(tuple(cell.cache["outer_train"]), config, composed.outer.name),
+                FitJob(tuple(cell.train), config, composed.name)]
+        results = fit_many(cell.model, jobs, cell.template, progress=False)
+        cell.cache["deltas"] = dict(zip(("inner", "outer", "reoptimized"), (r.intervention for r in results)))
+    return cell.cache["deltas"]
+
+
+METHODS: dict[str, Method] = {
+    "0-shot": lambda c: c.score(),
+    "Δ inner only": lambda c: c.score(steering=[_deltas(c)["inner"]]),
+    "Δ outer only": lambda c: c.score(steering=[_deltas(c)["outer"]]),
+    "Ours (Add)": lambda c: c.score(steering=[_deltas(c)["outer"] + _deltas(c)["inner"]]),
+    "Ours (Re-optimized)": lambda c: c.score(steering=[_deltas(c)["reoptimized"]]),
+}
+
+
+def build_compose_table(
+    model, composed: Sequence[ComposedTask], template: Template, seeds: Sequence[int],
+    config: ComposeConfig = ComposeConfig(), out: str | Path | None = None, progress: bool = True,
+) -> pd.DataFrame:
+    """One row per (composed task, method, seed); with ``out``, resumable like :func:`headsteer.table.build_table`."""
+    by_name = {c.name: c for c in composed}
+    for c in composed:
+        if len(c) < config.min_pairs:
+            raise TaskError(f"composed task {c.name!r} has {len(c)} pairs; n_train={config.n_train} needs {config.min_pairs}")
+    settings = {"template": template.to_dict(), "config": config.to_dict(), "model": str(model.cfg.model_name)}
+
+    def make_cell(name: str, seed: int) -> Cell:
+        task = by_name[name]
+        train, test = split_task(task.task, n_train=config.n_train, seed=seed, max_test=config.max_test)
+        inner_train, outer_train = single_task_train(task, test, config.n_train, seed)
+        cache = {"composed": task, "inner_train": inner_train, "outer_train": outer_train}
+        return Cell(model, name, seed, list(train), list(test), template, config, cache)
+
+    cells = [(c.name, s) for c in composed for s in seeds]
+    return run_methods(cells, make_cell, METHODS, settings, out, progress, desc="compose")

@@ -1,0 +1,255 @@
+"""Opinion steering on OpinionQA (the paper's Table 3): Δ that makes the model answer like a group.
+
+One survey question per prompt, its options lettered, then an answer cue::
+
+    Question: How safe, if at all, would you say your local community is from crime? Would you say it is
+    A. Very safe
+    B. Somewhat safe
+    C. Not too safe
+    D. Not at all safe
+    Answer:
+
+The model's answer distribution q is the next-token softmax restricted to the
+option letters (" A", " B", ...). Both the fitting loss and the reported
+metric are the forward KL from the group's distribution p,
+
+    KL(p ‖ q) = Σ_k p_k (log p_k − log q_k),
+
+which is large where the model gives little probability to an answer the
+group often gives (mass-covering: a steered model must not drop a common
+opinion), and is finite for any q from a softmax.
+
+Methods, on the same held-out questions of each (group, seed):
+
+* ``uniform``: q uniform over the options (a reference; no model);
+* ``unsteered``: the model on the plain prompt;
+* ``0-shot``: the plain prompt after one persona line naming the group;
+* ``10-shot``: the persona line, then the 10 training questions each answered
+  with the group's most common option (its letter), then the question;
+* ``Δ (ours)``: the plain prompt with Δ fitted (loss ``option_kl``) on the 10
+  training questions.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import pandas as pd
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from headsteer.config import FitConfig
+from headsteer.fast_forward import build_prefix, run_suffix, shared_prefix_final_hidden
+from headsteer.fit import fit_encoded
+from headsteer.intervention import Intervention
+from headsteer.losses import OptionTargets, option_kl, option_log_probs
+from headsteer.opinionqa import OpinionGroup, OpinionQuestion, split_questions
+from headsteer.prompts import encode_continuations, encode_texts
+from headsteer.runner import run_methods
+from headsteer.unembed import FinalHidden
+
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+PROMPT_FORMAT = {"kind": "opinionqa", "prompt": "Question: {question}\n{letter}. {option}\n...\nAnswer:", "option_token": " {letter}"}
+PERSONAS = {
+    "INCOME": "Answer as a person whose annual family income is {group}.",
+    "POLIDEOLOGY": "Answer as a person whose political ideology is {group}.",
+    "CREGION": "Answer as a person who lives in the {group} of the United States.",
+    "NONE": "Answer as a person whose political party affiliation is {group}.",
+}
+
+
+def question_block(question: OpinionQuestion, answer: str | None = None) -> str:
+    """The question, its lettered options and "Answer:" (followed by `` answer`` if given)."""
+    if len(question.options) > len(LETTERS):
+        raise ValueError(f"question {question.key} has {len(question.options)} options; at most {len(LETTERS)}")
+    options = [f"{letter}. {option}" for letter, option in zip(LETTERS, question.options)]
+    return "\n".join([f"Question: {question.question}", *options, "Answer:" + (f" {answer}" if answer else "")])
+
+
+def persona(group: OpinionGroup) -> str:
+    return PERSONAS.get(group.attribute, "Answer as a person in the group: {group}.").format(group=group.name)
+
+
+def modal_letter(question: OpinionQuestion) -> str:
+    """The letter of the group's most common answer."""
+    return LETTERS[max(range(len(question.target)), key=question.target.__getitem__)]
+
+
+def few_shot_context(group: OpinionGroup, shots: Sequence[OpinionQuestion]) -> str:
+    """The persona line and each shot answered with the group's modal letter, ready for the next question."""
+    return "\n\n".join([persona(group), *(question_block(s, modal_letter(s)) for s in shots)]) + "\n\n"
+
+
+def few_shot_prompt(question: OpinionQuestion, group: OpinionGroup, shots: Sequence[OpinionQuestion]) -> str:
+    return few_shot_context(group, shots) + question_block(question)
+
+
+def option_token_ids(tokenizer, n_options: int) -> list[int]:
+    """Token ids of " A", " B", ...; each letter must be one token after "Answer:"."""
+    ids = []
+    for letter in LETTERS[:n_options]:
+        tokens = tokenizer.encode(f" {letter}", add_special_tokens=False)
+        if len(tokens) != 1:
+            raise ValueError(f"option letter {letter!r} is {len(tokens)} tokens for this tokenizer; it must be one")
+        ids.append(tokens[0])
+    return ids
+
+
+def option_targets(tokenizer, questions: Sequence[OpinionQuestion]) -> OptionTargets:
+    """Per row, the option-letter ids with the group's distribution (rows with fewer options pad)."""
+    width = max(len(q.options) for q in questions)
+    letters = option_token_ids(tokenizer, width)
+    mask = torch.tensor([[k < len(q.options) for k in range(width)] for q in questions])
+    probs = torch.tensor([[q.target[k] if k < len(q.options) else 0.0 for k in range(width)] for q in questions])
+    return OptionTargets(torch.tensor(letters).expand(len(questions), width).clone(), mask, probs)
+
+
+@torch.no_grad()
+def score_questions(
+    model, questions: Sequence[OpinionQuestion], prompts: Sequence[str], intervention: Intervention | None = None,
+    context: str = "", batch_size: int = 16,
+) -> pd.DataFrame:
+    """Per question: the model's option distribution q and KL(p ‖ q).
+
+    ``prompts[i]`` is question i's prompt; Δ (``intervention``) goes at its
+    last token. ``context`` is text before every prompt (e.g. few-shot
+    demonstrations), run once and shared; it cannot be combined with Δ.
+    """
+    if intervention is not None:
+        if context:
+            raise ValueError("score_questions: a shared context cannot be combined with an intervention")
+        intervention.check_fits(model)
+    rows = []
+    for start in range(0, len(questions), batch_size):
+        chunk, texts = list(questions[start : start + batch_size]), list(prompts[start : start + batch_size])
+        targets = option_targets(model.tokenizer, chunk)
+        scored = _final_hidden(model, texts, intervention, context)
+        q, kl = option_log_probs(scored, targets).exp().cpu(), option_kl(scored, targets).cpu()
+        rows += [_row(question, q[i, : len(question.options)], float(kl[i])) for i, question in enumerate(chunk)]
+    return pd.DataFrame(rows)
+
+
+def _final_hidden(model, texts: list[str], intervention: Intervention | None, context: str) -> FinalHidden:
+    if context:
+        return shared_prefix_final_hidden(model, *encode_continuations(model.tokenizer, context, texts))
+    prefix = build_prefix(model, encode_texts(model.tokenizer, texts), n_scored=1)
+    if intervention is None:
+        return run_suffix(model, prefix, 0, None)
+    return run_suffix(model, prefix, intervention.layer, intervention.delta.to(model.cfg.device))
+
+
+def _row(question: OpinionQuestion, q: Float[Tensor, " options"], kl: float) -> dict:
+    return {"key": question.key, "target": json.dumps([round(p, 6) for p in question.target]),
+            "prediction": json.dumps([round(float(x), 6) for x in q]), "kl": kl}
+
+
+def uniform_scores(questions: Sequence[OpinionQuestion]) -> pd.DataFrame:
+    """KL(p ‖ uniform) = log K − H(p) per question."""
+    rows = []
+    for question in questions:
+        k = len(question.options)
+        p = torch.tensor(question.target, dtype=torch.float64)
+        kl = float((p[p > 0] * (p[p > 0] * k).log()).sum())
+        rows.append(_row(question, torch.full((k,), 1.0 / k), kl))
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class OpinionConfig:
+    """Split sizes and Δ's fit (loss ``option_kl``) for the opinion table."""
+
+    n_train: int = 10
+    max_test: int | None = 100
+    layer: int = FitConfig().layer
+    fit_steps: int = FitConfig().steps
+    gamma: float = FitConfig().gamma
+    lam: float = FitConfig().lam
+    lr: float | None = None
+
+    def __post_init__(self) -> None:
+        self.fit_config(seed=0)  # validates Δ's settings
+        if self.n_train < 1:
+            raise ValueError(f"n_train must be >= 1, got {self.n_train}")
+        if self.max_test is not None and self.max_test < 1:
+            raise ValueError(f"max_test must be >= 1 or None, got {self.max_test}")
+
+    def fit_config(self, seed: int) -> FitConfig:
+        return FitConfig(layer=self.layer, gamma=self.gamma, lam=self.lam, loss="option_kl",
+                         steps=self.fit_steps, lr=self.lr, seed=seed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> OpinionConfig:
+        return cls(**data)
+
+
+@dataclass
+class OpinionCell:
+    """One (group, seed): its training and held-out questions and a cache for its methods."""
+
+    model: Any
+    task: str  # the group as the user named it
+    seed: int
+    group: OpinionGroup
+    train: list[OpinionQuestion]
+    test: list[OpinionQuestion]
+    config: OpinionConfig
+    cache: dict = field(default_factory=dict)
+
+    def score(self, prompts: Sequence[str], intervention: Intervention | None = None, context: str = "") -> pd.DataFrame:
+        return score_questions(self.model, self.test, prompts, intervention, context)
+
+
+def fit_opinion(model, group: OpinionGroup, train: Sequence[OpinionQuestion], config: FitConfig, progress: bool = True):
+    """Δ minimising mean_i KL(p_i ‖ q_i(Δ)) + γ‖Δ‖₁ + λ Σ_h ‖Δ_h‖₂ over the training questions' plain prompts."""
+    tokens, targets = encode_texts(model.tokenizer, [question_block(q) for q in train]), option_targets(model.tokenizer, train)
+    name = f"opinionqa/{group.attribute}/{group.name}"
+    return fit_encoded(model, tokens, targets, config, name, PROMPT_FORMAT, progress=progress)
+
+
+def _delta(**changes) -> Callable[[OpinionCell], pd.DataFrame]:
+    def run(cell: OpinionCell) -> pd.DataFrame:
+        config = replace(cell.config.fit_config(cell.seed), **changes)
+        result = fit_opinion(cell.model, cell.group, cell.train, config, progress=False)
+        return cell.score([question_block(q) for q in cell.test], result.intervention)
+    return run
+
+
+METHODS: dict[str, Callable[[OpinionCell], pd.DataFrame]] = {
+    "uniform": lambda c: uniform_scores(c.test),
+    "unsteered": lambda c: c.score([question_block(q) for q in c.test]),
+    "0-shot": lambda c: c.score([question_block(q) for q in c.test], context=persona(c.group) + "\n\n"),
+    "10-shot": lambda c: c.score([question_block(q) for q in c.test], context=few_shot_context(c.group, c.train)),
+    "Δ (ours)": _delta(),
+    "Δ unregularized": _delta(gamma=0.0, lam=0.0),
+}
+
+
+def build_opinion_table(
+    model, groups: dict[str, OpinionGroup], seeds: Sequence[int], config: OpinionConfig = OpinionConfig(),
+    out: str | Path | None = None, progress: bool = True,
+) -> pd.DataFrame:
+    """One row per (group, method, seed) with the mean KL over held-out questions; resumable with ``out``."""
+    settings = {"config": config.to_dict(), "prompt": PROMPT_FORMAT, "personas": PERSONAS, "model": str(model.cfg.model_name)}
+
+    def make_cell(name: str, seed: int) -> OpinionCell:
+        train, test = split_questions(groups[name], config.n_train, seed, config.max_test)
+        return OpinionCell(model, name, seed, groups[name], train, test, config)
+
+    cells = [(name, s) for name in groups for s in seeds]
+    return run_methods(cells, make_cell, METHODS, settings, out, progress, desc="opinion",
+                       metrics=("kl",), item_columns=("key", "target", "prediction"))
+
+
+def with_average(rows: pd.DataFrame) -> pd.DataFrame:
+    """``rows`` plus, per (method, seed), the mean over groups as task "average" (where every group has it)."""
+    n_groups = rows["task"].nunique()
+    by = rows.groupby(["method", "seed"])
+    mean = by["kl"].mean()[by["task"].nunique() == n_groups].reset_index()
+    return pd.concat([rows, mean.assign(task="average")], ignore_index=True)

@@ -1,0 +1,149 @@
+"""Resumable method runs: one results row per (task, method, seed), every held-out prediction kept.
+
+The comparison tables (:mod:`headsteer.table`) and the composition table
+(:mod:`headsteer.composition`) are both "for each (task, seed) build a
+:class:`Cell`, run each method on it, score the held-out pairs". This module
+runs that loop: after each method its row goes into the results CSV and its
+predictions into ``<out>.predictions.csv`` (predictions first, so a row on
+disk always has its predictions); a killed run resumes where it stopped, and
+the settings sidecar refuses a file made with other settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from headsteer.config import FitConfig
+from headsteer.evaluate import evaluate_pairs, format_mean_std, mean_std
+from headsteer.generate import Steering
+from headsteer.prompts import Template
+from headsteer.results_file import load_rows, write_rows
+from headsteer.tasks import Pair
+
+KEY = ["task", "method", "seed"]
+METRICS = ("first_token", "exact_match")  # what evaluate_pairs scores per held-out pair
+ITEM_COLUMNS = ("input", "target", "prediction")  # what identifies and shows a held-out prediction
+COLUMNS = KEY + ["n_train", "n_test", *METRICS]
+PREDICTION_COLUMNS = KEY + [*ITEM_COLUMNS, *METRICS]
+
+
+class RunCell(Protocol):
+    """What :func:`run_methods` needs of a cell: its identity and training-set size."""
+
+    task: str
+    seed: int
+    train: Sequence[Any]
+
+
+@dataclass
+class Cell:
+    """One (task, seed): the model, its splits, the template, the experiment's config, a cache for its methods.
+
+    ``config`` is the experiment's own frozen config; it must have ``layer``
+    and ``fit_steps`` (Δ's layer and step budget).
+    """
+
+    model: Any
+    task: str
+    seed: int
+    train: list[Pair]
+    test: list[Pair]
+    template: Template
+    config: Any
+    cache: dict = field(default_factory=dict)
+
+    def fit_config(self, **changes) -> FitConfig:
+        return replace(FitConfig(layer=self.config.layer, steps=self.config.fit_steps, seed=self.seed), **changes)
+
+    def score(self, template: Template | None = None, steering: Steering = ()) -> pd.DataFrame:
+        """``evaluate_pairs`` on the held-out pairs (default: the cell's own template)."""
+        return evaluate_pairs(self.model, self.test, template or self.template, steering, progress=False)
+
+
+Method = Callable[[Cell], pd.DataFrame]  # a Cell -> one evaluate_pairs row per held-out pair
+
+
+def run_methods(
+    cells: Sequence[tuple[str, int]],
+    make_cell: Callable[[str, int], RunCell],
+    methods: Mapping[str, Callable[[Any], pd.DataFrame]],
+    settings: dict,
+    out: str | Path | None = None,
+    progress: bool = True,
+    desc: str = "table",
+    metrics: Sequence[str] = METRICS,
+    item_columns: Sequence[str] = ITEM_COLUMNS,
+) -> pd.DataFrame:
+    """Every method on every (task, seed) cell; with ``out``, resumable (finished rows are skipped).
+
+    A method returns one row per held-out item with ``item_columns`` and
+    ``metrics``; the results row holds each metric's mean over the items.
+    """
+    out = Path(out) if out else None
+    columns = KEY + ["n_train", "n_test", *metrics]
+    kept = KEY + [*item_columns, *metrics]
+    done = load_rows(out, settings, columns) if out else pd.DataFrame(columns=columns)
+    predictions = _earlier_predictions(out, done, kept) if out else pd.DataFrame(columns=kept)
+    finished = set(zip(done["task"], done["method"], done["seed"].astype(int)))
+    todo = [(t, s, m) for t, s in cells for m in methods if (t, m, s) not in finished]
+    cell: RunCell | None = None  # the current (task, seed); its cache is shared by its methods only
+    for task, seed, method in tqdm(todo, desc=desc, disable=not progress):
+        if cell is None or (cell.task, cell.seed) != (task, seed):
+            cell = make_cell(task, seed)
+        scores = methods[method](cell).assign(task=task, method=method, seed=seed)
+        row = {"task": task, "method": method, "seed": seed, "n_train": len(cell.train), "n_test": len(scores),
+               **{m: scores[m].mean() for m in metrics}}
+        predictions = pd.concat([predictions, scores[kept]], ignore_index=True)
+        done = pd.concat([done, pd.DataFrame([row], columns=columns)], ignore_index=True)
+        if out:
+            write_rows(predictions_path(out), predictions)
+            write_rows(out, done)
+    keys = set(cells)
+    wanted = [(t, int(s)) in keys and m in methods for t, s, m in zip(done["task"], done["seed"], done["method"])]
+    return done[wanted].reset_index(drop=True)
+
+
+def predictions_path(out: Path) -> Path:
+    return out.with_name(out.stem + ".predictions.csv")
+
+
+def _earlier_predictions(out: Path, done: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
+    """Saved predictions of the finished rows (a run killed between the two writes left extras)."""
+    path = predictions_path(out)
+    if not path.is_file():
+        return pd.DataFrame(columns=list(columns))
+    saved = pd.read_csv(path, keep_default_na=False)  # an empty prediction stays ""
+    keys = pd.MultiIndex.from_frame(done[KEY].astype({"seed": int}))
+    return saved[pd.MultiIndex.from_frame(saved[KEY].astype({"seed": int})).isin(keys)].reset_index(drop=True)
+
+
+METRIC_TITLES = {
+    "exact_match": "Exact match",
+    "first_token": "First-token accuracy",
+    "gpt_eval": "GPT-Eval (LLM judge)",
+    "kl": "KL(group ‖ model) on held-out questions, lower is better",
+}
+
+
+def summary_markdown(rows: pd.DataFrame, methods: Sequence[str], metrics: Sequence[str] = ("exact_match", "first_token")) -> str:
+    """Method × task tables of mean ± std over seeds, one per metric (rows: one per task, method, seed).
+
+    Where cells have different numbers of seeds (a table still running), each cell names its count.
+    """
+    stats = mean_std(rows, by=["task", "method"], metrics=metrics)
+    table = format_mean_std(stats, metrics=metrics)
+    uneven = stats["seeds"].nunique() > 1
+    parts = []
+    for metric, title in ((m, METRIC_TITLES.get(m, m)) for m in metrics):
+        if uneven:
+            table[metric] = [f"{v} ({n})" for v, n in zip(table[metric], stats["seeds"])]
+        wide = table.pivot(index="method", columns="task", values=metric)
+        wide = wide.reindex([m for m in methods if m in wide.index])
+        note = ", (n) = seeds in the cell" if uneven else ""
+        parts.append(f"{title} (mean ± std over seeds{note})\n\n" + wide.to_markdown())
+    return "\n\n".join(parts) + "\n"

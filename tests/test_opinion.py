@@ -1,0 +1,123 @@
+"""Opinion steering on a tiny model: prompts, option distributions, the shared-context path, Δ, the table."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+import headsteer as hs
+from headsteer.cli import main
+from headsteer.fast_forward import shared_prefix_final_hidden
+from headsteer.opinion import (
+    METHODS,
+    OpinionConfig,
+    build_opinion_table,
+    fit_opinion,
+    few_shot_prompt,
+    modal_letter,
+    option_token_ids,
+    question_block,
+    score_questions,
+    uniform_scores,
+    with_average,
+)
+from headsteer.opinionqa import OpinionQuestion, load_group, split_questions
+from headsteer.prompts import encode_continuations, encode_texts
+from tests.helpers import save_tiny_model
+from tests.opinion_data import write_opinion_dir
+
+QUESTION = OpinionQuestion("K", "hot or cold", ("hot", "cold", "big"), (0.2, 0.5, 0.3))
+
+
+@pytest.fixture
+def group(tmp_path):
+    return load_group("Northeast", write_opinion_dir(tmp_path / "opinionqa"))
+
+
+def test_prompts_letter_the_options_and_shots_show_the_modal_answer(group):
+    assert question_block(QUESTION) == "Question: hot or cold\nA. hot\nB. cold\nC. big\nAnswer:"
+    assert modal_letter(QUESTION) == "B"
+    prompt = few_shot_prompt(QUESTION, group, group.questions[:2])
+    blocks = prompt.split("\n\n")
+    assert blocks[0] == "Answer as a person who lives in the Northeast of the United States."
+    assert blocks[1].endswith(f"Answer: {modal_letter(group.questions[0])}") and blocks[-1] == question_block(QUESTION)
+
+
+def test_option_letters_must_be_single_tokens():
+    class SplitsLetters:
+        def encode(self, text, add_special_tokens=False):
+            return [1, 2]
+
+    with pytest.raises(ValueError, match="option letter 'A' is 2 tokens"):
+        option_token_ids(SplitsLetters(), 3)
+
+
+def test_option_distribution_is_the_softmax_over_the_letters_and_kl_is_to_the_target(gemma_tiny):
+    scores = score_questions(gemma_tiny, [QUESTION], [question_block(QUESTION)])
+    logits = hs.next_token_logits(gemma_tiny, encode_texts(gemma_tiny.tokenizer, [question_block(QUESTION)]))[0]
+    q = torch.softmax(logits[option_token_ids(gemma_tiny.tokenizer, 3)].double(), -1)
+    p = torch.tensor(QUESTION.target, dtype=torch.float64)
+    assert json.loads(scores["prediction"][0]) == pytest.approx(q.tolist(), abs=1e-5)
+    assert scores["kl"][0] == pytest.approx(float((p * (p / q).log()).sum()), abs=1e-5)
+    uniform = uniform_scores([QUESTION])["kl"][0]
+    assert uniform == pytest.approx(math.log(3) + sum(x * math.log(x) for x in QUESTION.target))
+
+
+def test_a_shared_context_gives_each_prompt_its_own_full_forward(gemma_tiny, group):
+    """The tiny Gemma's sliding window (16) is shorter than the context: the cache must still agree."""
+    context = few_shot_prompt(group.questions[0], group, group.questions[1:4]) + "\n\n"
+    short = OpinionQuestion("S", "hot", ("up", "down"), (0.5, 0.5))
+    prompts = [question_block(q) for q in (QUESTION, short, *group.questions[4:7])]
+    shared_ids, suffixes = encode_continuations(gemma_tiny.tokenizer, context, prompts)
+    assert len(shared_ids) > 16 and int(suffixes.attention_mask.sum(1).min()) < suffixes.input_ids.shape[1]
+    hidden = shared_prefix_final_hidden(gemma_tiny, shared_ids, suffixes).hidden[:, 0]
+    for row, prompt in enumerate(prompts):  # one prompt at a time: no padding anywhere
+        alone = hs.next_token_logits(gemma_tiny, encode_texts(gemma_tiny.tokenizer, [context + prompt]))[0]
+        logits = hidden[row] @ gemma_tiny.original_model.get_output_embeddings().weight.T
+        torch.testing.assert_close(logits, alone, atol=1e-4, rtol=1e-4)
+
+
+def test_an_intervention_cannot_be_combined_with_a_shared_context(gemma_tiny, group):
+    result = fit_opinion(gemma_tiny, group, group.questions[:4], hs.FitConfig(layer=1, loss="option_kl", steps=1))
+    with pytest.raises(ValueError, match="shared context cannot be combined"):
+        score_questions(gemma_tiny, [QUESTION], [question_block(QUESTION)], result.intervention, context="x\n\n")
+
+
+def test_fitting_delta_moves_the_training_answers_toward_the_group(gemma_tiny, group):
+    train, _ = split_questions(group, n_train=6, seed=0)
+    config = hs.FitConfig(layer=1, loss="option_kl", steps=40, lr=0.1, gamma=0.0, lam=0.0)
+    result = fit_opinion(gemma_tiny, group, train, config, progress=False)
+    before = score_questions(gemma_tiny, train, [question_block(q) for q in train])["kl"].mean()
+    after = score_questions(gemma_tiny, train, [question_block(q) for q in train], result.intervention)["kl"].mean()
+    assert after < 0.5 * before
+    assert result.intervention.task == "opinionqa/CREGION/Northeast" and result.intervention.template["kind"] == "opinionqa"
+
+
+def test_the_table_has_every_method_per_group_and_seed_and_resumes(gemma_tiny, tmp_path, group):
+    config = OpinionConfig(n_train=4, max_test=3, layer=1, fit_steps=2)
+    out = tmp_path / "o.csv"
+    rows = build_opinion_table(gemma_tiny, {"Northeast": group}, [0, 1], config, out, progress=False)
+    assert len(rows) == 2 * len(METHODS) and rows["n_test"].eq(3).all() and (rows["kl"] >= 0).all()
+    predictions = pd.read_csv(out.with_name("o.predictions.csv"))
+    assert len(predictions) == 2 * len(METHODS) * 3 and set(predictions.columns) >= {"key", "target", "prediction", "kl"}
+    again = build_opinion_table(gemma_tiny, {"Northeast": group}, [0, 1], config, out, progress=False)
+    pd.testing.assert_frame_equal(rows, again, check_dtype=False)
+    averaged = with_average(pd.concat([rows, rows.assign(task="South", kl=rows["kl"] + 1)]))
+    average = averaged[averaged["task"] == "average"].set_index(["method", "seed"])["kl"]
+    assert average.sort_index().tolist() == pytest.approx((rows.set_index(["method", "seed"])["kl"] + 0.5).sort_index().tolist())
+
+
+def test_cli_opinion_writes_the_table(tmp_path, capsys):
+    data = write_opinion_dir(tmp_path / "opinionqa")
+    model = save_tiny_model("gemma3", tmp_path / "model")
+    out = tmp_path / "opinion.csv"
+    code = main(["opinion", "--model", str(model), "--data-dir", str(data), "--group", "Northeast",
+                 "--group", "INCOME:Refused", "--seeds", "1", "--n-train", "4", "--max-test", "3", "--layer", "1",
+                 "--out", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "INCOME:Refused (INCOME): 16 questions" in printed and "| Δ (ours)" in printed and "average" in printed
+    assert set(pd.read_csv(out)["task"]) == {"Northeast", "INCOME:Refused"}
+    assert main(["opinion", "--model", str(model), "--data-dir", str(data), "--group", "Refused", "--out", str(out)]) == 2
