@@ -1,7 +1,7 @@
 """Regenerate every figure from saved results: ``headsteer figures --results results --out figures``.
 
-Reads what the sweep (``sweep_*.csv``), the table (``table.csv``) and the head
-study (``heads/<task>/``) wrote and saves each figure as interactive HTML
+Reads what the sweep (``sweep_*.csv``), the tables (``table.csv``,
+``compose.csv``, ``opinion.csv``) and the head study (``heads/<task>/``) wrote and saves each figure as interactive HTML
 (plotly.js once, in the folder, so the pages work offline) and, with
 ``static=True``, as PNG through kaleido. Kaleido drives a Chromium: set
 ``BROWSER_PATH`` (e.g. ``/usr/bin/chromium`` after ``apt-get install chromium``)
@@ -15,11 +15,10 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from headsteer import plots
+from headsteer import composition, opinion, plots, table
 from headsteer.head_study import VARIANTS
 from headsteer.heads import head_overlap
 from headsteer.intervention import Intervention
-from headsteer.table import METHODS
 
 
 def save_figure(fig: go.Figure, out_dir: Path, stem: str, static: bool = True) -> list[Path]:
@@ -50,11 +49,17 @@ def sweep_figures(results: Path) -> dict[str, go.Figure]:
 
 
 def table_figures(results: Path) -> dict[str, go.Figure]:
-    path = results / "table.csv"
-    if not path.is_file():
-        return {}
-    rows = pd.read_csv(path)
-    return {f"methods_{m}": plots.method_bars(rows, list(METHODS), m) for m in ("exact_match", "first_token")}
+    """Method bars of the comparison (``table.csv``), composition (``compose.csv``) and opinion (``opinion.csv``) tables."""
+    figures = {}
+    for stem, methods in (("table", table.METHODS), ("compose", composition.METHODS)):
+        if (results / f"{stem}.csv").is_file():
+            rows = pd.read_csv(results / f"{stem}.csv")
+            prefix = "methods" if stem == "table" else stem
+            figures.update({f"{prefix}_{m}": plots.method_bars(rows, list(methods), m) for m in ("exact_match", "first_token")})
+    if (results / "opinion.csv").is_file():
+        rows = opinion.with_average(pd.read_csv(results / "opinion.csv"))
+        figures["opinion_kl"] = plots.method_bars(rows, list(opinion.METHODS), "kl", what="group")
+    return figures
 
 
 def head_figures(study: Path) -> dict[str, go.Figure]:
@@ -79,5 +84,5 @@ def build_figures(results: str | Path, out: str | Path, static: bool = True) -> 
     for study in sorted(p for p in (results / "heads").glob("*") if (p / "heads.csv").is_file()):
         figures.update(head_figures(study))
     if not figures:
-        raise FileNotFoundError(f"no results to draw in {results} (sweep_*.csv, table.csv or heads/<task>/)")
+        raise FileNotFoundError(f"no results to draw in {results} (sweep_*.csv, table.csv, compose.csv, opinion.csv or heads/<task>/)")
     return [p for stem, fig in figures.items() for p in save_figure(fig, out, stem, static)]

@@ -21,7 +21,8 @@ from headsteer.evaluate import mean_std
 
 COLORS = qualitative.Plotly
 MANY_COLORS = qualitative.Dark24  # the table's 13 methods need more than Plotly's 10
-METRIC_LABELS = {"exact_match": "exact match", "first_token": "first-token accuracy"}
+METRIC_LABELS = {"exact_match": "exact match", "first_token": "first-token accuracy",
+                 "kl": "KL(group ‖ model), nats (lower is better)"}
 LAYOUT = dict(template="plotly_white", font=dict(size=14), margin=dict(l=80, r=40, t=80, b=70))
 
 
@@ -112,8 +113,10 @@ def head_comparison(overlap: pd.DataFrame, overlap_fraction: float, task: str = 
     return fig.update_layout(title=title, width=1000, height=200 + 40 * k, **LAYOUT)
 
 
-def method_bars(rows: pd.DataFrame, methods: Sequence[str], metric: str = "exact_match") -> go.Figure:
-    """Mean ``metric`` of each method per task, error bars = std over seeds."""
+def method_bars(
+    rows: pd.DataFrame, methods: Sequence[str], metric: str = "exact_match", what: str = "task"
+) -> go.Figure:
+    """Mean ``metric`` of each method per task (``what`` names the x axis, e.g. "group"), error bars = std over seeds."""
     stats = mean_std(rows, by=["task", "method"], metrics=[metric])
     fig = go.Figure()
     for i, method in enumerate(m for m in methods if m in set(stats["method"])):
@@ -123,4 +126,4 @@ def method_bars(rows: pd.DataFrame, methods: Sequence[str], metric: str = "exact
     seeds = int(stats["seeds"].max())
     fig.update_layout(title=f"Held-out {METRIC_LABELS.get(metric, metric)} by method (mean ± std over {seeds} seeds)",
                       barmode="group", width=1100, height=520, legend=dict(font=dict(size=11)), **LAYOUT)
-    return fig.update_yaxes(title_text=METRIC_LABELS.get(metric, metric), rangemode="tozero").update_xaxes(title_text="task")
+    return fig.update_yaxes(title_text=METRIC_LABELS.get(metric, metric), rangemode="tozero").update_xaxes(title_text=what)

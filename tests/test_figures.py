@@ -31,6 +31,10 @@ def results(gemma_tiny, tmp_path_factory):
     table = pd.DataFrame([{"task": t, "method": m, "seed": s, "first_token": 0.2, "exact_match": 0.1 + 0.1 * s}
                           for t in ("antonym", "synonym") for m in ("0-shot", "Δ (ours)") for s in (0, 1)])
     table.to_csv(root / "table.csv", index=False)
+    table.assign(task="fr∘antonym", method="Ours (Add)").to_csv(root / "compose.csv", index=False)
+    opinions = pd.DataFrame([{"task": g, "method": m, "seed": s, "kl": 0.1 * (1 + s) + (0.2 if g == "South" else 0)}
+                             for g in ("Northeast", "South") for m in ("uniform", "Δ (ours)") for s in (0, 1)])
+    opinions.to_csv(root / "opinion.csv", index=False)
     return root
 
 
@@ -65,6 +69,16 @@ def test_build_figures_writes_html_without_static(results, tmp_path):
     names = {p.name for p in written}
     assert "layer_sweep_exact_match.html" in names and "methods_first_token.html" in names
     assert "antonym_head_heatmap.html" in names and (tmp_path / "figs" / "plotly.min.js").is_file()
+    assert {"compose_exact_match.html", "compose_first_token.html", "opinion_kl.html"} <= names
+
+
+def test_opinion_bars_show_each_group_and_their_average(results):
+    from headsteer.figures import table_figures
+
+    fig = table_figures(results)["opinion_kl"]
+    delta = next(b for b in fig.data if b.name == "Δ (ours)")
+    assert list(delta.x) == ["Northeast", "South", "average"] and list(delta.y) == pytest.approx([0.15, 0.35, 0.25])
+    assert fig.layout.xaxis.title.text == "group" and "KL" in fig.layout.yaxis.title.text
 
 
 @pytest.mark.skipif(not HAS_BROWSER, reason="static export needs a Chromium (apt-get install chromium)")
