@@ -20,17 +20,16 @@ Methods, all on the composed held-out pairs:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import pandas as pd
 
-from headsteer.config import FitConfig
 from headsteer.fit import FitJob, fit_many
 from headsteer.intervention import Intervention
 from headsteer.prompts import Template
-from headsteer.runner import Cell, Method, run_methods
+from headsteer.runner import Cell, ExperimentConfig, Method, run_methods
 from headsteer.tasks import Pair, Task, TaskError, split_task
 
 SYMBOL = "∘"
@@ -92,34 +91,13 @@ def compose_tasks(outer: Task, inner: Task, min_pairs: int = 20) -> ComposedTask
 
 
 @dataclass(frozen=True)
-class ComposeConfig:
+class ComposeConfig(ExperimentConfig):
     """The split sizes and Δ's layer and fit, shared by the single, summed and re-optimized Δ."""
-
-    n_train: int = 10
-    max_test: int | None = 100
-    layer: int = FitConfig().layer
-    fit_steps: int = FitConfig().steps
-    gamma: float = FitConfig().gamma
-    lam: float = FitConfig().lam
-
-    def __post_init__(self) -> None:
-        FitConfig(layer=self.layer, steps=self.fit_steps, gamma=self.gamma, lam=self.lam)  # validates them
-        if self.n_train < 1:
-            raise ValueError(f"n_train must be >= 1, got {self.n_train}")
-        if self.max_test is not None and self.max_test < 1:
-            raise ValueError(f"max_test must be >= 1 or None, got {self.max_test}")
 
     @property
     def min_pairs(self) -> int:
         """A composed task needs the N training pairs and at least 10 held-out ones."""
         return self.n_train + 10
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ComposeConfig:
-        return cls(**data)
 
 
 def single_task_train(composed: ComposedTask, test: Sequence[Pair], n_train: int, seed: int) -> tuple[list[Pair], list[Pair]]:

@@ -33,7 +33,7 @@ Methods, on the same held-out questions of each (group, seed):
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -49,7 +49,7 @@ from headsteer.intervention import Intervention
 from headsteer.losses import OptionTargets, option_kl, option_log_probs
 from headsteer.opinionqa import OpinionGroup, OpinionQuestion, split_questions
 from headsteer.prompts import encode_continuations, encode_texts
-from headsteer.runner import run_methods
+from headsteer.runner import ExperimentConfig, run_methods
 from headsteer.unembed import FinalHidden
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -159,34 +159,18 @@ def uniform_scores(questions: Sequence[OpinionQuestion]) -> pd.DataFrame:
 
 
 @dataclass(frozen=True)
-class OpinionConfig:
+class OpinionConfig(ExperimentConfig):
     """Split sizes and Δ's fit (loss ``option_kl``) for the opinion table."""
 
-    n_train: int = 10
-    max_test: int | None = 100
-    layer: int = FitConfig().layer
-    fit_steps: int = FitConfig().steps
-    gamma: float = FitConfig().gamma
-    lam: float = FitConfig().lam
     lr: float | None = None
 
     def __post_init__(self) -> None:
-        self.fit_config(seed=0)  # validates Δ's settings
-        if self.n_train < 1:
-            raise ValueError(f"n_train must be >= 1, got {self.n_train}")
-        if self.max_test is not None and self.max_test < 1:
-            raise ValueError(f"max_test must be >= 1 or None, got {self.max_test}")
+        super().__post_init__()
+        self.fit_config(seed=0)  # validates lr
 
     def fit_config(self, seed: int) -> FitConfig:
         return FitConfig(layer=self.layer, gamma=self.gamma, lam=self.lam, loss="option_kl",
                          steps=self.fit_steps, lr=self.lr, seed=seed)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> OpinionConfig:
-        return cls(**data)
 
 
 @dataclass

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+
+from headsteer.tasks import shared_dataset_dir
 
 ATTRIBUTES = ("CREGION", "INCOME", "POLIDEOLOGY", "NONE")
 DROPPED_OPTIONS = ("Refused",)
@@ -62,15 +63,7 @@ class OpinionGroup:
 
 
 def default_opinion_dir() -> Path | None:
-    env = os.environ.get(DATA_DIR_ENV)
-    if env:
-        return Path(env)
-    checkout = Path(__file__).resolve().parents[1]
-    for base in (checkout.parent, Path.cwd().parent, Path.cwd()):
-        candidate = base / "shared" / "datasets" / "opinionqa"
-        if candidate.is_dir():
-            return candidate
-    return None
+    return shared_dataset_dir(DATA_DIR_ENV, "opinionqa")
 
 
 def _data_dir(data_dir: str | Path | None) -> Path:

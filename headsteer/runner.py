@@ -11,7 +11,7 @@ the settings sidecar refuses a file made with other settings.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -38,6 +38,32 @@ class RunCell(Protocol):
     task: str
     seed: int
     train: Sequence[Any]
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """What every method table shares: split sizes, and Δ's layer, step budget and penalty weights."""
+
+    n_train: int = 10
+    max_test: int | None = 100
+    layer: int = FitConfig().layer
+    fit_steps: int = FitConfig().steps
+    gamma: float = FitConfig().gamma
+    lam: float = FitConfig().lam
+
+    def __post_init__(self) -> None:
+        FitConfig(layer=self.layer, steps=self.fit_steps, gamma=self.gamma, lam=self.lam)  # validates them
+        if self.n_train < 1:
+            raise ValueError(f"n_train must be >= 1, got {self.n_train}")
+        if self.max_test is not None and self.max_test < 1:
+            raise ValueError(f"max_test must be >= 1 or None, got {self.max_test}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]):
+        return cls(**data)
 
 
 @dataclass

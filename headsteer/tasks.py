@@ -53,17 +53,22 @@ def builtin_task_names() -> list[str]:
     return sorted(BUILTIN_PREFIX + p.name[: -len(".json")] for p in root.iterdir() if p.name.endswith(".json"))
 
 
-def default_data_dir() -> Path | None:
-    """The function-vector data directory used when none is given, or None."""
-    env = os.environ.get(DATA_DIR_ENV)
+def shared_dataset_dir(env_var: str, name: str) -> Path | None:
+    """``$env_var``, else the first existing ``shared/datasets/<name>`` beside the checkout or the working directory."""
+    env = os.environ.get(env_var)
     if env:
         return Path(env)
     checkout = Path(__file__).resolve().parents[1]
     for base in (checkout.parent, Path.cwd().parent, Path.cwd()):
-        candidate = base / "shared" / "datasets" / "function_vectors"
+        candidate = base / "shared" / "datasets" / name
         if candidate.is_dir():
             return candidate
     return None
+
+
+def default_data_dir() -> Path | None:
+    """The function-vector data directory used when none is given, or None."""
+    return shared_dataset_dir(DATA_DIR_ENV, "function_vectors")
 
 
 def load_task(name_or_path: str, data_dir: str | Path | None = None) -> Task:
