@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import replace
+from pathlib import Path
 
 from headsteer.config import FitConfig
 from headsteer.demo import run_demo
@@ -18,6 +19,12 @@ from headsteer.tasks import load_task, split_task
 
 def _max_test(args: argparse.Namespace) -> int | None:
     return args.max_test or None
+
+
+def _write_summary(out: str, text: str) -> None:
+    """A results table's Markdown summary beside its CSV (OUT.md), and on stdout."""
+    Path(out).with_suffix(".md").write_text(text)
+    print(text)
 
 
 def _config(args: argparse.Namespace, seed: int) -> FitConfig:
@@ -92,8 +99,6 @@ def sweep(args: argparse.Namespace) -> int:
 
 
 def table(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from headsteer.runner import summary_markdown
     from headsteer.table import METHODS, TableConfig, build_table
 
@@ -104,14 +109,11 @@ def table(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.cache_dir)
     rows = build_table(model, tasks, get_template(args.template), range(args.seeds), config, args.out)
     text = summary_markdown(rows, methods)
-    Path(args.out).with_suffix(".md").write_text(text)
-    print(text)
+    _write_summary(args.out, text)
     return 0
 
 
 def compose(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from headsteer.composition import METHODS, PAPER_COMPOSITIONS, ComposeConfig, build_compose_table, compose_tasks
     from headsteer.runner import summary_markdown
 
@@ -123,14 +125,11 @@ def compose(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.cache_dir)
     rows = build_compose_table(model, composed, get_template(args.template), range(args.seeds), config, args.out)
     text = summary_markdown(rows, list(METHODS))
-    Path(args.out).with_suffix(".md").write_text(text)
-    print(text)
+    _write_summary(args.out, text)
     return 0
 
 
 def opinion(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from headsteer.opinion import METHODS, OpinionConfig, build_opinion_table, with_average
     from headsteer.opinionqa import PAPER_GROUPS, load_group
     from headsteer.runner import summary_markdown
@@ -142,8 +141,7 @@ def opinion(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.cache_dir)
     rows = build_opinion_table(model, groups, range(args.seeds), config, args.out)
     text = summary_markdown(with_average(rows), list(METHODS), metrics=("kl",))
-    Path(args.out).with_suffix(".md").write_text(text)
-    print(text)
+    _write_summary(args.out, text)
     return 0
 
 
@@ -170,7 +168,6 @@ def figures(args: argparse.Namespace) -> int:
 
 def judge(args: argparse.Namespace) -> int:
     import sys
-    from pathlib import Path
 
     import pandas as pd
 
@@ -188,8 +185,7 @@ def judge(args: argparse.Namespace) -> int:
     per_seed = judged.groupby(["task", "method", "seed"], as_index=False)["gpt_eval"].mean()
     methods = [m for m in METHODS if m in set(per_seed["method"])] + sorted(set(per_seed["method"]) - set(METHODS))
     text = summary_markdown(per_seed, methods, metrics=("gpt_eval",))
-    Path(args.out).with_suffix(".md").write_text(text)
-    print(text)
+    _write_summary(args.out, text)
     return 0
 
 

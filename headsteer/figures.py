@@ -51,10 +51,9 @@ def sweep_figures(results: Path) -> dict[str, go.Figure]:
 def table_figures(results: Path) -> dict[str, go.Figure]:
     """Method bars of the comparison (``table.csv``), composition (``compose.csv``) and opinion (``opinion.csv``) tables."""
     figures = {}
-    for stem, methods in (("table", table.METHODS), ("compose", composition.METHODS)):
+    for stem, prefix, methods in (("table", "methods", table.METHODS), ("compose", "compose", composition.METHODS)):
         if (results / f"{stem}.csv").is_file():
             rows = pd.read_csv(results / f"{stem}.csv")
-            prefix = "methods" if stem == "table" else stem
             figures.update({f"{prefix}_{m}": plots.method_bars(rows, list(methods), m) for m in ("exact_match", "first_token")})
     if (results / "opinion.csv").is_file():
         rows = opinion.with_average(pd.read_csv(results / "opinion.csv"))

@@ -28,7 +28,6 @@ from headsteer.tasks import Pair
 KEY = ["task", "method", "seed"]
 METRICS = ("first_token", "exact_match")  # what evaluate_pairs scores per held-out pair
 ITEM_COLUMNS = ("input", "target", "prediction")  # what identifies and shows a held-out prediction
-COLUMNS = KEY + ["n_train", "n_test", *METRICS]
 PREDICTION_COLUMNS = KEY + [*ITEM_COLUMNS, *METRICS]
 
 
