@@ -22,10 +22,11 @@ from headsteer.intervention import Intervention
 
 
 def save_figure(fig: go.Figure, out_dir: Path, stem: str, static: bool = True) -> list[Path]:
-    """``stem.html`` (and ``stem.png`` at 2× scale) in ``out_dir``."""
+    """``stem.html`` (and ``stem.png`` at 2× scale) in ``out_dir``; the page's div id is ``stem``, so
+    regenerating an unchanged figure rewrites the same bytes."""
     out_dir.mkdir(parents=True, exist_ok=True)
     html = out_dir / f"{stem}.html"
-    fig.write_html(html, include_plotlyjs="directory")
+    fig.write_html(html, include_plotlyjs="directory", div_id=stem)
     if not static:
         return [html]
     png = out_dir / f"{stem}.png"

@@ -72,6 +72,12 @@ def test_build_figures_writes_html_without_static(results, tmp_path):
     assert {"compose_exact_match.html", "compose_first_token.html", "opinion_kl.html"} <= names
 
 
+def test_regenerating_a_figure_rewrites_the_same_bytes(results, tmp_path):
+    first = {p.name: p.read_bytes() for p in build_figures(results, tmp_path / "a", static=False)}
+    second = {p.name: p.read_bytes() for p in build_figures(results, tmp_path / "b", static=False)}
+    assert first == second and 'id="antonym_head_norms"' in first["antonym_head_norms.html"].decode()
+
+
 def test_opinion_bars_show_each_group_and_their_average(results):
     from headsteer.figures import table_figures
 
