@@ -81,8 +81,12 @@ def build_figures(results: str | Path, out: str | Path, static: bool = True) -> 
     """Every figure the saved results allow; returns the files written."""
     results, out = Path(results), Path(out)
     figures = {**sweep_figures(results), **table_figures(results)}
-    for study in sorted(p for p in (results / "heads").glob("*") if (p / "heads.csv").is_file()):
+    studies = sorted(p for p in (results / "heads").glob("*") if (p / "heads.csv").is_file())
+    for study in studies:
         figures.update(head_figures(study))
+    if studies:
+        heads = pd.concat([pd.read_csv(study / "heads.csv") for study in studies], ignore_index=True)
+        figures["heads_by_task"] = plots.head_share_by_task(heads[heads["variant"] == "regularized"])
     if not figures:
         raise FileNotFoundError(f"no results to draw in {results} (sweep_*.csv, table.csv, compose.csv, opinion.csv or heads/<task>/)")
     return [p for stem, fig in figures.items() for p in save_figure(fig, out, stem, static)]

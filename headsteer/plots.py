@@ -59,6 +59,24 @@ def head_norm_bars(heads: pd.DataFrame, title: str = "") -> go.Figure:
     return fig.update_yaxes(title_text="‖Δ_h‖₂").update_xaxes(title_text="attention head")
 
 
+def head_share_by_task(heads: pd.DataFrame) -> go.Figure:
+    """Each task's share of ‖Δ‖² per head (tasks × "L{layer}.H{head}"), from head tables' ``share`` column.
+
+    ``heads`` holds the rows of several tasks' head tables for one variant; each row of the
+    heatmap sums to 1, so tasks with different Δ scales compare.
+    """
+    heads = heads.assign(head_label=[f"L{int(l)}.H{int(h)}" for l, h in zip(heads["layer"], heads["head"])])
+    grid = heads.pivot_table(index="task", columns="head_label", values="share", aggfunc="sum", sort=False)
+    fig = go.Figure(go.Heatmap(
+        z=grid.to_numpy(), x=list(grid.columns), y=list(grid.index), zmin=0, zmax=1, colorscale="Blues",
+        colorbar=dict(title=dict(text="share of ‖Δ‖²", side="right")), text=grid.round(2).to_numpy(), texttemplate="%{text}",
+        hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>",
+    ))
+    fig.update_layout(title="Which heads each task's Δ uses: share of ‖Δ‖² per head", width=800,
+                      height=200 + 45 * len(grid), **LAYOUT)
+    return fig.update_xaxes(title_text="head (layer.head)").update_yaxes(title_text="task", autorange="reversed")
+
+
 def layer_sweep(sweep: pd.DataFrame, metric: str = "exact_match") -> go.Figure:
     """Mean ± std over seeds of ``metric`` against layer, one line (and band) per task, zero-shot dashed."""
     fig = go.Figure()

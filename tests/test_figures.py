@@ -69,7 +69,7 @@ def test_build_figures_writes_html_without_static(results, tmp_path):
     names = {p.name for p in written}
     assert "layer_sweep_exact_match.html" in names and "methods_first_token.html" in names
     assert "antonym_head_heatmap.html" in names and (tmp_path / "figs" / "plotly.min.js").is_file()
-    assert {"compose_exact_match.html", "compose_first_token.html", "opinion_kl.html"} <= names
+    assert {"compose_exact_match.html", "compose_first_token.html", "opinion_kl.html", "heads_by_task.html"} <= names
 
 
 def test_regenerating_a_figure_rewrites_the_same_bytes(results, tmp_path):
@@ -107,3 +107,12 @@ def test_heatmap_grows_with_the_head_count():
     llama = plots.head_heatmap({"regularized": torch.randn(32, 128), "unregularized": torch.randn(32, 128)}, 4)
     assert len(llama.data[0].y) == 32 and llama.data[0].y[-1] == "head 31"
     assert llama.layout.height >= 2 * 22 * 32 > small.layout.height  # about 22 px per head row
+
+
+def test_head_share_by_task_has_one_row_per_task_in_shares():
+    heads = pd.DataFrame([{"task": t, "layer": 4, "head": h, "share": share}
+                          for t, shares in {"antonym": [0.1, 0.9], "french": [0.5, 0.5]}.items()
+                          for h, share in enumerate(shares)])
+    fig = plots.head_share_by_task(heads)
+    assert list(fig.data[0].y) == ["antonym", "french"] and list(fig.data[0].x) == ["L4.H0", "L4.H1"]
+    assert fig.data[0].z.tolist() == [[0.1, 0.9], [0.5, 0.5]] and fig.layout.xaxis.title.text
