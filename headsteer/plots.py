@@ -18,6 +18,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from headsteer.evaluate import mean_std
+from headsteer.heads import head_labels
 
 COLORS = qualitative.Plotly
 MANY_COLORS = qualitative.Dark24  # the table's 13 methods need more than Plotly's 10
@@ -65,7 +66,7 @@ def head_share_by_task(heads: pd.DataFrame) -> go.Figure:
     ``heads`` holds the rows of several tasks' head tables for one variant; each row of the
     heatmap sums to 1, so tasks with different Δ scales compare.
     """
-    heads = heads.assign(head_label=[f"L{int(l)}.H{int(h)}" for l, h in zip(heads["layer"], heads["head"])])
+    heads = heads.assign(head_label=head_labels(heads))
     grid = heads.pivot_table(index="task", columns="head_label", values="share", aggfunc="sum", sort=False)
     fig = go.Figure(go.Heatmap(
         z=grid.to_numpy(), x=list(grid.columns), y=list(grid.index), zmin=0, zmax=1, colorscale="Blues",
