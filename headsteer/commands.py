@@ -10,6 +10,7 @@ from headsteer.config import FitConfig
 from headsteer.demo import run_demo
 from headsteer.evaluate import evaluate_pairs, format_mean_std, mean_std, summarize
 from headsteer.experiments import fit_and_score, zero_shot_vs_fitted
+from headsteer.files import summary_path, write_text_atomic
 from headsteer.intervention import Intervention
 from headsteer.models import load_model
 from headsteer.prompts import Template, get_template
@@ -23,7 +24,7 @@ def _max_test(args: argparse.Namespace) -> int | None:
 
 def _write_summary(out: str, text: str) -> None:
     """A results table's Markdown summary beside its CSV (OUT.md), and on stdout."""
-    Path(out).with_suffix(".md").write_text(text)
+    write_text_atomic(summary_path(Path(out)), text)
     print(text)
 
 

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -13,6 +10,7 @@ import pandas as pd
 
 from headsteer.config import FitConfig
 from headsteer.evaluate import evaluate_pairs, summarize
+from headsteer.files import write_json_atomic
 from headsteer.fit import FitResult, fit
 from headsteer.forward import naive_scored_logits
 from headsteer.prompts import Template
@@ -95,10 +93,3 @@ def zero_shot_vs_fitted(
             rows.append({"task": task.name, "layer": config.layer, "seed": seed, "method": method, **summarize(scores)})
     return pd.DataFrame(rows)
 
-
-def write_json_atomic(path: Path, data: dict) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        json.dump(data, tmp, indent=2)
-    os.replace(tmp.name, path)
-    return path

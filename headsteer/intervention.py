@@ -19,13 +19,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from headsteer.display import intervention_html
+from headsteer.errors import ModelMismatchError
 from headsteer.hooks import PromptEndAdd, added_hooks, check_layer, hook_z_name
 
 FORMAT_VERSION = 1
-
-
-class ModelMismatchError(ValueError):
-    """An intervention was applied to a model it was not trained on."""
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ loaded with ``transformers`` and wrapped the same way.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import shutil
@@ -58,6 +60,21 @@ def wrap_model(hf_model, tokenizer, name: str, device: str = "cpu"):
     bridge.eval()
     verify_hook_z(bridge)
     return bridge
+
+
+def model_fingerprint(model) -> str:
+    """sha256 of the model's name, shapes and a sample of its token embedding (cheap; tells checkpoints apart).
+
+    Results files record it, so rows from another checkpoint (or the same name
+    with other weights) are refused rather than mixed.
+    """
+    cfg = model.cfg
+    digest = hashlib.sha256(json.dumps(
+        [str(cfg.model_name), cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_model, cfg.d_vocab]).encode())
+    embedding = model.W_E.detach()
+    step = max(1, embedding.shape[0] // 256)  # every step-th token's row: 256 rows of the matrix
+    digest.update(embedding[::step].to(device="cpu", dtype=torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def verify_hook_z(model) -> None:

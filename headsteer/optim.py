@@ -15,14 +15,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from headsteer.errors import NonFiniteLossError
 from headsteer.regularization import penalty, prox_sparse_group_lasso, prox_sparse_group_lasso_scaled
 
 Smooth = Callable[[Tensor], tuple[Float[Tensor, " fits"], Float[Tensor, "fits n_heads d_head"]]]
 Steps = Iterator[tuple[Float[Tensor, "fits n_heads d_head"], Float[Tensor, " fits"]]]
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The task loss or its gradient became NaN or infinite during a fit."""
 
 
 def _check(loss: Tensor, grad: Tensor, step: int) -> None:

@@ -15,12 +15,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from headsteer.errors import TemplateTokenizationError
 from headsteer.losses import AnswerTargets
 from headsteer.tasks import Pair
-
-
-class TemplateTokenizationError(ValueError):
-    """The prompt's tokens are not a prefix of prompt + answer tokens."""
 
 
 @dataclass(frozen=True)

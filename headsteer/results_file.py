@@ -9,16 +9,12 @@ cells) after checking ``<out>.settings.json`` matches the job's settings.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
 
-
-def settings_path(out: Path) -> Path:
-    return out.with_name(out.name + ".settings.json")
+from headsteer.files import settings_path, write_csv_atomic, write_json_atomic
 
 
 def load_rows(out: Path, settings: dict, columns: Sequence[str], text: bool = False) -> pd.DataFrame:
@@ -34,7 +30,7 @@ def load_rows(out: Path, settings: dict, columns: Sequence[str], text: bool = Fa
             raise ValueError(f"{out} holds results made with other settings ({', '.join(changed)}); use another --out")
     else:
         out.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(settings, indent=2))
+        write_json_atomic(path, settings)
     if not out.is_file():
         return pd.DataFrame(columns=list(columns))
     return pd.read_csv(out, keep_default_na=not text)
@@ -42,6 +38,4 @@ def load_rows(out: Path, settings: dict, columns: Sequence[str], text: bool = Fa
 
 def write_rows(out: Path, frame: pd.DataFrame) -> None:
     """Replace ``out`` with ``frame`` atomically (a reader sees the old file or the new one)."""
-    with tempfile.NamedTemporaryFile("w", dir=out.parent, suffix=".tmp", delete=False) as tmp:
-        frame.to_csv(tmp, index=False)
-    os.replace(tmp.name, out)
+    write_csv_atomic(out, frame)

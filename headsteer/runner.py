@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from headsteer.config import FitConfig
 from headsteer.evaluate import evaluate_pairs, format_mean_std, mean_std
+from headsteer.files import predictions_path
 from headsteer.generate import Steering
 from headsteer.prompts import Template
 from headsteer.results_file import load_rows, write_rows
@@ -131,10 +132,6 @@ def run_methods(
     keys = set(cells)
     wanted = [(t, int(s)) in keys and m in methods for t, s, m in zip(done["task"], done["seed"], done["method"])]
     return done[wanted].reset_index(drop=True)
-
-
-def predictions_path(out: Path) -> Path:
-    return out.with_name(out.stem + ".predictions.csv")
 
 
 def _earlier_predictions(out: Path, done: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:

@@ -16,20 +16,21 @@ A file holds a JSON list of ``{"input": str, "output": str}``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from importlib.resources import files
 from pathlib import Path
+
+from headsteer.errors import TaskError
 
 BUILTIN_PREFIX = "builtin/"
 DATA_DIR_ENV = "HEADSTEER_DATA_DIR"
 TODD_TASKS = ("antonym", "synonym", "english-french", "english-german")
-
-
-class TaskError(ValueError):
-    """A task could not be found or its file is malformed."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,17 @@ class Task:
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    @cached_property
+    def sha256(self) -> str:
+        """Hash of the pairs as read (in order): results and interventions record it to refuse other data."""
+        return pairs_sha256(self.pairs)
+
+
+def pairs_sha256(pairs: Sequence[Pair]) -> str:
+    """sha256 of ``[[input, output], ...]`` as compact UTF-8 JSON."""
+    text = json.dumps([[p.input, p.output] for p in pairs], ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def builtin_task_names() -> list[str]:
