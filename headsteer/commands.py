@@ -170,9 +170,7 @@ def figures(args: argparse.Namespace) -> int:
 def judge(args: argparse.Namespace) -> int:
     import sys
 
-    import pandas as pd
-
-    from headsteer.judge import JudgeConfig, JudgeNotConfigured, judge_predictions
+    from headsteer.judge import JudgeConfig, JudgeNotConfigured, judge_predictions, read_predictions
     from headsteer.runner import summary_markdown
     from headsteer.table import METHODS
 
@@ -182,7 +180,7 @@ def judge(args: argparse.Namespace) -> int:
         print(err, file=sys.stderr)
         return 0
     config = replace(base, queries=args.queries, min_yes=args.min_yes, workers=args.workers)
-    judged = judge_predictions(pd.read_csv(args.predictions, keep_default_na=False), config, args.out)
+    judged = judge_predictions(read_predictions(args.predictions), config, args.out)
     per_seed = judged.groupby(["task", "method", "seed"], as_index=False)["gpt_eval"].mean()
     methods = [m for m in METHODS if m in set(per_seed["method"])] + sorted(set(per_seed["method"]) - set(METHODS))
     text = summary_markdown(per_seed, methods, metrics=("gpt_eval",))

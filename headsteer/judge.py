@@ -12,6 +12,12 @@ The paper's Appendix C prompt text was not available to us; the questions in
 :func:`messages`). Endpoint, model and key come from :meth:`JudgeConfig.from_env`
 (or are passed in); with none configured, :class:`JudgeNotConfigured` says so
 and nothing is scored.
+
+The API key goes to the configured origin only: a redirect is never followed
+(it could carry the key to another host), and no response body is ever shown
+(it may echo the key). Every reply is checked to be a chat completion; a
+malformed one stops the run with :class:`JudgeError`, after the votes already
+received are saved.
 """
 
 from __future__ import annotations
@@ -25,10 +31,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pandas as pd
 from tqdm.auto import tqdm
 
+from headsteer.errors import HeadsteerError, ResultsFileError
 from headsteer.results_file import load_rows, write_rows
 
 ENV_BASE_URL, ENV_MODEL, ENV_KEY = "HEADSTEER_JUDGE_BASE_URL", "HEADSTEER_JUDGE_MODEL", "HEADSTEER_JUDGE_API_KEY"
@@ -43,14 +51,16 @@ GENERIC = "In the task “{task}”, is “{prediction}” a correct answer for 
 REFERENCE = " One accepted answer is “{target}”; other correct answers count too. Answer yes or no."
 KEY = ["task", "input", "target", "prediction"]
 VOTE_COLUMNS = KEY + ["judge_yes", "judge_invalid"]
+# What a predictions file must hold: each prediction's identity and the (task, method, seed) it scores.
+PREDICTION_COLUMNS = ["task", "method", "seed", "input", "target", "prediction"]
 
 
 class JudgeNotConfigured(RuntimeError):
     """No endpoint configured: the judge metric is skipped, never guessed."""
 
 
-class JudgeError(RuntimeError):
-    """The endpoint answered with an error (or not at all) after every retry."""
+class JudgeError(HeadsteerError, RuntimeError):
+    """The endpoint answered with an error, a redirect or a malformed reply (or not at all) after every retry."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,48 @@ def parse_vote(reply: str) -> bool | None:
     return {"yes": True, "no": False}.get(word)
 
 
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Never follow a redirect: the request carries the API key, and the new location may be any host."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+        raise JudgeError(
+            f"judge endpoint {req.full_url} answered HTTP {code}, redirecting to {_origin(newurl)}; not followed "
+            f"(the API key is sent to {ENV_BASE_URL}'s URL only): set {ENV_BASE_URL} to the URL that answers"
+        )
+
+
+_OPENER = urllib.request.build_opener(_RefuseRedirects)
+
+
+def reply_content(raw: bytes, url: str) -> str:
+    """The text of a chat-completions reply; a JudgeError (without the body, which may echo the key) if malformed."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        kind = "an HTML page" if raw.lstrip()[:1] == b"<" else f"{len(raw)} bytes of non-JSON"
+        raise JudgeError(f"judge endpoint {url}: the reply is {kind}, not a chat completion") from None
+    if isinstance(data, dict) and "error" in data:
+        error = data["error"]
+        kind = next((str(error[k]) for k in ("type", "code") if isinstance(error, dict) and error.get(k)), "unnamed")
+        raise JudgeError(f"judge endpoint {url}: answered with an error object ({kind}); its text is not shown, as it "
+                         "may quote the API key")
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices:
+        raise JudgeError(f"judge endpoint {url}: the reply has no 'choices'")
+    message = choices[0].get("message") if isinstance(choices[0], dict) else None
+    content = message.get("content", "") if isinstance(message, dict) else None
+    if content is None and isinstance(message, dict):
+        return ""  # an empty completion (e.g. a refusal): counts as neither yes nor no
+    if not isinstance(content, str):
+        raise JudgeError(f"judge endpoint {url}: the reply's choices[0].message.content is not a string")
+    return content
+
+
 def chat(config: JudgeConfig, chat_messages: list[dict[str, str]]) -> str:
     """One completion's text; retries (with backoff) on 429, 5xx and connection errors."""
     body = json.dumps({"model": config.model, "messages": chat_messages,
@@ -119,12 +171,13 @@ def chat(config: JudgeConfig, chat_messages: list[dict[str, str]]) -> str:
     request = urllib.request.Request(config.base_url.rstrip("/") + "/chat/completions", body, headers)
     for attempt in range(config.retries + 1):
         try:
-            with urllib.request.urlopen(request, timeout=config.timeout_s) as response:
-                return json.load(response)["choices"][0]["message"]["content"] or ""
-        except urllib.error.HTTPError as err:
-            retry, problem = err.code == 429 or err.code >= 500, f"HTTP {err.code}: {err.read()[:200]!r}"
+            with _OPENER.open(request, timeout=config.timeout_s) as response:
+                raw = response.read()
+            return reply_content(raw, request.full_url)
+        except urllib.error.HTTPError as err:  # the body is not read: it may echo the key
+            retry, problem = err.code == 429 or err.code >= 500, f"HTTP {err.code} {err.reason}"
         except (urllib.error.URLError, TimeoutError) as err:
-            retry, problem = True, f"no answer ({err})"
+            retry, problem = True, f"no answer ({getattr(err, 'reason', err)})"
         if not retry or attempt == config.retries:
             raise JudgeError(f"judge endpoint {request.full_url}: {problem}")
         time.sleep(min(2.0**attempt, 30.0))
@@ -157,11 +210,33 @@ def judge_predictions(
     with ThreadPoolExecutor(config.workers) as pool, tqdm(total=len(rows), desc="judge", disable=not progress) as bar:
         for start in range(0, len(rows), batch):
             chunk = rows[start : start + batch]
-            tallies = list(pool.map(lambda r: votes(config, r.task, r.input, r.target, r.prediction), chunk))
-            new = pd.DataFrame([(*r, y, i) for r, (y, i) in zip(chunk, tallies)], columns=VOTE_COLUMNS)
-            done = pd.concat([done, new], ignore_index=True)
+            futures = [pool.submit(votes, config, r.task, r.input, r.target, r.prediction) for r in chunk]
+            tallies, failure = [], None
+            for row, future in zip(chunk, futures):  # every item that finished is kept, even if another failed
+                try:
+                    tallies.append((*row, *future.result()))
+                except JudgeError as err:
+                    failure = failure or err
+            done = pd.concat([done, pd.DataFrame(tallies, columns=VOTE_COLUMNS)], ignore_index=True)
             if out:
                 write_rows(Path(out), done)
+            if failure is not None:
+                raise failure
             bar.update(len(chunk))
     judged = predictions.astype({c: str for c in KEY}).merge(done, on=KEY, how="left")
     return judged.assign(gpt_eval=judged["judge_yes"] >= config.min_yes)
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """A predictions CSV (e.g. a table's ``OUT.predictions.csv``), checked to have every column the judge needs."""
+    path = Path(path)
+    if not path.is_file():
+        raise ResultsFileError(f"predictions file {path} does not exist")
+    try:
+        frame = pd.read_csv(path, keep_default_na=False)  # an empty prediction stays ""
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ResultsFileError(f"predictions file {path} is not a readable CSV ({type(err).__name__})") from None
+    missing = [c for c in PREDICTION_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ResultsFileError(f"predictions file {path} lacks the columns {missing}; it needs {PREDICTION_COLUMNS}")
+    return frame

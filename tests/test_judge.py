@@ -129,3 +129,91 @@ def test_config_is_validated_and_round_trips():
         judge.JudgeConfig("localhost:8000", "m")
     config = judge.JudgeConfig("http://x/v1", "m", queries=3, min_yes=2)
     assert judge.JudgeConfig.from_dict(config.to_dict()) == config
+
+
+class Redirector(BaseHTTPRequestHandler):
+    """Answers every POST with a 307 to ``target`` (another origin)."""
+
+    target = ""
+
+    def do_POST(self):  # noqa: N802 - the http.server protocol
+        self.send_response(307), self.send_header("Location", self.target), self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_redirect_is_never_followed_so_the_key_stays_home(server, monkeypatch, tmp_path, capsys):
+    """A redirect to another origin must not carry the key there, nor count that host's replies as votes."""
+    other = f"http://127.0.0.1:{server.server_port}/v1/chat/completions"  # the fake judge plays "another host"
+    Redirector.target = other
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Redirector)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv(judge.ENV_BASE_URL, f"http://localhost:{httpd.server_port}/v1")
+        path = tmp_path / "p.csv"
+        predictions().to_csv(path, index=False)
+        assert main(["judge", str(path), "--out", str(tmp_path / "votes.csv")]) == 2
+    finally:
+        httpd.shutdown()
+    err = capsys.readouterr().err
+    assert FakeChat.calls == [], "no request may reach the redirect's target"
+    assert "HTTP 307" in err and "not followed" in err and "sk-test" not in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1  # one line (beside the progress bar)
+
+
+class Malformed(BaseHTTPRequestHandler):
+    """Answers yes to the first ``good`` requests, then with ``bad`` (status 200)."""
+
+    bad, good, served = b"", 0, 0
+    lock = threading.Lock()
+
+    def do_POST(self):  # noqa: N802 - the http.server protocol
+        self.rfile.read(int(self.headers["Content-Length"]))
+        with self.lock:
+            Malformed.served += 1
+            ok = Malformed.served <= Malformed.good
+        body = json.dumps({"choices": [{"message": {"content": "yes"}}]}).encode() if ok else Malformed.bad
+        self.send_response(200), self.end_headers(), self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("body, message", [
+    (b'{"error": {"message": "bad key sk-test", "type": "invalid_request_error"}}', "error object (invalid_request_error)"),
+    (b'{"choices": []}', "no 'choices'"),
+    (b'{"choices": [{"message": {"content": 3}}]}', "not a string"),
+    (b"<html><body>Login</body></html>", "an HTML page"),
+    (b"[1, 2]", "no 'choices'"),
+])
+def test_malformed_replies_stop_with_a_clear_error_and_keep_the_votes_received(monkeypatch, tmp_path, body, message):
+    Malformed.bad, Malformed.good, Malformed.served = body, 5, 0  # the first prediction's 5 queries succeed
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Malformed)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    out = tmp_path / "votes.csv"
+    try:
+        config = judge.JudgeConfig(f"http://127.0.0.1:{httpd.server_port}/v1", "fake-judge", workers=1)
+        with pytest.raises(judge.JudgeError, match=re.escape(message)) as caught:
+            judge.judge_predictions(predictions(("cold", "cool")), config, out, progress=False)
+    finally:
+        httpd.shutdown()
+    assert "sk-test" not in str(caught.value), "a reply's text may echo the key: never shown"
+    kept = pd.read_csv(out, keep_default_na=False)
+    assert kept["prediction"].tolist() == ["cold"] and kept["judge_yes"].tolist() == [5]
+
+
+def test_client_errors_do_not_show_the_response_body(server):
+    FakeChat.fail_first = [401]
+    with pytest.raises(judge.JudgeError) as caught:
+        judge.votes(judge.JudgeConfig.from_env(), "antonym", "hot", "cold", "cold")
+    assert "HTTP 401" in str(caught.value) and "nope" not in str(caught.value)
+
+
+def test_a_predictions_file_missing_a_column_is_refused_by_name(server, tmp_path, capsys):
+    path = tmp_path / "p.csv"
+    predictions().drop(columns=["target"]).to_csv(path, index=False)
+    assert main(["judge", str(path), "--out", str(tmp_path / "votes.csv")]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "'target'" in err and FakeChat.calls == []
+    assert not (tmp_path / "votes.csv").exists()
