@@ -24,7 +24,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from headsteer.hooks import added_hooks, delta_hooks
+from headsteer.hooks import AtIndex, added_hooks, delta_hooks
 from headsteer.prompts import TokenBatch
 from headsteer.unembed import FinalHidden, output_embedding
 
@@ -73,7 +73,7 @@ def run_suffix(
     """The suffix of every row against its prefix cache, Δ added at suffix position 0 (None: no Δ)."""
     _restore(prefix)
     at_first = torch.zeros(len(prefix.suffix_ids), dtype=torch.long)
-    hooks = [] if delta is None else delta_hooks(layer, delta, at_first, prompt_len=1)
+    hooks = [] if delta is None else delta_hooks(layer, delta, AtIndex(at_first, prompt_len=1))
     with added_hooks(model, hooks):
         hidden = model.original_model.base_model(
             input_ids=prefix.suffix_ids,

@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from headsteer.hooks import added_hooks, delta_hooks
+from headsteer.hooks import AtIndex, added_hooks, delta_hooks
 from headsteer.losses import Scored
 from headsteer.prompts import TokenBatch
 
@@ -53,6 +53,6 @@ def naive_scored_logits(
 ) -> Float[Tensor, "batch n_scored vocab"]:
     """Full forward of every row through every layer; the reference implementation."""
     device = model.cfg.device
-    with added_hooks(model, delta_hooks(layer, delta, tokens.last_index, tokens.prompt_len)):
+    with added_hooks(model, delta_hooks(layer, delta, AtIndex(tokens.last_index, tokens.prompt_len))):
         logits = model(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
     return gather_positions(logits, tokens, n_scored)

@@ -15,7 +15,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from headsteer.fast_forward import build_prefix
-from headsteer.hooks import PromptEndAdd, Steerer, added_hooks, delta_hooks
+from headsteer.hooks import AtIndex, PromptEndAdd, PromptPositions, Steerer, added_hooks, delta_hooks
 from headsteer.intervention import Intervention, steer
 from headsteer.prompts import TokenBatch
 
@@ -34,13 +34,13 @@ class RowDeltas:
 Steering = Union[Sequence[Steerer], RowDeltas]  # interventions, function vectors, ... or one Δ per row
 
 
-def steering_hooks(model, steering: Steering, last_index: Tensor, prompt_len: int) -> list[tuple[str, PromptEndAdd]]:
+def steering_hooks(model, steering: Steering, positions: PromptPositions) -> list[tuple[str, PromptEndAdd]]:
     """The hooks that apply ``steering`` (checking that each intervention fits the model)."""
     if isinstance(steering, RowDeltas):
-        return delta_hooks(steering.layers, steering.deltas, last_index, prompt_len)
+        return delta_hooks(steering.layers, steering.deltas, positions)
     for iv in steering:
         iv.check_fits(model)
-    return [iv.hook(last_index, prompt_len) for iv in steering]
+    return [iv.hook(positions) for iv in steering]
 
 
 @torch.no_grad()
@@ -73,7 +73,7 @@ def greedy_ids(
     prefix = build_prefix(model, tokens, n_scored=1)
     mask, positions, cache = prefix.mask, prefix.suffix_positions, prefix.cache
     at_first = torch.zeros(len(tokens), dtype=torch.long)
-    with added_hooks(model, steering_hooks(model, steering, at_first, prompt_len=1)):
+    with added_hooks(model, steering_hooks(model, steering, AtIndex(at_first, prompt_len=1))):
         logits = model(prefix.suffix_ids, attention_mask=mask, position_ids=positions, past_key_values=cache)
     out = torch.full((len(tokens), max_new_tokens), eos, dtype=torch.long)
     active = torch.arange(len(tokens))  # rows of ``out`` still generating, in cache order

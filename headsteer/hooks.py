@@ -5,25 +5,34 @@ new tensor (never edits ``act`` in place)::
 
     z'[b, p, h, :] = z[b, p, h, :] + 1[p = last_b] · Δ[b?, h, :]
 
-where ``last_b`` is row b's last prompt token. Which pass is a prompt pass:
+where ``last_b`` is row b's last prompt token. Δ belongs to that token only,
+however the model is run; a :class:`PromptPositions` says, per forward pass,
+where it goes (or that the pass gets none):
 
-* with explicit ``last_index`` (from headsteer's own tokenisation, any
-  padding side) a pass of ``prompt_len`` positions or more holds the prompt and
-  gets Δ at ``last_index``; a shorter pass continues a KV cache (generated
-  tokens) and is left alone;
-* without positions, Δ goes at the final position of every pass of more
-  than one token, and one-token passes (KV-cache decoding) are left alone.
-  This fits unpadded or left-padded prompts; pass positions otherwise.
+* :class:`AtIndex` — explicit positions from headsteer's own tokenisation
+  (any padding side): a pass of ``prompt_len`` positions or more holds the
+  prompt and gets Δ at ``last_index``; a shorter pass continues a KV cache
+  (generated tokens) and is left alone.
+* :class:`PromptTracker` — for passes headsteer did not tokenise
+  (``with iv.applied(model): model.generate(...)``): a hook on the input
+  embeddings recognises the prompt pass (Δ at its final position), a pass that
+  re-runs the prompt plus generated tokens without a KV cache (Δ again at the
+  prompt's last position, not at the new final one) and a one-token KV-cache
+  step (no Δ: the cached keys and values already carry it). This fits
+  unpadded or left-padded prompts; give explicit positions otherwise.
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator, Protocol, Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+EMBED_HOOK = "hook_embed"  # the token embeddings, [batch, pos, d_model], in HookedTransformer and TransformerBridge
 
 
 def hook_z_name(layer: int) -> str:
@@ -41,16 +50,88 @@ def check_layer(model, layer: int) -> str:
     return name
 
 
+class PromptPositions(Protocol):
+    """Per forward pass: each row's last prompt position, or None when the pass gets no Δ."""
+
+    def index(self, batch: int, pos: int, device: torch.device) -> Int[Tensor, " batch"] | None: ...
+
+
+@dataclass(frozen=True)
+class AtIndex:
+    """Explicit positions: row b's last prompt token is ``last_index[b]`` in passes of ``prompt_len`` or more."""
+
+    last_index: Int[Tensor, " batch"]
+    prompt_len: int
+
+    def index(self, batch: int, pos: int, device: torch.device) -> Int[Tensor, " batch"] | None:
+        return None if pos < self.prompt_len else self.last_index.to(device)
+
+
+class PromptTracker:
+    """Finds the prompt's last token in passes run by someone else's loop (e.g. ``model.generate``).
+
+    :meth:`observe` is a hook on the input embeddings ``[batch, pos, d_model]``,
+    which fire before any ``hook_z`` of the same pass. With P the recorded
+    prompt's length, a pass is
+
+    * a KV-cache step when one position long after a prompt: no Δ;
+    * a re-run of the prompt when longer than P and its first P embeddings
+      equal the recorded prompt's (bitwise: an embedding is a table lookup):
+      Δ at position P − 1;
+    * otherwise a new prompt: recorded, Δ at its final position.
+
+    A one-token pass right after a prompt is always read as a KV-cache step,
+    so a separate one-token prompt in the same ``with`` gets no Δ: run such
+    prompts in their own ``with``.
+    """
+
+    def __init__(self) -> None:
+        self._prompt: Tensor | None = None
+        self._index: Tensor | None = None
+
+    def observe(self, embeddings: Float[Tensor, "batch pos d_model"], hook) -> Tensor:
+        batch, pos = embeddings.shape[:2]
+        prompt = self._prompt
+        if prompt is not None and prompt.shape[0] == batch and pos == 1:
+            self._index = None
+        elif prompt is not None and prompt.shape[0] == batch and pos > prompt.shape[1] and torch.equal(
+            embeddings[:, : prompt.shape[1]], prompt
+        ):
+            self._index = torch.full((batch,), prompt.shape[1] - 1, device=embeddings.device)
+        else:
+            self._prompt = embeddings.detach().clone()
+            self._index = torch.full((batch,), pos - 1, device=embeddings.device)
+        return embeddings
+
+    def index(self, batch: int, pos: int, device: torch.device) -> Int[Tensor, " batch"] | None:
+        return None if self._index is None else self._index.to(device)
+
+    def hook(self) -> tuple[str, Callable]:
+        return EMBED_HOOK, self.observe
+
+
+def prompt_positions(
+    last_index: Int[Tensor, " batch"] | None, prompt_len: int | None
+) -> tuple[PromptPositions, list[tuple[str, Callable]]]:
+    """Explicit positions when given; else a :class:`PromptTracker` and the hook that feeds it."""
+    if (last_index is None) != (prompt_len is None):
+        raise ValueError("give both last_index and prompt_len, or neither")
+    if last_index is None or prompt_len is None:
+        tracker = PromptTracker()
+        return tracker, [tracker.hook()]
+    return AtIndex(last_index, prompt_len), []
+
+
 class Steerer(Protocol):
     """What steers a model at the last prompt token: an Intervention, a function vector, ..."""
 
     def check_fits(self, model) -> None: ...
 
-    def hook(self, last_index: Tensor | None, prompt_len: int | None) -> tuple[str, Callable]: ...
+    def hook(self, positions: PromptPositions) -> tuple[str, Callable]: ...
 
 
 class PromptEndAdd:
-    """``fn(act, hook) -> act`` adding ``delta`` at each row's last prompt token.
+    """``fn(act, hook) -> act`` adding ``delta`` at each row's last prompt token (see the module docstring).
 
     The activation is ``[batch, pos, *site]``: ``site`` is ``(n_heads, d_head)``
     for ``hook_z`` (the default, ``site_ndim=2``) or ``(d_model,)`` for a
@@ -58,21 +139,12 @@ class PromptEndAdd:
     vector for all rows) or ``[batch, *site]`` (one per row).
     """
 
-    def __init__(
-        self,
-        delta: Float[Tensor, "*rows ..."],
-        last_index: Int[Tensor, " batch"] | None = None,
-        prompt_len: int | None = None,
-        site_ndim: int = 2,
-    ):
+    def __init__(self, delta: Float[Tensor, "*rows ..."], positions: PromptPositions, site_ndim: int = 2):
         if delta.ndim not in (site_ndim, site_ndim + 1):
             site = "[n_heads, d_head]" if site_ndim == 2 else f"a {site_ndim}-d site"
             raise ValueError(f"Δ must be {site} or [batch, ...] of it, got {tuple(delta.shape)}")
-        if (last_index is None) != (prompt_len is None):
-            raise ValueError("give both last_index and prompt_len, or neither")
         self.delta = delta
-        self.last_index = last_index
-        self.prompt_len = prompt_len
+        self.positions = positions
         self.site_ndim = site_ndim
 
     def __call__(self, act: Float[Tensor, "batch pos ..."], hook) -> Tensor:
@@ -83,14 +155,9 @@ class PromptEndAdd:
                 f"{tuple(self.delta.shape)}; expected [batch, pos, {', '.join(map(str, site))}]"
             )
         batch, pos = act.shape[:2]
-        if self.last_index is None:
-            if pos == 1:
-                return act
-            index = torch.full((batch,), pos - 1, device=act.device)
-        else:
-            if pos < self.prompt_len:
-                return act
-            index = self.last_index.to(act.device)
+        index = self.positions.index(batch, pos, act.device)
+        if index is None:
+            return act
         onehot = torch.nn.functional.one_hot(index, pos).to(act.dtype)
         delta = self.delta.to(device=act.device, dtype=act.dtype)
         if delta.ndim == self.site_ndim:
@@ -101,23 +168,22 @@ class PromptEndAdd:
 def delta_hooks(
     layer: int | Int[Tensor, " batch"],
     delta: Float[Tensor, "*rows n_heads d_head"],
-    last_index: Int[Tensor, " batch"] | None = None,
-    prompt_len: int | None = None,
+    positions: PromptPositions,
 ) -> list[tuple[str, PromptEndAdd]]:
     """Hooks adding Δ at one layer, or at each row's own layer (``layer`` per row, Δ per row)."""
     if isinstance(layer, int):
-        return [(hook_z_name(layer), PromptEndAdd(delta, last_index, prompt_len))]
+        return [(hook_z_name(layer), PromptEndAdd(delta, positions))]
     if delta.ndim != 3 or delta.shape[0] != layer.shape[0]:
         raise ValueError(f"per-row layers need a per-row Δ [batch, n_heads, d_head], got {tuple(delta.shape)}")
     hooks = []
     for value in layer.unique().tolist():
         on = (layer == value).to(delta.dtype)[:, None, None]
-        hooks.append((hook_z_name(int(value)), PromptEndAdd(delta * on, last_index, prompt_len)))
+        hooks.append((hook_z_name(int(value)), PromptEndAdd(delta * on, positions)))
     return hooks
 
 
 @contextmanager
-def added_hooks(model, hooks: Sequence[tuple[str, PromptEndAdd]]) -> Iterator[None]:
+def added_hooks(model, hooks: Sequence[tuple[str, Callable]]) -> Iterator[None]:
     """Attach ``hooks`` for the body of the ``with``; exactly these are removed in ``finally``.
 
     Uses the bridge's own scoped context, which removes the handles it added

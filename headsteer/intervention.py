@@ -20,7 +20,7 @@ from torch import Tensor
 
 from headsteer.display import intervention_html
 from headsteer.errors import ModelMismatchError
-from headsteer.hooks import PromptEndAdd, added_hooks, check_layer, hook_z_name
+from headsteer.hooks import PromptEndAdd, PromptPositions, added_hooks, check_layer, hook_z_name, prompt_positions
 
 FORMAT_VERSION = 1
 
@@ -121,13 +121,16 @@ class Intervention:
             )
         check_layer(model, self.layer)
 
-    def hook(
-        self, last_index: Int[Tensor, " batch"] | None = None, prompt_len: int | None = None
-    ) -> tuple[str, PromptEndAdd]:
-        return self.hook_name, PromptEndAdd(self.delta, last_index, prompt_len)
+    def hook(self, positions: PromptPositions) -> tuple[str, PromptEndAdd]:
+        return self.hook_name, PromptEndAdd(self.delta, positions)
 
     def applied(self, model, last_index: Tensor | None = None, prompt_len: int | None = None):
-        """Context manager: the model runs with this intervention inside the ``with``."""
+        """Context manager: the model runs with this intervention inside the ``with``.
+
+        Without positions, Δ goes at the prompt's last token of each prompt the
+        model is given, also under ``model.generate`` with or without a KV cache
+        (see :class:`headsteer.hooks.PromptTracker`).
+        """
         return steer(model, [self], last_index, prompt_len)
 
     # ---- persistence -------------------------------------------------------------------
@@ -194,9 +197,11 @@ def steer(
     """Run ``model`` with every intervention applied (each at its own layer).
 
     ``last_index``/``prompt_len`` place Δ explicitly (see ``headsteer.hooks``);
-    without them Δ goes at the final position of each multi-token pass.
+    without them a :class:`~headsteer.hooks.PromptTracker` finds each prompt's
+    last token, including in generation loops that are not headsteer's.
     """
     for iv in interventions:
         iv.check_fits(model)
-    with added_hooks(model, [iv.hook(last_index, prompt_len) for iv in interventions]):
+    positions, tracking = prompt_positions(last_index, prompt_len)
+    with added_hooks(model, tracking + [iv.hook(positions) for iv in interventions]):
         yield

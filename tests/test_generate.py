@@ -81,3 +81,22 @@ def test_finished_rows_leave_the_batch_without_changing_any_answer(any_model):
             assert (early[row, k + 1 :] == eos).all()
             retired_early += k < 3
     assert retired_early > 0  # the case under test happened
+
+
+def test_model_generate_under_applied_adds_delta_once_with_or_without_a_kv_cache(any_model):
+    """``with iv.applied(model): model.generate(...)``: Δ at the prompt's last token only, cache or not.
+
+    Without a KV cache every step re-runs prompt + generated tokens; Δ must stay at the prompt's last
+    token (not move to each pass's final token), so both paths give headsteer's own steered tokens.
+    """
+    iv = make_iv(any_model, scale=3.0)
+    for word in INPUTS:
+        tokens = hs.encode_prompts(any_model.tokenizer, QA, [word])
+        ours = hs.greedy_ids(any_model, tokens, [iv], max_new_tokens=4, stop=None)[0].tolist()
+        runs = {}
+        for cached in (True, False):
+            with iv.applied(any_model):
+                out = any_model.generate(tokens.input_ids, max_new_tokens=4, use_past_kv_cache=cached,
+                                         do_sample=False, stop_at_eos=False, verbose=False)
+            runs[cached] = out[0, tokens.input_ids.shape[1]:].tolist()
+        assert runs[True] == runs[False] == ours, word

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import headsteer as hs
-from headsteer.hooks import PromptEndAdd, hook_z_name
+from headsteer.hooks import AtIndex, PromptEndAdd, PromptTracker, hook_z_name
 from headsteer.intervention import ModelSignature
 
 LAYER = 1
@@ -109,18 +109,27 @@ def test_no_hook_survives_an_exception_and_user_hooks_stay(gemma_tiny):
     assert _n_hooks(model, name) == 0
 
 
-def test_default_placement_skips_single_token_passes():
-    delta = torch.ones(2, 3)
-    hook = PromptEndAdd(delta)
+def test_tracked_placement_finds_the_prompt_end_in_every_kind_of_pass():
+    """A prompt pass gets Δ at its end; a re-run of prompt + new tokens at the prompt's end; a KV step none."""
+    tracker, delta = PromptTracker(), torch.ones(2, 3)
+    hook = PromptEndAdd(delta, tracker)
+    prompt = torch.randn(2, 4, 5)
+    tracker.observe(prompt, None)
     act = torch.zeros(2, 4, 2, 3)
     out = hook(act, None)
     assert out[:, -1].eq(1).all() and out[:, :-1].eq(0).all()
     assert act.eq(0).all(), "the hook must not edit the activation in place"
-    assert torch.equal(hook(torch.zeros(2, 1, 2, 3), None), torch.zeros(2, 1, 2, 3))
+    tracker.observe(torch.randn(2, 1, 5), None)  # a KV-cache step
+    assert hook(torch.zeros(2, 1, 2, 3), None).eq(0).all()
+    tracker.observe(torch.cat([prompt, torch.randn(2, 2, 5)], 1), None)  # the prompt re-run with 2 new tokens
+    rerun = hook(torch.zeros(2, 6, 2, 3), None)
+    assert rerun[:, 3].eq(1).all() and rerun.sum() == 2 * 6, "Δ at the prompt's last token, not the final one"
+    tracker.observe(torch.randn(2, 6, 5), None)  # another prompt of the same length: a new prompt
+    assert hook(torch.zeros(2, 6, 2, 3), None)[:, 5].eq(1).all()
 
 
 def test_explicit_placement_skips_cache_continuations_and_checks_shape():
-    hook = PromptEndAdd(torch.ones(2, 3), torch.tensor([1, 3]), prompt_len=4)
+    hook = PromptEndAdd(torch.ones(2, 3), AtIndex(torch.tensor([1, 3]), prompt_len=4))
     out = hook(torch.zeros(2, 4, 2, 3), None)
     assert out[0, 1].eq(1).all() and out[1, 3].eq(1).all() and out.sum() == 12
     assert hook(torch.zeros(2, 1, 2, 3), None).eq(0).all()
@@ -130,7 +139,7 @@ def test_explicit_placement_skips_cache_continuations_and_checks_shape():
 
 def test_per_row_delta():
     delta = torch.stack([torch.ones(2, 3), 2 * torch.ones(2, 3)])
-    out = PromptEndAdd(delta, torch.tensor([0, 1]), prompt_len=2)(torch.zeros(2, 2, 2, 3), None)
+    out = PromptEndAdd(delta, AtIndex(torch.tensor([0, 1]), prompt_len=2))(torch.zeros(2, 2, 2, 3), None)
     assert out[0, 0].eq(1).all() and out[1, 1].eq(2).all() and out[0, 1].eq(0).all()
 
 

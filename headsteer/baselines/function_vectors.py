@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from headsteer.baselines.prompting import few_shot_template
 from headsteer.fast_forward import build_prefix, run_suffix
-from headsteer.hooks import PromptEndAdd, hook_z_name, last_token_activations
+from headsteer.hooks import PromptEndAdd, PromptPositions, hook_z_name, last_token_activations
 from headsteer.intervention import ModelMismatchError, ModelSignature
 from headsteer.prompts import Template, TokenBatch, encode_texts, split_answer_tokens
 from headsteer.tasks import Pair
@@ -81,8 +81,8 @@ class FunctionVector:
         if problems or self.hook_name not in model.hook_dict:
             raise ModelMismatchError(f"function vector for {self.task!r} does not fit this model: {problems}")
 
-    def hook(self, last_index: Int[Tensor, " batch"] | None = None, prompt_len: int | None = None):
-        return self.hook_name, PromptEndAdd(self.vector, last_index, prompt_len, site_ndim=1)
+    def hook(self, positions: PromptPositions) -> tuple[str, PromptEndAdd]:
+        return self.hook_name, PromptEndAdd(self.vector, positions, site_ndim=1)
 
 
 def icl_prompts(pairs: Sequence[Pair], template: Template, seed: int, corrupt: bool = False) -> list[str]:
