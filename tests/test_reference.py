@@ -1,0 +1,25 @@
+"""The redesign changed no numbers: fits and greedy answers equal those saved before it (tests/reference)."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.reference.generate import CASES, LAYERS, run_case
+
+REFERENCE = Path(__file__).parent / "reference"
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_fits_and_answers_match_the_saved_reference(gemma_tiny, name):
+    saved_deltas = load_file(str(REFERENCE / "fits.safetensors"))
+    saved = json.loads((REFERENCE / "fits.json").read_text())
+    results, predictions = run_case(gemma_tiny, *CASES[name])
+    for layer, result, preds in zip(LAYERS, results, predictions):
+        key = f"{name}/layer{layer}"
+        # bit-for-bit on this machine's torch; fp32 summation order may differ elsewhere
+        torch.testing.assert_close(result.intervention.delta, saved_deltas[key], rtol=1e-5, atol=1e-6)
+        assert result.history["objective"].tolist() == pytest.approx(saved[key]["objective"], rel=1e-5)
+        assert preds == saved[key]["predictions"]
