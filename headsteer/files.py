@@ -24,8 +24,9 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,11 @@ class ArtifactPaths:
     @property
     def history(self) -> Path:
         return sibling(self.stem, ".history.csv")
+
+    @property
+    def all(self) -> tuple[Path, Path, Path, Path]:
+        """Every file the artifact may have: tensors, meta, metrics, history."""
+        return self.tensors, self.meta, self.metrics, self.history
 
 
 # ---- checks before any work -------------------------------------------------------------
@@ -160,8 +166,13 @@ def write_text_atomic(target: str | Path, text: str) -> Path:
     return write_bytes_atomic(target, text.encode("utf-8"))
 
 
+def json_bytes(data: Any) -> bytes:
+    """``data`` as the JSON headsteer writes: indented, UTF-8, one final newline."""
+    return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+
+
 def write_json_atomic(target: str | Path, data: Any) -> Path:
-    return write_text_atomic(target, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    return write_bytes_atomic(target, json_bytes(data))
 
 
 def write_csv_atomic(target: str | Path, frame: pd.DataFrame) -> Path:
@@ -171,21 +182,57 @@ def write_csv_atomic(target: str | Path, frame: pd.DataFrame) -> Path:
 def write_files_atomic(files: Sequence[tuple[Path, bytes]]) -> list[Path]:
     """Write several files as one unit: every temporary file first, then the renames in order.
 
-    A failure before the renames leaves every target as it was. The renames
-    themselves are one system call each, so put the file that makes the unit
-    valid (e.g. a JSON record with the others' hashes) last: a reader that
-    checks it never accepts a mix of old and new files.
+    A target that is a directory is refused before anything is written. A
+    failure before the renames leaves every target as it was; a failure
+    during them puts back the targets already renamed over (from links to
+    their old contents taken just before), so the unit ends all old or all
+    new. A reader between two renames can still see a mix, so put the file
+    that makes the unit valid (e.g. a JSON record with the others' hashes)
+    last: a reader that checks it never accepts a mix of old and new files.
     """
+    targets = [Path(target) for target, _ in files]
+    for target in targets:
+        if target.is_dir():
+            raise OutputPathError(f"{target}: is a directory, expected a file path")
     temps: list[Path] = []
+    backups: dict[Path, Path] = {}
+    renamed: list[Path] = []
     try:
-        for target, data in files:
-            temps.append(_write_temp(Path(target), data))
-        for tmp, (target, _) in zip(temps, files):
+        for target, (_, data) in zip(targets, files):
+            temps.append(_write_temp(target, data))
+        for target in targets:
+            if target.exists():
+                backups[target] = _backup(target)
+        for tmp, target in zip(temps, targets):
             os.replace(tmp, target)
+            renamed.append(target)
+    except BaseException:
+        _restore(renamed, backups)
+        raise
     finally:
-        for tmp in temps:
-            tmp.unlink(missing_ok=True)
-    return [Path(target) for target, _ in files]
+        for leftover in [*temps, *backups.values()]:
+            leftover.unlink(missing_ok=True)
+    return targets
+
+
+def _backup(target: Path) -> Path:
+    """A second name for ``target``'s current contents (a hard link; a copy where links are not supported)."""
+    backup = _temp_for(target)
+    try:
+        os.link(target, backup)
+    except OSError:
+        shutil.copy2(target, backup)
+    return backup
+
+
+def _restore(renamed: Sequence[Path], backups: dict[Path, Path]) -> None:
+    """Undo the renames of a failed unit, newest first: old contents back, new files removed (best effort)."""
+    for target in reversed(renamed):
+        with suppress(OSError):  # the original error is the one to report
+            if target in backups:
+                os.replace(backups[target], target)
+            else:
+                target.unlink()
 
 
 # ---- one writer at a time ----------------------------------------------------------------

@@ -15,8 +15,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from headsteer.errors import TemplateTokenizationError
+from headsteer.errors import ConfigError, TemplateTokenizationError
 from headsteer.losses import AnswerTargets
+from headsteer.strict_json import check_object, field_name
 from headsteer.tasks import Pair
 
 
@@ -49,8 +50,13 @@ class Template:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Template:
-        return cls(**data)
+    def from_dict(cls, data: object, path: str = "template") -> Template:
+        """The template ``to_dict`` wrote: exactly its four string fields, else a ConfigError naming ``path``."""
+        fields = check_object(data, {name: str for name in cls.__dataclass_fields__}, path, ConfigError)
+        try:
+            return cls(**fields)
+        except ValueError as err:  # __post_init__'s checks, named by the field
+            raise ConfigError(f"{field_name(path)}: {err}") from None
 
 
 TEMPLATES: dict[str, Template] = {
