@@ -17,6 +17,7 @@ from headsteer.intervention import Intervention, ModelMismatchError, ModelSignat
 from headsteer.models import DEFAULT_MODEL, load_model, wrap_model
 from headsteer.prompts import TEMPLATES, Template, TemplateTokenizationError, encode_prompts, encode_targets, get_template
 from headsteer.tasks import Pair, Task, TaskError, load_task, split_task
+from headsteer.training_record import TrainingRecord
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -34,6 +35,7 @@ __all__ = [
     "TaskError",
     "Template",
     "TemplateTokenizationError",
+    "TrainingRecord",
     "encode_prompts",
     "encode_targets",
     "evaluate_pairs",

@@ -25,12 +25,13 @@ from headsteer.display import fit_result_html
 from headsteer.fast_forward import PrefixCachedForward
 from headsteer.forward import ScoredForward
 from headsteer.hooks import check_layer
-from headsteer.intervention import Intervention, ModelSignature
+from headsteer.intervention import Intervention, ModelSignature, check_template
 from headsteer.losses import Targets, scored_positions, task_loss
 from headsteer.optim import NonFiniteLossError, adam_steps, fista_steps, prox_adam_steps
 from headsteer.prompts import Template, TokenBatch, encode_targets
 from headsteer.regularization import penalty
 from headsteer.tasks import Pair
+from headsteer.training_record import TrainingRecord
 
 OPTIMIZERS = {"prox_adam": prox_adam_steps, "fista": fista_steps, "adam": adam_steps}
 # Rows per forward/backward chunk: bounds the [rows, vocab] logits held at once.
@@ -121,7 +122,8 @@ def fit_many(
     signature = ModelSignature.of(model)
     return [
         FitResult(
-            Intervention(delta, job.config.layer, signature, job.task, template.to_dict(), job.config.to_dict()),
+            Intervention(delta, job.config.layer, signature, job.task, template.to_dict(), job.config.to_dict(),
+                         TrainingRecord.of_pairs(job.pairs)),
             history,
         )
         for job, delta, history in zip(jobs, deltas, histories)
@@ -141,11 +143,14 @@ def fit_encoded(
     """One fit over pre-tokenised data (e.g. option prompts with ``OptionTargets``).
 
     ``prompt_format`` records how the prompts were made (stored in the
-    intervention where a pair-based fit stores its template).
+    intervention where a pair-based fit stores its template). The training
+    record holds only the number of prompts: their inputs are not known here.
     """
+    check_template(prompt_format or {})  # before the fit, not after it
     row_fit = torch.zeros(len(tokens), dtype=torch.long)
     deltas, histories = optimize(model, tokens, targets, row_fit, [config], forward, progress, desc=task or "fit")
-    iv = Intervention(deltas[0], config.layer, ModelSignature.of(model), task, prompt_format or {}, config.to_dict())
+    iv = Intervention(deltas[0], config.layer, ModelSignature.of(model), task, prompt_format or {}, config.to_dict(),
+                      TrainingRecord(n_examples=len(tokens)))
     return FitResult(iv, histories[0])
 
 

@@ -1,28 +1,59 @@
-"""The intervention artifact: Δ for one layer's heads, and where it was trained.
+"""The intervention artifact: Δ for one layer's heads, where and on what it was trained.
 
-Saved as ``<path>.safetensors`` (Δ) + ``<path>.json`` (metadata); never pickle.
+Saved as two files, written as one unit (``files.write_files_atomic``, the JSON last)::
+
+    STEM.safetensors  exactly one tensor, ``delta`` [n_heads, d_head], of a float dtype
+    STEM.json         format_version 2: layer, hook_name, model (the ModelSignature), task,
+                      template, fit_config, training (a TrainingRecord, or null), and
+                      tensors_sha256, the sha256 of STEM.safetensors
+
+Never pickle. Reading is strict: the JSON holds exactly these keys with
+these types; every redundant field must agree (``hook_name`` is the hook of
+``layer``, ``fit_config.layer`` is ``layer``, ``training.pairs_sha256``
+hashes the recorded pairs, the tensor file hashes to ``tensors_sha256``);
+anything else is an :class:`ArtifactError` naming the file and the field.
+Format 1 (no ``training``, no ``tensors_sha256``) still loads, for
+inspection; it records no training inputs, so it cannot be scored on
+held-out pairs (``experiments.heldout_pairs`` refuses it).
+
+``template`` is ``{}``, a :class:`~headsteer.prompts.Template`'s fields
+(exactly its four) for fits on pairs, or, for fits on pre-tokenised prompts,
+a prompt format: an object of strings with a ``"kind"``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import safetensors.torch
 import torch
 from jaxtyping import Float, Int
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
 from torch import Tensor
 
+from headsteer.config import FitConfig
 from headsteer.display import intervention_html
-from headsteer.errors import ModelMismatchError
+from headsteer.errors import ArtifactError, ConfigError, ModelMismatchError, OutputPathError
+from headsteer.files import ArtifactPaths, check_output_file, json_bytes, write_files_atomic
 from headsteer.hooks import PromptEndAdd, PromptPositions, added_hooks, check_layer, hook_z_name, prompt_positions
+from headsteer.prompts import Template
+from headsteer.strict_json import check_object, check_value, child, is_kind
+from headsteer.training_record import TrainingRecord
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+DELTA_KEY = "delta"  # the one tensor in STEM.safetensors
+# The JSON's keys and their kinds, per format version this code reads.
+_V1_SPEC = {"format_version": int, "layer": int, "hook_name": str, "model": dict, "task": str, "template": dict,
+            "fit_config": dict}
+JSON_SPECS = {1: _V1_SPEC, 2: {**_V1_SPEC, "training": (dict, type(None)), "tensors_sha256": str}}
+# A saved fit_config is {} (a sum of Δ's) or every FitConfig field, each of its resolved value's kind.
+FIT_CONFIG_SPEC = {name: type(value) for name, value in FitConfig().to_dict().items()}
 
 
 @dataclass(frozen=True)
@@ -35,10 +66,26 @@ class ModelSignature:
     d_head: int
     d_model: int
 
+    def __post_init__(self) -> None:
+        check_value(self.name, str, "model.name", ArtifactError)
+        for key in ("n_layers", "n_heads", "d_head", "d_model"):
+            value = getattr(self, key)
+            if not is_kind(value, int) or value < 1:
+                raise ArtifactError(f"field 'model.{key}' must be an integer >= 1, got {value!r}")
+
     @classmethod
     def of(cls, model) -> ModelSignature:
         cfg = model.cfg
         return cls(str(cfg.model_name), cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_model)
+
+    def to_dict(self) -> dict[str, str | int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> ModelSignature:
+        """Exactly the fields ``to_dict`` writes, of their types; an ArtifactError names any at fault."""
+        spec = {"name": str, "n_layers": int, "n_heads": int, "d_head": int, "d_model": int}
+        return cls(**check_object(data, spec, "model", ArtifactError))
 
     def mismatches(self, other: ModelSignature) -> list[str]:
         return [
@@ -50,23 +97,39 @@ class ModelSignature:
 
 @dataclass(frozen=True)
 class Intervention:
-    """Δ ∈ R^{n_heads × d_head}, added to ``blocks.{layer}.attn.hook_z`` at the last prompt token."""
+    """Δ ∈ R^{n_heads × d_head}, added to ``blocks.{layer}.attn.hook_z`` at the last prompt token.
+
+    ``training`` records the examples Δ was fitted on (None when unknown:
+    a hand-made Δ, or a format-1 file).
+    """
 
     delta: Float[Tensor, "n_heads d_head"]
     layer: int
     model: ModelSignature
     task: str = ""
-    template: dict[str, Any] = field(default_factory=dict)
+    template: dict[str, str] = field(default_factory=dict)
     fit_config: dict[str, Any] = field(default_factory=dict)
+    training: TrainingRecord | None = None
 
     def __post_init__(self) -> None:
-        expected = (self.model.n_heads, self.model.d_head)
-        if tuple(self.delta.shape) != expected:
-            raise ValueError(f"Δ has shape {tuple(self.delta.shape)}, expected [n_heads, d_head] = {list(expected)}")
-        if not torch.isfinite(self.delta).all():
-            raise ValueError("Δ contains NaN or infinite values")
-        if not 0 <= self.layer < self.model.n_layers:
-            raise ValueError(f"layer {self.layer} is out of range for a model with {self.model.n_layers} layers")
+        self.check()
+
+    def check(self) -> None:
+        """Every field valid and consistent with the others; an ArtifactError names the first that is not.
+
+        Run on construction and again by ``save``: Δ and the dicts are
+        mutable, and an in-place edit must not produce a file ``load`` refuses.
+        """
+        check_delta(self.delta, self.model)
+        if not is_kind(self.layer, int) or not 0 <= self.layer < self.model.n_layers:
+            raise ArtifactError(
+                f"field 'layer': layer {self.layer!r} is out of range for a model with {self.model.n_layers} layers"
+            )
+        check_value(self.task, str, "task", ArtifactError)
+        check_template(self.template)
+        check_fit_config(self.fit_config, self.layer)
+        if self.training is not None and not isinstance(self.training, TrainingRecord):
+            raise ArtifactError(f"field 'training' must be a TrainingRecord or None, got {type(self.training).__name__}")
 
     @property
     def hook_name(self) -> str:
@@ -81,7 +144,10 @@ class Intervention:
                 f"cannot add interventions at layer {self.layer} ({self.model.name}) and layer "
                 f"{other.layer} ({other.model.name}); apply them together with steer() instead"
             )
-        return replace(self, delta=self.delta + other.delta, task=f"{self.task}+{other.task}", fit_config={})
+        # The sum was trained on both Δ's examples; unknown if either's are.
+        training = None if self.training is None or other.training is None else self.training.combined(other.training)
+        return replace(self, delta=self.delta + other.delta, task=f"{self.task}+{other.task}", fit_config={},
+                       training=training)
 
     def __mul__(self, scale: float) -> Intervention:
         if not isinstance(scale, (int, float)):
@@ -134,57 +200,178 @@ class Intervention:
         return steer(model, [self], last_index, prompt_len)
 
     # ---- persistence -------------------------------------------------------------------
-    def metadata(self) -> dict[str, Any]:
+    def metadata(self) -> dict[str, object]:
+        """The JSON record, less ``tensors_sha256`` (which depends on the tensor file's bytes)."""
         return {
             "format_version": FORMAT_VERSION,
             "layer": self.layer,
             "hook_name": self.hook_name,
-            "model": self.model.__dict__,
+            "model": self.model.to_dict(),
             "task": self.task,
             "template": self.template,
             "fit_config": self.fit_config,
+            "training": None if self.training is None else self.training.to_dict(),
         }
 
+    def artifact_files(self, path: str | Path) -> list[tuple[Path, bytes]]:
+        """The two files of ``save(path)`` as (path, contents), the JSON last; checks every field first."""
+        self.check()
+        paths = ArtifactPaths.of(path)
+        tensors = safetensors.torch.save({DELTA_KEY: self.delta.detach().cpu().contiguous()})
+        meta = {**self.metadata(), "tensors_sha256": hashlib.sha256(tensors).hexdigest()}
+        return [(paths.tensors, tensors), (paths.meta, json_bytes(meta))]
+
     def save(self, path: str | Path) -> tuple[Path, Path]:
-        """Write ``path.safetensors`` and ``path.json`` atomically (both or neither)."""
-        tensors_path, meta_path = artifact_paths(path)
-        tensors_path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=tensors_path.parent) as tmp:
-            tmp_tensors, tmp_meta = Path(tmp) / "delta.safetensors", Path(tmp) / "meta.json"
-            save_file({"delta": self.delta.detach().cpu().contiguous()}, str(tmp_tensors))
-            tmp_meta.write_text(json.dumps(self.metadata(), indent=2))
-            os.replace(tmp_tensors, tensors_path)
-            os.replace(tmp_meta, meta_path)
-        return tensors_path, meta_path
+        """Write ``path.safetensors`` and ``path.json`` as one unit: both or neither, checked before any write."""
+        tensors, meta = write_files_atomic(self.artifact_files(path))
+        return tensors, meta
 
     @classmethod
     def load(cls, path: str | Path, model=None) -> Intervention:
-        """Read an intervention; with ``model``, refuse it unless it fits that model."""
-        tensors_path, meta_path = artifact_paths(path)
-        for p in (tensors_path, meta_path):
-            if not p.is_file():
-                raise FileNotFoundError(f"intervention file {p} does not exist")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{meta_path}: unsupported format_version {meta.get('format_version')!r}")
-        iv = cls(
-            delta=load_file(str(tensors_path))["delta"],
-            layer=meta["layer"],
-            model=ModelSignature(**meta["model"]),
-            task=meta["task"],
-            template=meta["template"],
-            fit_config=meta["fit_config"],
-        )
+        """Read an intervention strictly (see the module docstring); with ``model``, refuse it unless it fits."""
+        paths = ArtifactPaths.of(path)
+        check_present(paths)
+        meta = read_json(paths.meta)
+        try:
+            version, fields = check_meta(meta)
+            signature = ModelSignature.from_dict(fields["model"])
+            record = fields.get("training")  # absent in format 1, null where unknown
+            training = None if record is None else TrainingRecord.from_dict(record)
+        except ArtifactError as err:
+            raise ArtifactError(f"{paths.meta}: {err}") from None
+        data = read_bytes(paths.tensors)
+        delta = read_delta(paths.tensors, data, signature)
+        if version >= 2 and hashlib.sha256(data).hexdigest() != fields["tensors_sha256"]:
+            raise ArtifactError(
+                f"{paths.tensors} does not match {paths.meta} (its sha256 differs from the JSON's field "
+                "'tensors_sha256'): an interrupted or concurrent save?"
+            )
+        try:
+            iv = cls(delta, fields["layer"], signature, fields["task"], fields["template"], fields["fit_config"],
+                     training)
+        except ArtifactError as err:
+            raise ArtifactError(f"{paths.meta}: {err}") from None
         if model is not None:
             iv.check_fits(model)
         return iv
 
 
-def artifact_paths(path: str | Path) -> tuple[Path, Path]:
-    base = Path(path)
-    if base.suffix in (".safetensors", ".json"):
-        base = base.with_suffix("")
-    return base.with_name(base.name + ".safetensors"), base.with_name(base.name + ".json")
+# ---- checks shared by construction and loading -----------------------------------------
+def check_delta(delta: object, signature: ModelSignature) -> None:
+    """Δ is a finite float tensor of shape [n_heads, d_head]."""
+    if not isinstance(delta, Tensor) or not delta.is_floating_point():
+        kind = delta.dtype if isinstance(delta, Tensor) else type(delta).__name__
+        raise ArtifactError(f"Δ must be a tensor of a float dtype, got {kind}")
+    expected = (signature.n_heads, signature.d_head)
+    if tuple(delta.shape) != expected:
+        raise ArtifactError(f"Δ has shape {tuple(delta.shape)}, expected [n_heads, d_head] = {list(expected)}")
+    if not torch.isfinite(delta).all():
+        raise ArtifactError("Δ contains NaN or infinite values")
+
+
+def check_template(template: object) -> None:
+    """``{}``, a Template's exact fields, or a prompt format (an object of strings with a ``"kind"``)."""
+    check_value(template, dict, "template", ArtifactError)
+    if not template:
+        return
+    if "kind" in template:
+        for key, value in template.items():
+            check_value(value, str, child("template", key), ArtifactError)
+        return
+    try:
+        Template.from_dict(template)
+    except ConfigError as err:
+        raise ArtifactError(str(err)) from None
+
+
+def check_fit_config(fit_config: object, layer: int) -> None:
+    """``{}`` (a sum of Δ's) or a valid FitConfig's exact fields, trained at ``layer``."""
+    check_value(fit_config, dict, "fit_config", ArtifactError)
+    if not fit_config:
+        return
+    check_object(fit_config, FIT_CONFIG_SPEC, "fit_config", ArtifactError)
+    try:
+        FitConfig(**fit_config)
+    except ValueError as err:
+        raise ArtifactError(f"field 'fit_config': {err}") from None
+    if fit_config["layer"] != layer:
+        raise ArtifactError(f"field 'fit_config.layer' is {fit_config['layer']} but field 'layer' is {layer}")
+
+
+# ---- reading the files -------------------------------------------------------------------
+def check_present(paths: ArtifactPaths) -> None:
+    """Both files are there; else say which is missing."""
+    missing = [p for p in (paths.tensors, paths.meta) if not p.is_file()]
+    if len(missing) == 2:
+        raise ArtifactError(f"no intervention at {paths.stem}: {paths.tensors} and {paths.meta} do not exist")
+    if missing:
+        other = paths.meta if missing[0] == paths.tensors else paths.tensors
+        raise ArtifactError(f"{missing[0]} does not exist (or is not a file) but {other} does: an incomplete save?")
+
+
+def read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ArtifactError(f"{path}: cannot be read ({err.strerror})") from None
+
+
+def read_json(path: Path) -> object:
+    try:
+        return json.loads(read_bytes(path).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ArtifactError(f"{path}: not valid JSON ({err}); a truncated or hand-edited file?") from None
+
+
+def check_meta(meta: object) -> tuple[int, dict[str, object]]:
+    """The format version and the JSON's fields, checked against that version's keys and kinds."""
+    if not isinstance(meta, dict):
+        raise ArtifactError(f"must hold a JSON object, got {type(meta).__name__}")
+    version = meta.get("format_version")
+    if not is_kind(version, int) or version not in JSON_SPECS:
+        raise ArtifactError(f"field 'format_version' must be one of {sorted(JSON_SPECS)}, got {version!r}")
+    fields = check_object(meta, JSON_SPECS[version], "", ArtifactError)
+    if fields["hook_name"] != hook_z_name(fields["layer"]):
+        raise ArtifactError(
+            f"field 'layer' is {fields['layer']} but field 'hook_name' is {fields['hook_name']!r} "
+            f"(layer {fields['layer']}'s hook is {hook_z_name(fields['layer'])!r})"
+        )
+    return version, fields
+
+
+def read_delta(path: Path, data: bytes, signature: ModelSignature) -> Tensor:
+    """The one tensor ``delta`` of a safetensors file's bytes, checked against ``signature``."""
+    try:
+        tensors = safetensors.torch.load(data)
+    except SafetensorError as err:
+        raise ArtifactError(f"{path}: not a readable safetensors file ({err}); a truncated or corrupt file?") from None
+    if set(tensors) != {DELTA_KEY}:
+        raise ArtifactError(f"{path}: must hold exactly one tensor {DELTA_KEY!r}, holds {sorted(tensors)}")
+    try:
+        check_delta(tensors[DELTA_KEY], signature)
+    except ArtifactError as err:
+        raise ArtifactError(f"{path}: tensor {DELTA_KEY!r}: {err}") from None
+    return tensors[DELTA_KEY]
+
+
+def check_artifact_output(stem: str | Path, flag: str = "--out") -> ArtifactPaths:
+    """Refuse, before any work, an output stem whose files cannot all be written; creates nothing.
+
+    The stem must not end with a path separator or be an existing
+    directory (its files would land beside it under a surprising name), and
+    every file of the artifact (``ArtifactPaths.all``) must be writable.
+    """
+    text = os.fspath(stem)
+    if text.endswith(tuple(sep for sep in (os.sep, os.altsep) if sep)):
+        raise OutputPathError(f"{flag} {text}: ends with a path separator; give a path stem such as runs/antonym")
+    paths = ArtifactPaths.of(stem)
+    if paths.stem.is_dir():
+        raise OutputPathError(
+            f"{flag} {text}: is a directory; give a path stem for the files, such as {paths.stem / 'intervention'}"
+        )
+    for path in paths.all:
+        check_output_file(path, flag)
+    return paths
 
 
 @contextmanager

@@ -7,6 +7,8 @@ import torch
 import headsteer as hs
 from headsteer.losses import AnswerTargets, OptionTargets
 from headsteer.prompts import encode_prompts, encode_targets
+from headsteer.tasks import pairs_sha256
+from headsteer.training_record import TrainingRecord
 
 QA = hs.get_template("qa")
 TRAIN = [hs.Pair(a, b) for a, b in [("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow")]]
@@ -64,6 +66,8 @@ def test_fit_lowers_the_task_loss_on_a_tiny_model(any_model, loss, optimizer):
     assert losses.iloc[-1] < 0.7 * losses.iloc[0]
     assert result.intervention.fit_config == config.to_dict()
     assert result.intervention.template == QA.to_dict() and result.intervention.task == "toy"
+    record = result.intervention.training  # the pairs it was given, in order, hashed; no split
+    assert record.pairs == tuple(TRAIN) and record.pairs_sha256 == pairs_sha256(TRAIN) and record.split_seed is None
     assert list(result.head_norms().columns) == ["layer", "head", "norm"]
 
 
@@ -79,6 +83,7 @@ def test_option_kl_fit_moves_the_option_distribution_to_the_target(gemma_tiny):
     result = hs.fit_encoded(gemma_tiny, tokens, options, config, task="opinions", prompt_format={"kind": "test"}, progress=False)
     assert result.history["task_loss"].iloc[-1] < 0.3 * result.history["task_loss"].iloc[0]
     assert (result.intervention.task, result.intervention.template, result.config) == ("opinions", {"kind": "test"}, config)
+    assert result.intervention.training == TrainingRecord(n_examples=2)  # pre-tokenised: no inputs to record
 
 
 def test_fit_is_deterministic_and_restores_the_model(gemma_tiny):
