@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 from headsteer.config import FitConfig
 from headsteer.demo import run_demo
 from headsteer.evaluate import evaluate_pairs, format_mean_std, mean_std, summarize
-from headsteer.experiments import fit_and_score, zero_shot_vs_fitted
+from headsteer.errors import ArtifactError
+from headsteer.experiments import fit_and_score, heldout_pairs, zero_shot_vs_fitted
 from headsteer.files import summary_path, write_text_atomic
 from headsteer.intervention import Intervention
 from headsteer.models import load_model
 from headsteer.prompts import Template, get_template
 from headsteer.sweep import sweep as run_sweep
-from headsteer.tasks import load_task, split_task
+from headsteer.tasks import load_task
 
 
 def _max_test(args: argparse.Namespace) -> int | None:
@@ -49,14 +51,20 @@ def fit(args: argparse.Namespace) -> int:
 def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name
     iv = Intervention.load(args.intervention)
     task = load_task(args.task, args.data_dir)
+    try:  # the intervention's record decides the split (not --n-train); its training inputs are never scored
+        held = heldout_pairs(task, iv, _max_test(args), args.seed)
+    except ArtifactError as err:
+        raise ArtifactError(f"--intervention {args.intervention}: {err}") from None
+    if held.warning:
+        print(f"headsteer eval: warning: {held.warning}", file=sys.stderr)
+    template = Template.from_dict(iv.template) if iv.template else get_template(args.template)
     model = load_model(args.model, args.cache_dir)
     iv.check_fits(model)
-    template = Template.from_dict(iv.template) if iv.template else get_template(args.template)
-    seed = args.seed if args.seed is not None else iv.fit_config.get("seed", 0)
-    _, test = split_task(task, n_train=args.n_train, seed=seed, max_test=_max_test(args))
+    test = list(held.pairs)
     scores = evaluate_pairs(model, test, template, [iv])
     baseline = evaluate_pairs(model, test, template, [])
-    print(f"{iv}\nheld-out pairs: {len(test)} (split seed {seed}, n_train {args.n_train})")
+    split = f"split seed {held.split_seed}, n_train {held.n_train}" if held.split_seed is not None else "no split recorded"
+    print(f"{iv}\nheld-out pairs: {len(test)} ({split}; {held.excluded} left out as training inputs)")
     print(f"zero_shot: {summarize(baseline)}\nfitted:    {summarize(scores)}")
     if args.out:
         scores.assign(zero_shot_prediction=baseline["prediction"]).to_csv(args.out, index=False)

@@ -5,7 +5,7 @@
 over ``strengths``, and the function vector's per-head indirect effects, and
 writes them to ``out_dir``::
 
-    regularized.safetensors/.json, unregularized.safetensors/.json   the two Δ's
+    regularized.safetensors/.json, unregularized.safetensors/.json   the two Δ's, with their split
     heads.csv       variant, task, layer, head, norm, share, rank, active
     path.csv        task, layer, strength, head, norm, active, task_loss
     fv_effects.csv  task, layer, head, aie, rank (the FV's ranking over every head)
@@ -23,6 +23,7 @@ import pandas as pd
 
 from headsteer.baselines.function_vectors import FVConfig, fit_function_vector
 from headsteer.config import FitConfig
+from headsteer.experiments import record_split
 from headsteer.fit import FitJob, fit_many
 from headsteer.heads import DEFAULT_PATH, head_table, path_jobs, path_table
 from headsteer.prompts import Template
@@ -41,6 +42,7 @@ def head_study(
     fits = [FitJob(tuple(train), config, task.name), FitJob(tuple(train), replace(config, gamma=0.0, lam=0.0), task.name)]
     results = fit_many(model, fits + path_jobs(train, config, strengths, task.name), template, progress=progress)
     results, path = results[: len(VARIANTS)], path_table(results[len(VARIANTS) :])  # one batch for all fits
+    results = [record_split(r, task, n_train, config.seed) for r in results]  # the saved Δ's name their split
     heads = pd.concat([head_table([r.intervention]).assign(variant=v) for v, r in zip(VARIANTS, results)])
     _, effects = fit_function_vector(model, train, template, FVConfig(top_k=fv_top_k, seed=config.seed), task.name,
                                      progress)

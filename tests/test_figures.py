@@ -45,6 +45,10 @@ def test_head_study_writes_every_result(results):
     heads = pd.read_csv(study / "heads.csv")
     assert set(heads["variant"]) == {"regularized", "unregularized"} and heads["layer"].eq(1).all()
     assert sorted(pd.read_csv(study / "path.csv")["strength"].unique()) == [0.0, 0.05, 1.0]
+    train, _ = hs.split_task(hs.load_task("builtin/antonym"), n_train=6, seed=0)
+    for variant in ("regularized", "unregularized"):
+        record = hs.Intervention.load(study / variant).training
+        assert record.pairs == tuple(train) and (record.split_seed, record.n_train) == (0, 6), variant
 
 
 def test_figures_have_titles_axis_labels_and_the_data(results):
