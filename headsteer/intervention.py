@@ -54,6 +54,7 @@ _V1_SPEC = {"format_version": int, "layer": int, "hook_name": str, "model": dict
 JSON_SPECS = {1: _V1_SPEC, 2: {**_V1_SPEC, "training": (dict, type(None)), "tensors_sha256": str}}
 # A saved fit_config is {} (a sum of Δ's) or every FitConfig field, each of its resolved value's kind.
 FIT_CONFIG_SPEC = {name: type(value) for name, value in FitConfig().to_dict().items()}
+SIGNATURE_SHAPES = ("n_layers", "n_heads", "d_head", "d_model")
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class ModelSignature:
 
     def __post_init__(self) -> None:
         check_value(self.name, str, "model.name", ArtifactError)
-        for key in ("n_layers", "n_heads", "d_head", "d_model"):
+        for key in SIGNATURE_SHAPES:
             value = getattr(self, key)
             if not is_kind(value, int) or value < 1:
                 raise ArtifactError(f"field 'model.{key}' must be an integer >= 1, got {value!r}")
@@ -84,7 +85,7 @@ class ModelSignature:
     @classmethod
     def from_dict(cls, data: object) -> ModelSignature:
         """Exactly the fields ``to_dict`` writes, of their types; an ArtifactError names any at fault."""
-        spec = {"name": str, "n_layers": int, "n_heads": int, "d_head": int, "d_model": int}
+        spec = {"name": str, **{key: int for key in SIGNATURE_SHAPES}}
         return cls(**check_object(data, spec, "model", ArtifactError))
 
     def mismatches(self, other: ModelSignature) -> list[str]:
@@ -121,7 +122,8 @@ class Intervention:
         mutable, and an in-place edit must not produce a file ``load`` refuses.
         """
         check_delta(self.delta, self.model)
-        if not is_kind(self.layer, int) or not 0 <= self.layer < self.model.n_layers:
+        check_value(self.layer, int, "layer", ArtifactError)
+        if not 0 <= self.layer < self.model.n_layers:
             raise ArtifactError(
                 f"field 'layer': layer {self.layer!r} is out of range for a model with {self.model.n_layers} layers"
             )
@@ -214,9 +216,9 @@ class Intervention:
         }
 
     def artifact_files(self, path: str | Path) -> list[tuple[Path, bytes]]:
-        """The two files of ``save(path)`` as (path, contents), the JSON last; checks every field first."""
+        """The two files of ``save(path)`` as (path, contents), the JSON last; checks every field and path first."""
         self.check()
-        paths = ArtifactPaths.of(path)
+        paths = check_artifact_output(path, flag="intervention path")
         tensors = safetensors.torch.save({DELTA_KEY: self.delta.detach().cpu().contiguous()})
         meta = {**self.metadata(), "tensors_sha256": hashlib.sha256(tensors).hexdigest()}
         return [(paths.tensors, tensors), (paths.meta, json_bytes(meta))]

@@ -1,6 +1,8 @@
 """Held-out pairs: a saved intervention is never scored on an input it was trained on."""
 
+import dataclasses
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -69,9 +71,13 @@ def test_a_record_must_be_the_split_it_claims():
         TrainingRecord.of_pairs(train).with_split(TASK, n_train=10, seed=1)
 
 
-def test_fit_and_score_records_its_split_and_eval_excludes_it(gemma_tiny, tmp_path):
+@pytest.fixture(scope="module")
+def run(gemma_tiny):
     config = hs.FitConfig(layer=1, steps=1, lr=0.5, seed=2)
-    run = fit_and_score(gemma_tiny, TASK, hs.get_template("qa"), config, n_train=20, max_test=3, progress=False)
+    return fit_and_score(gemma_tiny, TASK, hs.get_template("qa"), config, n_train=20, max_test=3, progress=False)
+
+
+def test_fit_and_score_records_its_split_and_eval_excludes_it(run, tmp_path):
     record = run.result.intervention.training
     assert record.pairs == tuple(run.train) and (record.split_seed, record.n_train) == (2, 20)
     assert (record.task_sha256, record.task_source) == (TASK.sha256, TASK.source)
@@ -80,6 +86,25 @@ def test_fit_and_score_records_its_split_and_eval_excludes_it(gemma_tiny, tmp_pa
     assert loaded.training == record
     held = heldout_pairs(TASK, loaded)
     assert not {p.input for p in run.train} & {p.input for p in held.pairs}
+
+
+def test_a_run_save_that_fails_at_its_last_rename_leaves_all_four_files(run, tmp_path, monkeypatch):
+    run.save(tmp_path / "iv")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert sorted(before) == ["iv.history.csv", "iv.json", "iv.metrics.json", "iv.safetensors"]
+    real, calls = os.replace, []
+
+    def json_rename_fails(*args):
+        calls.append(args)
+        if len(calls) == 4:  # the intervention's JSON, written last
+            raise OSError("disk full")
+        return real(*args)
+
+    monkeypatch.setattr(os, "replace", json_rename_fails)
+    with pytest.raises(OSError, match="disk full"):
+        dataclasses.replace(run, train=run.train[::-1]).save(tmp_path / "iv")  # other metrics: other bytes
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 import hashlib
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -294,5 +295,14 @@ def test_check_artifact_output_refuses_unwritable_stems_and_creates_nothing(tmp_
     (tmp_path / "runs" / "x.history.csv").mkdir()
     with pytest.raises(OutputPathError, match=r"x.history.csv: is a directory"):
         check_artifact_output(tmp_path / "runs" / "x.json")
+    with pytest.raises(OutputPathError, match="intervention path .*runs: is a directory"):
+        make_iv(tiny_bridge("gemma3")).save(tmp_path / "runs")
     paths = check_artifact_output(tmp_path / "new" / "deeper" / "x")
     assert paths.meta == tmp_path / "new" / "deeper" / "x.json" and not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("meta", sorted(Path(__file__).parents[1].glob("results/heads/*/*.json")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_committed_head_study_interventions_record_their_split(meta):
+    iv = hs.Intervention.load(meta)
+    assert iv.training is not None and (iv.training.split_seed, iv.training.n_train) == (0, 10)
+    assert len(iv.training.pairs) == 10 and iv.task == meta.parent.name
