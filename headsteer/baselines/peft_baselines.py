@@ -47,13 +47,13 @@ class PEFTConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
+            raise ConfigError(f"steps must be an int >= 1, got {self.steps!r}")
         if self.lr is None:
             object.__setattr__(self, "lr", DEFAULT_LR[self.method])
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+            raise ConfigError(f"lr must be > 0, got {self.lr!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
