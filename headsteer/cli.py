@@ -35,6 +35,16 @@ class _Parser(argparse.ArgumentParser):
         raise CommandLineError(self.prog, f"{message} (see {self.prog} --help)")
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The parsed command line; an unknown flag is blamed on the subcommand it was given to."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        prog = f"{parser.prog} {args.command}"
+        raise CommandLineError(prog, f"unrecognized arguments: {' '.join(unknown)} (see {prog} --help)")
+    return args
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="Hugging Face name or local directory (default: Gemma 3 270M, offline)")
     p.add_argument("--cache-dir", default=None, help="where the converted default model is cached ($HEADSTEER_CACHE_DIR)")
@@ -177,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     Any other exception is a bug and keeps its traceback.
     """
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(argv)
     except CommandLineError as err:
         return _refuse(err.prog, err)
     from headsteer import commands

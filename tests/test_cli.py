@@ -149,9 +149,11 @@ def test_bad_flags_are_refused_in_one_line_naming_the_flag(capsys, tmp_path, no_
     assert not list(tmp_path.iterdir())
 
 
-def test_a_missing_subcommand_or_flag_is_one_line():
-    assert main([]) == 2
-    assert main(["fit", "--task", "builtin/antonym"]) == 2
+def test_a_missing_subcommand_or_flag_is_one_line(capsys):
+    refused(capsys, [], "headsteer: error: the following arguments are required: command")
+    refused(capsys, ["fit", "--task", "builtin/antonym"], "headsteer fit: error: the following arguments are required: --out")
+    refused(capsys, ["fit", "--task", "t", "--out", "o", "--layers", "3"],
+            "headsteer fit: error: unrecognized arguments: --layers 3 (see headsteer fit --help)")
 
 
 def test_table_flags_that_repeat_are_refused(capsys, tmp_path, no_weights):
