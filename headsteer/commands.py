@@ -25,7 +25,7 @@ from headsteer.preflight import (
     check_artifact_outputs,
     check_fast_forward,
     check_intervention_model,
-    check_layer,
+    check_model_layer,
     check_prompts,
     check_results_outputs,
     check_task_pairs,
@@ -68,7 +68,7 @@ def _config(args: argparse.Namespace, seed: int) -> FitConfig:
 
 def _check_fit_model(files: ModelFiles, layer: int, fast: bool, flag: str = "--layer") -> None:
     """Δ's layer exists, and the model suits the prefix-cached fitter where it is used."""
-    check_layer(files, layer, flag)
+    check_model_layer(files, layer, flag)
     if fast:
         check_fast_forward(files)
 

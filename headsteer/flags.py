@@ -56,7 +56,7 @@ non_negative_float = _finite_float(">= 0", lambda x: x >= 0)  # penalty weights
 positive_float = _finite_float("> 0", lambda x: x > 0)  # step sizes
 
 
-def repeated(values: Sequence[object]) -> object | None:
+def _first_repeat(values: Sequence[object]) -> object | None:
     """The first value that occurs twice in ``values``, or None."""
     seen: list[object] = []
     for value in values:
@@ -70,7 +70,7 @@ class Distinct(argparse.Action):
     """A list flag (``nargs="+"``) whose values must differ: a repeat would be run, or counted, twice."""
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
-        twice = repeated(values)
+        twice = _first_repeat(values)
         if twice is not None:
             parser.error(f"argument {option_string}: {twice} is given twice")
         setattr(namespace, self.dest, list(values))

@@ -53,7 +53,7 @@ def check_results_outputs(out: str, flag: str = "--out", predictions: bool = Fal
 
 
 # ---- what the model's config allows -----------------------------------------------------
-def check_layer(files: ModelFiles, layer: int, flag: str = "--layer") -> None:
+def check_model_layer(files: ModelFiles, layer: int, flag: str = "--layer") -> None:
     if not 0 <= layer < files.n_layers:
         raise ConfigError(f"{flag} {layer} is out of range: model {files.name!r} has layers 0..{files.n_layers - 1}")
 
