@@ -328,3 +328,12 @@ def test_a_soft_capped_model_needs_the_full_forward(capsys, tmp_path, model_dir,
     refused(capsys, argv, "soft-caps its logits", "pass --no-fast")
     with pytest.raises(WeightsReached):
         main([*argv, "--no-fast"])
+
+
+def test_judge_settings_that_do_not_fit_are_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HEADSTEER_JUDGE_BASE_URL", "http://127.0.0.1:9/v1")  # never reached: refused first
+    monkeypatch.setenv("HEADSTEER_JUDGE_MODEL", "judge")
+    argv = ["judge", str(tmp_path / "p.csv"), "--out", str(tmp_path / "v.csv"), "--queries", "3", "--min-yes", "4"]
+    refused(capsys, argv, "need 1 <= min_yes <= queries (--min-yes, --queries), got min_yes=4, queries=3")
+    monkeypatch.setenv("HEADSTEER_JUDGE_BASE_URL", "ftp://x")
+    refused(capsys, argv[:4], "judge base_url must start with http:// or https://, got 'ftp://x'")
