@@ -11,10 +11,15 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
+from headsteer.errors import ConfigError
+
 LossName = Literal["first_token", "sequence", "option_kl"]
 OptimizerName = Literal["prox_adam", "fista", "adam"]
 
 LOSSES: tuple[str, ...] = ("first_token", "sequence", "option_kl")
+# The losses a fit on (input, output) pairs can use: option_kl needs a distribution over
+# option tokens per prompt (OptionTargets), which only the opinion table builds.
+PAIR_LOSSES: tuple[str, ...] = ("first_token", "sequence")
 OPTIMIZERS: tuple[str, ...] = ("prox_adam", "fista", "adam")
 # Step size used when ``lr`` is not given, per optimizer (chosen on antonym layer sweeps, see README).
 DEFAULT_LR: dict[str, float] = {"prox_adam": 0.15, "fista": 0.3, "adam": 0.05}
@@ -53,23 +58,23 @@ class FitConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.layer, int) or self.layer < 0:
-            raise ValueError(f"layer must be a non-negative int, got {self.layer!r}")
+            raise ConfigError(f"layer must be a non-negative int, got {self.layer!r}")
         for name in ("gamma", "lam"):
             value = getattr(self, name)
             if not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+                raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.loss not in LOSSES:
-            raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+            raise ConfigError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+            raise ConfigError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
         if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
+            raise ConfigError(f"steps must be an int >= 1, got {self.steps!r}")
         if self.lr is None:
             object.__setattr__(self, "lr", DEFAULT_LR[self.optimizer])
         if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+            raise ConfigError(f"lr must be a finite number > 0, got {self.lr!r}")
         if not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
+            raise ConfigError(f"seed must be an int, got {self.seed!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -79,5 +84,5 @@ class FitConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
-            raise ValueError(f"unknown FitConfig fields: {sorted(unknown)}")
+            raise ConfigError(f"unknown FitConfig fields: {sorted(unknown)}")
         return cls(**data)

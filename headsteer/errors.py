@@ -53,3 +53,7 @@ class ResultsFileError(HeadsteerError, ValueError):
 
 class NonFiniteLossError(HeadsteerError, FloatingPointError):
     """The task loss or its gradient became NaN or infinite during a fit."""
+
+
+class DependencyError(HeadsteerError, RuntimeError):
+    """Something outside Python that a command needs is missing (e.g. a Chromium for PNG export)."""

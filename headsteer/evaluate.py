@@ -17,6 +17,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from headsteer.errors import TaskError
 from headsteer.generate import RowDeltas, Steering, cut_at_stop, decode_tokens, greedy_ids
 from headsteer.prompts import Template, encode_prompts, split_answer_tokens
 from headsteer.tasks import Pair
@@ -41,7 +42,7 @@ def evaluate_pairs(
     ``RowDeltas`` with one Δ (and layer) per pair.
     """
     if not pairs:
-        raise ValueError("evaluate_pairs: no pairs to evaluate")
+        raise TaskError("evaluate_pairs: no pairs to evaluate")
     if isinstance(steering, RowDeltas) and len(steering.layers) != len(pairs):
         raise ValueError(f"RowDeltas has {len(steering.layers)} rows for {len(pairs)} pairs")
     frames = []

@@ -16,6 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from headsteer import composition, opinion, plots, table
+from headsteer.errors import DependencyError, ResultsFileError
 from headsteer.head_study import VARIANTS
 from headsteer.heads import head_overlap
 from headsteer.intervention import Intervention
@@ -33,7 +34,7 @@ def save_figure(fig: go.Figure, out_dir: Path, stem: str, static: bool = True) -
     try:
         fig.write_image(png, scale=2)
     except Exception as err:  # kaleido's errors name no fix; say what to install
-        raise RuntimeError(
+        raise DependencyError(
             f"static export of {png.name} failed ({type(err).__name__}: {err}). Kaleido needs a Chromium: "
             "install one (Debian: apt-get install chromium) and set BROWSER_PATH=/usr/bin/chromium, "
             "or pass --no-static for HTML only"
@@ -88,5 +89,5 @@ def build_figures(results: str | Path, out: str | Path, static: bool = True) -> 
         heads = pd.concat([pd.read_csv(study / "heads.csv") for study in studies], ignore_index=True)
         figures["heads_by_task"] = plots.head_share_by_task(heads[heads["variant"] == "regularized"])
     if not figures:
-        raise FileNotFoundError(f"no results to draw in {results} (sweep_*.csv, table.csv, compose.csv, opinion.csv or heads/<task>/)")
+        raise ResultsFileError(f"no results to draw in {results} (sweep_*.csv, table.csv, compose.csv, opinion.csv or heads/<task>/)")
     return [p for stem, fig in figures.items() for p in save_figure(fig, out, stem, static)]

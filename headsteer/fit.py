@@ -20,8 +20,9 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from headsteer.config import FitConfig
+from headsteer.config import PAIR_LOSSES, FitConfig
 from headsteer.display import fit_result_html
+from headsteer.errors import ConfigError
 from headsteer.fast_forward import PrefixCachedForward
 from headsteer.forward import ScoredForward
 from headsteer.hooks import check_layer
@@ -114,6 +115,9 @@ def fit_many(
         raise ValueError("fit_many: no jobs")
     configs = [job.config for job in jobs]
     loss = configs[0].loss
+    if loss not in PAIR_LOSSES:
+        raise ConfigError(f"loss {loss!r} needs option targets (fit_encoded, as headsteer opinion does); "
+                          f"a fit on pairs takes one of {PAIR_LOSSES}")
     pairs = [p for job in jobs for p in job.pairs]
     row_fit = torch.tensor([k for k, job in enumerate(jobs) for _ in job.pairs], dtype=torch.long)
     tokens, targets = encode_targets(model.tokenizer, template, pairs, include_stop=loss == "sequence")

@@ -32,6 +32,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from headsteer.errors import ConfigError
+
 EMBED_HOOK = "hook_embed"  # the token embeddings, [batch, pos, d_model], in HookedTransformer and TransformerBridge
 
 
@@ -43,10 +45,10 @@ def check_layer(model, layer: int) -> str:
     """The hook name for ``layer``, after checking the layer exists and the hook is real."""
     n_layers = model.cfg.n_layers
     if not isinstance(layer, int) or not 0 <= layer < n_layers:
-        raise ValueError(f"layer {layer!r} is out of range: this model has layers 0..{n_layers - 1}")
+        raise ConfigError(f"layer {layer!r} is out of range: this model has layers 0..{n_layers - 1}")
     name = hook_z_name(layer)
     if name not in model.hook_dict:
-        raise ValueError(f"hook {name!r} does not exist on this model; cannot intervene on per-head outputs")
+        raise ConfigError(f"hook {name!r} does not exist on this model; cannot intervene on per-head outputs")
     return name
 
 

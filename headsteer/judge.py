@@ -36,7 +36,7 @@ from urllib.parse import urlsplit
 import pandas as pd
 from tqdm.auto import tqdm
 
-from headsteer.errors import HeadsteerError, ResultsFileError
+from headsteer.errors import ConfigError, HeadsteerError, ResultsFileError
 from headsteer.results_file import load_rows, write_rows
 
 ENV_BASE_URL, ENV_MODEL, ENV_KEY = "HEADSTEER_JUDGE_BASE_URL", "HEADSTEER_JUDGE_MODEL", "HEADSTEER_JUDGE_API_KEY"
@@ -79,13 +79,13 @@ class JudgeConfig:
 
     def __post_init__(self) -> None:
         if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"judge base_url must start with http:// or https://, got {self.base_url!r}")
+            raise ConfigError(f"judge base_url must start with http:// or https://, got {self.base_url!r}")
         if not self.model:
-            raise ValueError("judge model must be named")
+            raise ConfigError("judge model must be named")
         if not 1 <= self.min_yes <= self.queries:
-            raise ValueError(f"need 1 <= min_yes <= queries, got min_yes={self.min_yes}, queries={self.queries}")
+            raise ConfigError(f"need 1 <= min_yes <= queries (--min-yes, --queries), got min_yes={self.min_yes}, queries={self.queries}")
         if self.retries < 0 or self.workers < 1 or self.timeout_s <= 0:
-            raise ValueError("retries must be >= 0, workers >= 1 and timeout_s > 0")
+            raise ConfigError("retries must be >= 0, workers >= 1 and timeout_s > 0")
 
     @classmethod
     def from_env(cls) -> JudgeConfig:

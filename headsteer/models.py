@@ -6,6 +6,12 @@
 (argument, ``$HEADSTEER_CACHE_DIR``, or ``~/.cache/headsteer``); later loads
 read the cache (seconds). Any other Hugging Face name or local directory is
 loaded with ``transformers`` and wrapped the same way.
+
+Loading is two steps, so a command can check its input against the model
+before the slow one: :func:`open_model` reads the config and tokenizer
+(seconds; enough to check layer indices and tokenize every pair) and
+:func:`load_from` then loads the weights. ``load_model`` does both. A model
+that cannot be found or read raises :class:`ModelLoadError` naming it.
 """
 
 from __future__ import annotations
@@ -16,9 +22,16 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+
+from headsteer.errors import ModelLoadError
+
+if TYPE_CHECKING:  # transformers is imported where a model is opened, not with the package
+    from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 DEFAULT_MODEL = "google/gemma-3-270m"
 CACHE_ENV = "HEADSTEER_CACHE_DIR"
@@ -31,6 +44,57 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "headsteer")
 
 
+@dataclass(frozen=True)
+class ModelFiles:
+    """A model without its weights: the name it is recorded under, where ``transformers`` reads it,
+    its config and its tokenizer (as the bridge will use it)."""
+
+    name: str
+    source: str
+    config: PretrainedConfig
+    tokenizer: PreTrainedTokenizerBase
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.config.get_text_config().num_hidden_layers)
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.config.get_text_config().num_attention_heads)
+
+    @property
+    def soft_caps_logits(self) -> bool:
+        """Whether the final logits are soft-capped (the prefix-cached fitter cannot score such a model)."""
+        return bool(getattr(self.config.get_text_config(), "final_logit_softcapping", None))
+
+
+def open_model(name: str | None = None, cache_dir: str | Path | None = None) -> ModelFiles:
+    """The config and tokenizer of ``name`` (default: Gemma 3 270M, converted once), without the weights."""
+    from transformers import AutoConfig, AutoTokenizer
+    from transformer_lens.utilities import get_tokenizer_with_bos
+
+    if name is None or name == DEFAULT_MODEL:
+        source, name = str(default_model_dir(cache_dir)), DEFAULT_MODEL
+    else:
+        source = name
+    config = _from_pretrained(AutoConfig, name, source)
+    # The bridge makes its tokenizer prepend BOS; doing it here tokenizes checks as the run will.
+    tokenizer = get_tokenizer_with_bos(_from_pretrained(AutoTokenizer, name, source))
+    return ModelFiles(name, source, config, tokenizer)
+
+
+def load_weights(files: ModelFiles, dtype: torch.dtype = torch.float32):
+    """The Hugging Face causal LM of ``files`` with its weights: the slow step."""
+    from transformers import AutoModelForCausalLM
+
+    return _from_pretrained(AutoModelForCausalLM, files.name, files.source, dtype=dtype, attn_implementation="eager")
+
+
+def load_from(files: ModelFiles, device: str = "cpu", dtype: torch.dtype = torch.float32):
+    """A ``TransformerBridge`` for a model opened with :func:`open_model`, in eval mode."""
+    return wrap_model(load_weights(files, dtype), files.tokenizer, files.name, device)
+
+
 def load_model(
     name: str | None = None,
     cache_dir: str | Path | None = None,
@@ -38,15 +102,28 @@ def load_model(
     dtype: torch.dtype = torch.float32,
 ):
     """A ``TransformerBridge`` for ``name`` (default: Gemma 3 270M, offline), in eval mode."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    return load_from(open_model(name, cache_dir), device, dtype)
 
-    if name is None or name == DEFAULT_MODEL:
-        source, name = str(default_model_dir(cache_dir)), DEFAULT_MODEL
-    else:
-        source = name
-    hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, attn_implementation="eager")
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    return wrap_model(hf_model, tokenizer, name, device)
+
+def _from_pretrained(loader, name: str, source: str, **options):
+    """``loader.from_pretrained(source)``; a model that is missing or unreadable is a ModelLoadError naming it."""
+    try:
+        return loader.from_pretrained(source, **options)
+    except (OSError, ValueError) as err:  # transformers' "not found", "no network", "unrecognized model"
+        raise ModelLoadError(_load_failure(name, source, err)) from err
+
+
+def _load_failure(name: str, source: str, err: Exception) -> str:
+    reason = " ".join(str(err).split())[:300]
+    if Path(source).is_dir():
+        return f"model {name!r}: the folder {source} holds no model transformers can read ({reason})"
+    if Path(source).is_absolute() or source.startswith((".", "~")) or source.count("/") > 1:
+        return f"model {name!r}: no such folder (and not a Hugging Face name)"
+    return (
+        f"model {name!r} is not a local folder and could not be fetched from the Hugging Face hub ({reason}); "
+        "names not on disk need the hub (this machine may be offline, or the name is wrong): "
+        "pass a local model folder with --model DIR, or check the name"
+    )
 
 
 def wrap_model(hf_model, tokenizer, name: str, device: str = "cpu"):

@@ -43,11 +43,12 @@ from jaxtyping import Float
 from torch import Tensor
 
 from headsteer.config import FitConfig
+from headsteer.errors import TaskError
 from headsteer.fast_forward import build_prefix, run_suffix, shared_prefix_final_hidden
 from headsteer.fit import fit_encoded
 from headsteer.intervention import Intervention
 from headsteer.losses import OptionTargets, option_kl, option_log_probs
-from headsteer.opinionqa import OpinionGroup, OpinionQuestion, split_questions
+from headsteer.opinionqa import OpinionGroup, OpinionQAError, OpinionQuestion, split_questions
 from headsteer.prompts import encode_continuations, encode_texts
 from headsteer.runner import ExperimentConfig, run_methods
 from headsteer.unembed import FinalHidden
@@ -65,7 +66,7 @@ PERSONAS = {
 def question_block(question: OpinionQuestion, answer: str | None = None) -> str:
     """The question, its lettered options and "Answer:" (followed by `` answer`` if given)."""
     if len(question.options) > len(LETTERS):
-        raise ValueError(f"question {question.key} has {len(question.options)} options; at most {len(LETTERS)}")
+        raise OpinionQAError(f"question {question.key} has {len(question.options)} options; at most {len(LETTERS)}")
     options = [f"{letter}. {option}" for letter, option in zip(LETTERS, question.options)]
     return "\n".join([f"Question: {question.question}", *options, "Answer:" + (f" {answer}" if answer else "")])
 
@@ -94,7 +95,7 @@ def option_token_ids(tokenizer, n_options: int) -> list[int]:
     for letter in LETTERS[:n_options]:
         tokens = tokenizer.encode(f" {letter}", add_special_tokens=False)
         if len(tokens) != 1:
-            raise ValueError(f"option letter {letter!r} is {len(tokens)} tokens for this tokenizer; it must be one")
+            raise TaskError(f"option letter {letter!r} is {len(tokens)} tokens for this tokenizer; it must be one")
         ids.append(tokens[0])
     return ids
 

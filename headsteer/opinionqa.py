@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from headsteer.errors import ConfigError, TaskError
 from headsteer.tasks import shared_dataset_dir
 
 ATTRIBUTES = ("CREGION", "INCOME", "POLIDEOLOGY", "NONE")
@@ -33,7 +34,7 @@ DATA_DIR_ENV = "HEADSTEER_OPINIONQA_DIR"
 PAPER_GROUPS = ("$100,000 or more", "Less than $30,000", "Moderate", "Northeast")
 
 
-class OpinionQAError(ValueError):
+class OpinionQAError(TaskError):
     """The OpinionQA data is missing or malformed, or a group is unknown."""
 
 
@@ -182,7 +183,7 @@ def split_questions(
 ) -> tuple[list[OpinionQuestion], list[OpinionQuestion]]:
     """A seeded split: ``n_train`` training questions and the rest (at most ``max_test``) held out."""
     if n_train < 1:
-        raise ValueError(f"n_train must be >= 1, got {n_train}")
+        raise ConfigError(f"n_train must be >= 1, got {n_train}")
     if len(group) <= n_train:
         raise OpinionQAError(f"group {group.name!r} has {len(group)} questions: too few for n_train={n_train} plus a test set")
     order = list(group.questions)

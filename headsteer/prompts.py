@@ -4,10 +4,22 @@ A template turns a pair (input, output) into a prompt and an answer. The
 prompt's tokens must be a prefix of the tokens of prompt + answer, otherwise
 "the last prompt token" is not a well-defined place to intervene; this is
 checked for every example and reported by name when it fails.
+
+A token limit guards every row tokenized from a pair (``encode_targets``:
+prompt + answer; ``encode_prompts``: the prompt, few-shot demonstrations
+included): a longer row is refused by name with :class:`PromptTooLongError`
+before it reaches the model, whose memory grows with the square of the length
+(one 5,000-word pair took 14 GB). The default, ``DEFAULT_MAX_TOKENS`` = 256,
+is far above Todd et al.'s pairs (under 20 tokens in the ``qa`` template) and
+their 10-shot prompts (about 100); raise it with ``--max-tokens N`` or, in
+Python, ``with headsteer.prompts.token_limit(N): ...``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
@@ -15,10 +27,33 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from headsteer.errors import ConfigError, TemplateTokenizationError
+from headsteer.errors import ConfigError, PromptTooLongError, TaskError, TemplateTokenizationError
 from headsteer.losses import AnswerTargets
 from headsteer.strict_json import check_object, field_name
-from headsteer.tasks import Pair
+from headsteer.tasks import Pair, clipped
+
+DEFAULT_MAX_TOKENS = 256
+MAX_TOKENS_FLAG = "--max-tokens"
+# A context variable, not a parameter: the limit must hold at every place a pair is
+# tokenized (fits, scoring, baselines), which a parameter would have to reach through
+# every caller in between.
+_MAX_TOKENS: ContextVar[int | None] = ContextVar("headsteer_max_tokens", default=DEFAULT_MAX_TOKENS)
+
+
+@contextmanager
+def token_limit(max_tokens: int | None) -> Iterator[None]:
+    """Inside the ``with``, a row tokenized from a pair may have at most ``max_tokens`` tokens (None: no limit)."""
+    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+        raise ConfigError(f"the token limit must be None or an int >= 1, got {max_tokens!r}")
+    reset = _MAX_TOKENS.set(max_tokens)
+    try:
+        yield
+    finally:
+        _MAX_TOKENS.reset(reset)
+
+
+def current_token_limit() -> int | None:
+    return _MAX_TOKENS.get()
 
 
 @dataclass(frozen=True)
@@ -36,9 +71,9 @@ class Template:
 
     def __post_init__(self) -> None:
         if "{input}" not in self.prompt:
-            raise ValueError(f"template {self.name!r}: prompt must contain '{{input}}'")
+            raise ConfigError(f"template {self.name!r}: prompt must contain '{{input}}'")
         if "{output}" not in self.answer:
-            raise ValueError(f"template {self.name!r}: answer must contain '{{output}}'")
+            raise ConfigError(f"template {self.name!r}: answer must contain '{{output}}'")
 
     def format_prompt(self, text: str) -> str:
         return self.prompt.format(input=text)
@@ -71,7 +106,7 @@ def get_template(name: str) -> Template:
     try:
         return TEMPLATES[name]
     except KeyError:
-        raise ValueError(f"unknown template {name!r}; known: {sorted(TEMPLATES)}") from None
+        raise ConfigError(f"unknown template {name!r}; known: {sorted(TEMPLATES)}") from None
 
 
 @dataclass(frozen=True)
@@ -99,8 +134,39 @@ def _ids(tokenizer, text: str) -> list[int]:
 
 def split_answer_tokens(tokenizer, prompt: str, answer: str) -> tuple[list[int], list[int]]:
     """Tokens of ``prompt`` and of ``answer`` as they stand in ``prompt + answer``."""
-    prompt_ids = _ids(tokenizer, prompt)
+    return _split_at_prompt(_ids(tokenizer, prompt), _ids(tokenizer, prompt + answer), prompt, answer)
+
+
+def pair_tokens(tokenizer, template: Template, pair: Pair, include_stop: bool = False) -> tuple[list[int], list[int]]:
+    """A pair's prompt tokens and answer tokens (+ ``template.stop``), within the token limit.
+
+    Raises :class:`PromptTooLongError` (the length is checked first, so a huge
+    pair is not printed token by token) or :class:`TemplateTokenizationError`.
+    """
+    prompt = template.format_prompt(pair.input)
+    answer = template.format_answer(pair.output) + (template.stop if include_stop else "")
     full_ids = _ids(tokenizer, prompt + answer)
+    _check_length(len(full_ids), f"pair {pair.label()}", "prompt + answer", template)
+    return _split_at_prompt(_ids(tokenizer, prompt), full_ids, prompt, answer)
+
+
+def check_pairs(tokenizer, template: Template, pairs: Sequence[Pair], include_stop: bool = False) -> None:
+    """Refuse, by name, the first pair that ``encode_targets`` would refuse (no tensors are built)."""
+    for pair in pairs:
+        pair_tokens(tokenizer, template, pair, include_stop)
+
+
+def _check_length(n_tokens: int, what: str, counted: str, template: Template) -> None:
+    limit = current_token_limit()
+    if limit is not None and n_tokens > limit:
+        raise PromptTooLongError(
+            f"{what} is {n_tokens} tokens long ({counted}, template {template.name!r}), more than the limit "
+            f"of {limit}; shorten or drop it, or raise the limit ({MAX_TOKENS_FLAG} N; in Python, "
+            "with headsteer.prompts.token_limit(N))"
+        )
+
+
+def _split_at_prompt(prompt_ids: list[int], full_ids: list[int], prompt: str, answer: str) -> tuple[list[int], list[int]]:
     if full_ids[: len(prompt_ids)] != prompt_ids or len(full_ids) == len(prompt_ids):
         raise TemplateTokenizationError(
             f"prompt {prompt!r} with answer {answer!r}: the prompt's tokens {prompt_ids} are not "
@@ -122,17 +188,27 @@ def _pad(rows: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[Tensor,
 
 
 def encode_prompts(tokenizer, template: Template, inputs: Sequence[str]) -> TokenBatch:
-    """Left-pad the prompts of ``inputs`` (for generation and next-token scoring)."""
+    """Left-pad the prompts of ``inputs`` (for generation and next-token scoring), each within the token limit."""
     if not inputs:
-        raise ValueError("encode_prompts: no inputs")
-    return encode_texts(tokenizer, [template.format_prompt(x) for x in inputs])
+        raise TaskError("encode_prompts: no inputs")
+    return _left_padded(tokenizer, [prompt_tokens(tokenizer, template, x) for x in inputs])
+
+
+def prompt_tokens(tokenizer, template: Template, text: str) -> list[int]:
+    """The tokens of ``text``'s prompt, within the token limit."""
+    ids = _ids(tokenizer, template.format_prompt(text))
+    _check_length(len(ids), f"the prompt of input {clipped(text)!r}", "prompt", template)
+    return ids
 
 
 def encode_texts(tokenizer, texts: Sequence[str]) -> TokenBatch:
     """Left-pad ready-made prompt texts (each row's last token is the prompt's last)."""
     if not texts:
         raise ValueError("encode_texts: no texts")
-    rows = [_ids(tokenizer, text) for text in texts]
+    return _left_padded(tokenizer, [_ids(tokenizer, text) for text in texts])
+
+
+def _left_padded(tokenizer, rows: Sequence[Sequence[int]]) -> TokenBatch:
     ids, mask = _pad(rows, _pad_id(tokenizer), "left")
     last = torch.full((len(rows),), ids.shape[1] - 1, dtype=torch.long)
     return TokenBatch(ids, mask, last)
@@ -141,13 +217,12 @@ def encode_texts(tokenizer, texts: Sequence[str]) -> TokenBatch:
 def encode_targets(
     tokenizer, template: Template, pairs: Sequence[Pair], include_stop: bool = False
 ) -> tuple[TokenBatch, AnswerTargets]:
-    """Right-pad prompt + answer (+ ``template.stop`` if ``include_stop``) for each pair."""
+    """Right-pad prompt + answer (+ ``template.stop`` if ``include_stop``) for each pair, each within the token limit."""
     if not pairs:
-        raise ValueError("encode_targets: no pairs")
+        raise TaskError("encode_targets: no pairs")
     seqs, lasts, targets = [], [], []
     for pair in pairs:
-        answer = template.format_answer(pair.output) + (template.stop if include_stop else "")
-        prompt_ids, answer_ids = split_answer_tokens(tokenizer, template.format_prompt(pair.input), answer)
+        prompt_ids, answer_ids = pair_tokens(tokenizer, template, pair, include_stop)
         seqs.append(prompt_ids + answer_ids)
         lasts.append(len(prompt_ids) - 1)
         targets.append(answer_ids)

@@ -19,6 +19,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from headsteer.config import FitConfig
+from headsteer.errors import ConfigError
 from headsteer.evaluate import evaluate_pairs, format_mean_std, mean_std
 from headsteer.files import predictions_path
 from headsteer.generate import Steering
@@ -54,9 +55,9 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         FitConfig(layer=self.layer, steps=self.fit_steps, gamma=self.gamma, lam=self.lam)  # validates them
         if self.n_train < 1:
-            raise ValueError(f"n_train must be >= 1, got {self.n_train}")
+            raise ConfigError(f"n_train must be >= 1, got {self.n_train}")
         if self.max_test is not None and self.max_test < 1:
-            raise ValueError(f"max_test must be >= 1 or None, got {self.max_test}")
+            raise ConfigError(f"max_test must be >= 1 or None, got {self.max_test}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -21,11 +21,12 @@ from headsteer.baselines.icv import fit_icv
 from headsteer.baselines.peft_baselines import PEFTConfig, evaluate_hf, train_peft
 from headsteer.baselines.prompting import few_shot_template
 from headsteer.config import FitConfig
+from headsteer.errors import ConfigError
 from headsteer.fit import fit
 from headsteer.prompts import Template
 from headsteer.runner import Cell, Method, run_methods
 from headsteer.tasks import Task, split_task
-from headsteer.tuning import fit_tuned
+from headsteer.tuning import DEFAULT_FOLDS, fit_tuned
 
 @dataclass(frozen=True)
 class TableConfig:
@@ -44,9 +45,12 @@ class TableConfig:
     def __post_init__(self) -> None:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
-            raise ValueError(f"unknown methods {unknown}; known: {list(METHODS)}")
+            raise ConfigError(f"unknown methods {unknown} (--methods); known: {list(METHODS)}")
         if self.n_train < 3:
-            raise ValueError(f"n_train must be >= 3 (function vectors use leave-one-out prompts), got {self.n_train}")
+            raise ConfigError(f"n_train must be >= 3 (--n-train; function vectors use leave-one-out prompts), got {self.n_train}")
+        if "Δ tuned (CV)" in self.methods and self.n_train < DEFAULT_FOLDS:
+            raise ConfigError(f"n_train must be >= {DEFAULT_FOLDS} for 'Δ tuned (CV)' ({DEFAULT_FOLDS}-fold "
+                              f"cross-validation on the training pairs; --n-train), got {self.n_train}")
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "methods": list(self.methods)}
@@ -88,6 +92,9 @@ def _delta_tuned(cell: Cell) -> pd.DataFrame:
     result, _ = fit_tuned(cell.model, cell.train, cell.template, cell.fit_config(), task=cell.task, progress=False)
     return cell.score(steering=[result.intervention])
 
+
+# The methods whose prompts hold every training pair before the query (the longest prompts scored).
+FEW_SHOT_METHODS = ("10-shot", "10-shot + FV")
 
 METHODS: dict[str, Method] = {
     "0-shot": lambda c: c.score(),

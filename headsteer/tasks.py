@@ -11,7 +11,10 @@ Where a task is found, in order:
    directory (Todd et al.'s ``antonym``, ``synonym``, ``english-french``,
    ``english-german``).
 
-A file holds a JSON list of ``{"input": str, "output": str}``.
+A file holds a JSON list of ``{"input": str, "output": str}`` in UTF-8. Pairs
+whose input repeats an earlier pair's are dropped at load (the first is kept):
+a repeated input would be trained on twice or scored twice, and the task
+records how many were dropped (``Task.dropped_duplicates``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from functools import cached_property
 from importlib.resources import files
 from pathlib import Path
 
-from headsteer.errors import TaskError
+from headsteer.errors import ConfigError, TaskError
 
 BUILTIN_PREFIX = "builtin/"
 DATA_DIR_ENV = "HEADSTEER_DATA_DIR"
@@ -38,19 +41,29 @@ class Pair:
     input: str
     output: str
 
+    def label(self, width: int = 40) -> str:
+        """``'hot' → 'cold'`` for messages, each side cut to ``width`` characters."""
+        return f"{clipped(self.input, width)!r} → {clipped(self.output, width)!r}"
+
+
+def clipped(text: str, width: int = 40) -> str:
+    """``text`` cut to ``width`` characters (an ellipsis marks the cut), for messages."""
+    return text if len(text) <= width else text[: width - 1] + "…"
+
 
 @dataclass(frozen=True)
 class Task:
     name: str
     pairs: tuple[Pair, ...]
     source: str
+    dropped_duplicates: int = 0  # pairs left out at load because their input repeats an earlier pair's
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     @cached_property
     def sha256(self) -> str:
-        """Hash of the pairs as read (in order): results and interventions record it to refuse other data."""
+        """Hash of the pairs as loaded (in order, duplicates dropped): results and interventions record it to refuse other data."""
         return pairs_sha256(self.pairs)
 
 
@@ -86,7 +99,9 @@ def default_data_dir() -> Path | None:
 def load_task(name_or_path: str, data_dir: str | Path | None = None) -> Task:
     """Load a task by file path, ``builtin/<name>``, or name inside the data directory."""
     path = Path(name_or_path)
-    if path.suffix == ".json" and path.is_file():
+    if path.suffix == ".json":
+        if not path.is_file():  # a file was meant: say so, rather than look for "<name>.json.json"
+            raise TaskError(f"task file {path} " + ("is a folder" if path.is_dir() else "does not exist"))
         return parse_task_file(path, name=path.stem)
     if name_or_path.startswith(BUILTIN_PREFIX):
         resource = files("headsteer").joinpath("data", name_or_path[len(BUILTIN_PREFIX) :] + ".json")
@@ -110,7 +125,18 @@ def load_task(name_or_path: str, data_dir: str | Path | None = None) -> Task:
 
 
 def parse_task_file(path: Path, name: str) -> Task:
-    return parse_task_text(path.read_text(encoding="utf-8"), name, str(path))
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise TaskError(f"task {name!r}: cannot read {path}: {err.strerror or err}") from None
+    try:
+        text = data.decode("utf-8-sig")  # a leading byte-order mark is allowed, as editors write it
+    except UnicodeDecodeError as err:
+        raise TaskError(
+            f"task {name!r} ({path}) is not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start} "
+            "cannot be decoded; save the file as UTF-8"
+        ) from None
+    return parse_task_text(text, name, str(path))
 
 
 def parse_task_text(text: str, name: str, source: str) -> Task:
@@ -130,7 +156,19 @@ def parse_task_text(text: str, name: str, source: str) -> Task:
         if not item["input"].strip() or not item["output"].strip():
             raise TaskError(f"task {name!r} ({source}), entry {i}: empty input or output")
         pairs.append(Pair(item["input"].strip(), item["output"].strip()))
-    return Task(name, tuple(pairs), source)
+    kept = first_per_input(pairs)
+    return Task(name, tuple(kept), source, dropped_duplicates=len(pairs) - len(kept))
+
+
+def first_per_input(pairs: Sequence[Pair]) -> list[Pair]:
+    """``pairs`` without those whose input repeats an earlier pair's (order kept)."""
+    seen: set[str] = set()
+    kept = []
+    for pair in pairs:
+        if pair.input not in seen:
+            seen.add(pair.input)
+            kept.append(pair)
+    return kept
 
 
 def split_task(
@@ -138,15 +176,22 @@ def split_task(
 ) -> tuple[list[Pair], list[Pair]]:
     """A seeded split: ``n_train`` training pairs and the rest (at most ``max_test``) for test.
 
-    Test pairs never share an input with a training pair.
+    Test pairs never share an input with a training pair. ``max_test`` is None
+    (every remaining pair) or >= 1; a split with no test pair is refused.
     """
-    if n_train < 1:
-        raise ValueError(f"n_train must be >= 1, got {n_train}")
+    if not isinstance(n_train, int) or n_train < 1:
+        raise ConfigError(f"n_train must be an int >= 1, got {n_train!r}")
+    if max_test is not None and (not isinstance(max_test, int) or max_test < 1):
+        raise ConfigError(f"max_test must be None (every held-out pair) or an int >= 1, got {max_test!r}")
     if len(task) <= n_train:
-        raise TaskError(f"task {task.name!r} has {len(task)} pairs: too few for n_train={n_train} plus a test set")
+        raise TaskError(f"task {task.name!r} has {len(task)} pairs: too few for n_train={n_train} "
+                        "training pairs plus a test set (lower --n-train)")
     order = list(task.pairs)
     random.Random(seed).shuffle(order)
     train = order[:n_train]
     seen = {p.input for p in train}
     test = [p for p in order[n_train:] if p.input not in seen]
+    if not test:
+        raise TaskError(f"task {task.name!r}: no test pair is left with seed {seed} (every other pair repeats "
+                        f"a training input); use fewer training pairs (--n-train) or more distinct inputs")
     return train, test if max_test is None else test[:max_test]

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from headsteer.config import FitConfig
+from headsteer.errors import ConfigError
 from headsteer.fast_forward import PrefixCachedForward
 from headsteer.fit import FitJob, FitResult, fit, fit_many, frozen
 from headsteer.losses import scored_positions, task_loss
@@ -28,12 +29,13 @@ from headsteer.prompts import Template, encode_targets
 from headsteer.tasks import Pair
 
 DEFAULT_GRID: tuple[float, ...] = (0.0, 0.001, 0.003, 0.01, 0.03, 0.1)
+DEFAULT_FOLDS = 5
 
 
 def folds(pairs: Sequence[Pair], k: int, seed: int) -> list[list[Pair]]:
     """``pairs`` shuffled by ``seed`` and dealt into ``k`` folds (sizes differ by at most one)."""
     if not 2 <= k <= len(pairs):
-        raise ValueError(f"cross-validation needs 2 <= k <= {len(pairs)} pairs, got k={k}")
+        raise ConfigError(f"cross-validation needs 2 <= k <= {len(pairs)} pairs, got k={k}")
     order = list(pairs)
     random.Random(seed).shuffle(order)
     return [order[j::k] for j in range(k)]
@@ -41,7 +43,7 @@ def folds(pairs: Sequence[Pair], k: int, seed: int) -> list[list[Pair]]:
 
 def cross_validate(
     model, pairs: Sequence[Pair], template: Template, base: FitConfig, grid: Sequence[float] = DEFAULT_GRID,
-    k: int = 5, task: str = "", progress: bool = True,
+    k: int = DEFAULT_FOLDS, task: str = "", progress: bool = True,
 ) -> pd.DataFrame:
     """One row per (strength, fold): the held-out task loss of Δ fitted with γ = λ = strength."""
     if not grid:
@@ -80,7 +82,7 @@ def best_strength(cv: pd.DataFrame) -> float:
 
 def fit_tuned(
     model, pairs: Sequence[Pair], template: Template, base: FitConfig = FitConfig(),
-    grid: Sequence[float] = DEFAULT_GRID, k: int = 5, task: str = "", progress: bool = True,
+    grid: Sequence[float] = DEFAULT_GRID, k: int = DEFAULT_FOLDS, task: str = "", progress: bool = True,
 ) -> tuple[FitResult, pd.DataFrame]:
     """Δ refitted on all ``pairs`` at the cross-validated strength; and the cross-validation table."""
     cv = cross_validate(model, pairs, template, base, grid, k, task, progress)

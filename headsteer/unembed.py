@@ -19,6 +19,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from headsteer.errors import ConfigError
+
 CHUNK = 1024  # vocabulary rows per block: measured fastest of 1024/4096/16384 on a 2-core CPU
 
 
@@ -91,7 +93,7 @@ def output_embedding(model) -> tuple[Tensor, Tensor | None]:
     """(W, b) of the model's unembedding; refuses heads that are not one affine map (e.g. softcapping)."""
     hf = model.original_model
     if getattr(hf.config, "final_logit_softcapping", None):
-        raise ValueError("this model soft-caps its logits; use the naive forward (--no-fast)")
+        raise ConfigError("this model soft-caps its logits; use the naive forward (--no-fast)")
     head = hf.get_output_embeddings()
     bias = getattr(head, "bias", None)
     return head.weight.detach(), bias.detach() if isinstance(bias, Tensor) else None

@@ -1,10 +1,18 @@
-"""The command line on a tiny local model: fit writes an intervention and metrics; eval reads it."""
+"""The command line on a tiny local model: fit writes an intervention and metrics; eval reads it.
+
+Bad input exits 2 with one line naming the flag, file or pair, before the model's weights load and
+before anything is written; any other exception keeps its traceback.
+"""
 
 import json
+import sys
 
 import pytest
+import torch
 
+from headsteer import commands, models
 from headsteer.cli import main
+from headsteer.tasks import Pair, Task, load_task, split_task
 from tests.helpers import save_tiny_model
 
 FAST = ["--layer", "1", "--steps", "3", "--lr", "0.5", "--max-test", "5"]
@@ -44,7 +52,7 @@ def test_compare_prints_a_mean_std_table(model_dir, tmp_path, capsys):
     [
         (["--layer", "9"], "layer 9 is out of range"),
         (["--task", "no-such-task", "--data-dir", "."], "unknown task 'no-such-task'"),
-        (["--lr", "-1"], "lr must be"),
+        (["--lr", "-1"], "argument --lr: expected a finite number > 0"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_writes_nothing(model_dir, tmp_path, capsys, extra, message):
@@ -83,3 +91,252 @@ def test_lr_defaults_to_the_chosen_optimizers_step(model_dir, tmp_path):
     assert main([*args, "--layer", "1", "--steps", "2", "--max-test", "3"]) == 0
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["fit_config"]["optimizer"] == "fista" and saved["fit_config"]["lr"] == DEFAULT_LR["fista"]
+
+
+# ---- every bad input refused before the work, in one line naming the flag, file or pair ----------------
+class WeightsReached(Exception):
+    """Raised instead of loading weights: the command got past every check made before them."""
+
+
+@pytest.fixture
+def no_weights(monkeypatch):
+    """Loading the model's weights fails the test: the refusal must come before them."""
+    monkeypatch.setattr(models, "load_weights", lambda *a, **k: pytest.fail("the model's weights were loaded"))
+
+
+@pytest.fixture
+def stop_at_weights(monkeypatch):
+    monkeypatch.setattr(models, "load_weights", lambda *a, **k: (_ for _ in ()).throw(WeightsReached()))
+
+
+def refused(capsys, argv: list[str], *expected: str) -> str:
+    """``main(argv)`` exits 2 with one line on stderr holding each expected text; returns the line."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1, err
+    for text in expected:
+        assert text in err, err
+    return err
+
+
+def write_task(path, pairs) -> str:
+    path.write_text(json.dumps([{"input": i, "output": o} for i, o in pairs]))
+    return str(path)
+
+
+ANTONYMS = [(p.input, p.output) for p in load_task("builtin/antonym").pairs]
+
+
+@pytest.mark.parametrize(
+    "command, extra, expected",
+    [
+        ("fit", ["--max-test", "-1"], ["argument --max-test: expected a whole number >= 0, got -1"]),
+        ("fit", ["--n-train", "0"], ["argument --n-train: expected a whole number >= 1, got 0"]),
+        ("fit", ["--steps", "0"], ["argument --steps"]),
+        ("fit", ["--gamma", "nan"], ["argument --gamma: expected a finite number >= 0, got 'nan'"]),
+        ("fit", ["--loss", "option_kl"], ["argument --loss: invalid choice: 'option_kl'"]),
+        ("fit", ["--template", "nope"], ["argument --template: invalid choice: 'nope'"]),
+        ("sweep", ["--layers", "0,0"], ["argument --layers: layer 0 is given twice in '0,0'"]),
+        ("sweep", ["--layers", "5-2"], ["argument --layers: range 5-2 in '5-2' is reversed"]),
+        ("sweep", ["--layers", "x"], ["argument --layers: 'x' is not 'all'"]),
+        ("sweep", ["--seeds", "0"], ["argument --seeds: expected a whole number >= 1, got 0"]),
+        ("compare", ["--seeds", "0", "1", "0"], ["argument --seeds: 0 is given twice"]),
+    ],
+)
+def test_bad_flags_are_refused_in_one_line_naming_the_flag(capsys, tmp_path, no_weights, command, extra, expected):
+    argv = [command, "--model", "unused", "--task", "builtin/antonym", "--out", str(tmp_path / "o.csv"), *extra]
+    refused(capsys, argv, f"headsteer {command}: error: ", *expected)
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_missing_subcommand_or_flag_is_one_line(capsys):
+    refused(capsys, [], "headsteer: error: the following arguments are required: command")
+    refused(capsys, ["fit", "--task", "builtin/antonym"], "headsteer fit: error: the following arguments are required: --out")
+    refused(capsys, ["fit", "--task", "t", "--out", "o", "--layers", "3"],
+            "headsteer fit: error: unrecognized arguments: --layers 3 (see headsteer fit --help)")
+
+
+def test_table_flags_that_repeat_are_refused(capsys, tmp_path, no_weights):
+    refused(capsys, ["table", "--tasks", "antonym", "antonym", "--out", str(tmp_path / "t.csv")],
+            "argument --tasks: antonym is given twice")
+    refused(capsys, ["compose", "--compose", "a", "b", "--compose", "a", "b", "--out", str(tmp_path / "c.csv")],
+            "argument --compose: a b is given twice")
+
+
+@pytest.mark.parametrize(
+    "command, extra, expected",
+    [
+        ("fit", ["--layer", "99"], "--layer 99 is out of range: model '{model}' has layers 0..2"),
+        ("sweep", ["--layers", "0-3"], "--layers 0-3: layer 3 is out of range: this model has layers 0..2"),
+        ("fit", ["--layer", "1", "--n-train", "60"], "task 'builtin/antonym' has 60 pairs: too few for n_train=60"),
+        ("compare", ["--layer", "1", "--n-train", "60", "--seeds", "0"], "(lower --n-train)"),
+        ("heads", ["--layer", "3"], "--layer 3 is out of range"),
+    ],
+)
+def test_checks_against_the_model_come_before_its_weights(capsys, tmp_path, model_dir, no_weights, command, extra,
+                                                          expected):
+    out = tmp_path / "out"
+    argv = [command, "--model", model_dir, "--task", "builtin/antonym", "--out", str(out), *extra]
+    refused(capsys, argv, expected.format(model=model_dir))
+    assert not list(tmp_path.iterdir())
+
+
+def test_table_checks_its_config_before_the_model(capsys, tmp_path, no_weights):
+    refused(capsys, ["table", "--tasks", "builtin/antonym", "--n-train", "4", "--out", str(tmp_path / "t.csv")],
+            "n_train must be >= 5 for 'Δ tuned (CV)'", "--n-train")
+    refused(capsys, ["table", "--tasks", "builtin/antonym", "--methods", "0-shot", "bogus", "--out", str(tmp_path / "t.csv")],
+            "unknown methods ['bogus'] (--methods)")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "command, out, expected",
+    [
+        ("sweep", "a_dir", "--out {tmp}/a_dir: is a directory, expected a file path"),
+        ("fit", "a_dir", "--out {tmp}/a_dir: is a directory; give a path stem"),
+        ("fit", "new_dir/", "--out {tmp}/new_dir/: ends with a path separator"),
+        ("fit", "a_file/run", "--out {tmp}/a_file/run.safetensors: {tmp}/a_file is a file"),
+        ("compare", "a_dir", "--out {tmp}/a_dir: is a directory"),
+        ("heads", "a_file", "--out {tmp}/a_file: is a file, expected a folder"),
+        ("sweep", "a_file/s.csv", "{tmp}/a_file is a file"),
+    ],
+)
+def test_output_locations_are_checked_before_the_model(capsys, tmp_path, no_weights, command, out, expected):
+    (tmp_path / "a_dir").mkdir()
+    (tmp_path / "a_file").write_text("")
+    before = sorted(tmp_path.rglob("*"))
+    argv = [command, "--model", "unused", "--task", "builtin/antonym", "--out", f"{tmp_path}/{out}"]
+    refused(capsys, argv, expected.format(tmp=tmp_path))
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_table_outputs_are_checked_with_their_siblings(capsys, tmp_path, no_weights):
+    (tmp_path / "t.predictions.csv").mkdir()
+    refused(capsys, ["table", "--tasks", "builtin/antonym", "--out", str(tmp_path / "t.csv")],
+            f"--out {tmp_path}/t.predictions.csv: is a directory")
+    refused(capsys, ["table", "--tasks", "builtin/antonym", "--out", str(tmp_path / "u.md")],
+            "the summary file would be the results file itself")
+
+
+def test_eval_checks_its_out_and_the_model_before_the_weights(capsys, tmp_path, model_dir, no_weights):
+    import headsteer as hs
+    from headsteer.intervention import Intervention, ModelSignature
+
+    stem = tmp_path / "iv"
+    train, _ = hs.split_task(hs.load_task("builtin/antonym"), n_train=10, seed=0)
+    record = hs.TrainingRecord.of_pairs(train)
+    Intervention(torch.zeros(4, 12), 1, ModelSignature(model_dir, 3, 4, 12, 32), "antonym", training=record).save(stem)
+    (tmp_path / "scores").mkdir()
+    other = str(save_tiny_model("gpt2", tmp_path / "gpt2"))
+    capsys.readouterr()
+    args = ["eval", "--model", model_dir, "--task", "builtin/antonym", "--intervention", str(stem)]
+    refused(capsys, [*args, "--out", str(tmp_path / "scores")], "--out", "is a directory")
+    refused(capsys, [*args[:1], "--model", other, *args[3:]], "does not fit this model", f"name: trained on '{model_dir}'")
+
+
+def test_an_unknown_model_is_one_line_naming_it(capsys, tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as here: no hub, and no retries
+    refused(capsys, ["fit", "--model", "nonexistent-name", "--task", "builtin/antonym", "--out", str(tmp_path / "x")],
+            "model 'nonexistent-name' is not a local folder", "names not on disk need the hub")
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_task_file_that_is_not_utf8_is_named(capsys, tmp_path, no_weights):
+    path = tmp_path / "t.json"
+    path.write_bytes('[{"input": "caf\xe9", "output": "x"}]'.encode("latin-1"))
+    refused(capsys, ["fit", "--task", str(path), "--out", str(tmp_path / "x")], f"({path}) is not UTF-8 text: byte 0xe9")
+
+
+def test_a_long_pair_is_refused_by_name_before_the_model_and_the_limit_is_a_flag(capsys, tmp_path, model_dir,
+                                                                                 monkeypatch):
+    long_input = " ".join(["hot"] * 300)
+    task = write_task(tmp_path / "t.json", [*ANTONYMS, (long_input, "cold")])
+    argv = ["fit", "--model", model_dir, "--task", task, "--out", str(tmp_path / "x"), "--max-test", "0", "--layer", "1"]
+    monkeypatch.setattr(models, "load_weights", lambda *a, **k: pytest.fail("the model's weights were loaded"))
+    refused(capsys, argv, "task 't': pair 'hot hot", "is 306 tokens long", "limit of 256", "--max-tokens")
+    monkeypatch.setattr(models, "load_weights", lambda *a, **k: (_ for _ in ()).throw(WeightsReached()))
+    with pytest.raises(WeightsReached):  # with a higher limit every check passes
+        main([*argv, "--max-tokens", "400"])
+
+
+def test_repeated_inputs_are_dropped_and_reported(capsys, tmp_path, model_dir, stop_at_weights):
+    task = write_task(tmp_path / "t.json", ANTONYMS + ANTONYMS[:3])
+    with pytest.raises(WeightsReached):
+        main(["fit", "--model", model_dir, "--task", task, "--out", str(tmp_path / "x"), "--layer", "1"])
+    assert f"task 't': dropped 3 pairs whose input repeats an earlier pair's (the first is kept); " \
+           f"{len(ANTONYMS)} pairs remain" in capsys.readouterr().err
+
+
+def test_a_test_pair_that_breaks_the_prompt_boundary_is_refused_before_the_fit(capsys, tmp_path, model_dir,
+                                                                               monkeypatch, no_weights):
+    from headsteer import prompts
+
+    # "hot" + "ter" is the one word "hotter": the answer would merge with the prompt's last token.
+    monkeypatch.setitem(prompts.TEMPLATES, "glued", prompts.Template("glued", "{input}", "{output}"))
+    pairs = [(i, "ter" if i == "hot" else ". " + o) for i, o in ANTONYMS]  # "." keeps other answers apart
+    train, _ = split_task(Task("t", tuple(Pair(*p) for p in pairs), "memory"), n_train=10, seed=0)
+    assert "hot" not in {p.input for p in train}  # the fit itself would run: only scoring "hot" fails
+    task = write_task(tmp_path / "t.json", pairs)
+    argv = ["fit", "--model", model_dir, "--task", task, "--template", "glued", "--out", str(tmp_path / "x"),
+            "--max-test", "0", "--layer", "1"]
+    refused(capsys, argv, "task 't': prompt 'hot' with answer 'ter'", "not a strict prefix")
+
+
+def test_a_bug_keeps_its_traceback(model_dir, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug deep inside")
+
+    monkeypatch.setattr(sys.modules["headsteer.fit"], "optimize", broken)
+    with pytest.raises(RuntimeError, match="a bug deep inside"):
+        main(["fit", "--model", model_dir, "--task", "builtin/antonym", "--out", str(tmp_path / "x"), *FAST])
+    monkeypatch.setattr(sys.modules["headsteer.fit"], "optimize", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
+    with pytest.raises(ValueError):
+        main(["fit", "--model", model_dir, "--task", "builtin/antonym", "--out", str(tmp_path / "x"), *FAST])
+
+
+def test_ctrl_c_is_a_clean_exit(capsys, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "open_model", interrupted)
+    assert main(["fit", "--task", "builtin/antonym", "--out", "unused-stem"]) == 130
+    assert capsys.readouterr().err == "headsteer fit: interrupted\n"
+
+
+def test_figures_checks_its_folders(capsys, tmp_path):
+    refused(capsys, ["figures", "--results", str(tmp_path / "none"), "--out", str(tmp_path / "f")],
+            f"--results {tmp_path / 'none'}: no such folder")
+    (tmp_path / "f").write_text("")
+    refused(capsys, ["figures", "--results", str(tmp_path), "--out", str(tmp_path / "f")], "is a file, expected a folder")
+
+
+def test_demo_checks_its_layer_before_the_weights(capsys, model_dir, no_weights):
+    refused(capsys, ["demo", "--model", model_dir], "the demo's layer 4 is out of range")
+
+
+def test_a_folder_without_write_permission_is_refused_before_the_model(capsys, tmp_path, monkeypatch, no_weights):
+    import os
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(tmp_path) else real(path, mode))
+    refused(capsys, ["sweep", "--model", "unused", "--task", "builtin/antonym", "--out", str(tmp_path / "s.csv")],
+            f"--out {tmp_path}/s.csv: no permission to write in {tmp_path}")
+
+
+def test_a_soft_capped_model_needs_the_full_forward(capsys, tmp_path, model_dir, monkeypatch, stop_at_weights):
+    monkeypatch.setattr(models.ModelFiles, "soft_caps_logits", property(lambda self: True))
+    argv = ["fit", "--model", model_dir, "--task", "builtin/antonym", "--out", str(tmp_path / "x"), "--layer", "1"]
+    refused(capsys, argv, "soft-caps its logits", "pass --no-fast")
+    with pytest.raises(WeightsReached):
+        main([*argv, "--no-fast"])
+
+
+def test_judge_settings_that_do_not_fit_are_one_line(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("HEADSTEER_JUDGE_BASE_URL", "http://127.0.0.1:9/v1")  # never reached: refused first
+    monkeypatch.setenv("HEADSTEER_JUDGE_MODEL", "judge")
+    argv = ["judge", str(tmp_path / "p.csv"), "--out", str(tmp_path / "v.csv"), "--queries", "3", "--min-yes", "4"]
+    refused(capsys, argv, "need 1 <= min_yes <= queries (--min-yes, --queries), got min_yes=4, queries=3")
+    monkeypatch.setenv("HEADSTEER_JUDGE_BASE_URL", "ftp://x")
+    refused(capsys, argv[:4], "judge base_url must start with http:// or https://, got 'ftp://x'")

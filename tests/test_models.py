@@ -4,6 +4,7 @@ import pytest
 
 import headsteer as hs
 from headsteer import models
+from headsteer.errors import ModelLoadError
 from tests.helpers import save_tiny_model, tiny_bridge
 
 
@@ -50,3 +51,42 @@ def test_converted_cache_is_reused(tmp_path, monkeypatch):
     assert models.default_model_dir(tmp_path) == first and len(calls) == 1
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
     assert models.default_model_dir() == first and len(calls) == 1
+
+
+def test_open_model_reads_config_and_tokenizer_without_the_weights(tmp_path, monkeypatch):
+    directory = save_tiny_model("gpt2", tmp_path / "gpt2")
+    monkeypatch.setattr(models, "load_weights", lambda *a, **k: pytest.fail("open_model loaded the weights"))
+    files = models.open_model(str(directory))
+    assert (files.name, files.n_layers, files.n_heads, files.soft_caps_logits) == (str(directory), 3, 4, False)
+
+
+def test_load_from_uses_the_opened_files(tmp_path):
+    files = models.open_model(str(save_tiny_model("llama", tmp_path / "llama")))
+    model = models.load_from(files)
+    assert model.cfg.n_layers == files.n_layers and model.tokenizer is files.tokenizer
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No hub: what this project's machines see (and no retries against an unreachable host)."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("no-such-model-xyz", r"model 'no-such-model-xyz' is not a local folder and could not be fetched from the "
+                              r"Hugging Face hub .*names not on disk need the hub"),
+        ("./no/such/dir", r"model './no/such/dir': no such folder"),
+    ],
+)
+def test_a_model_that_cannot_be_found_is_a_model_load_error(offline, name, message):
+    with pytest.raises(ModelLoadError, match=message):
+        models.open_model(name)
+
+
+def test_a_folder_without_a_model_is_a_model_load_error(tmp_path):
+    with pytest.raises(ModelLoadError, match=rf"the folder {tmp_path} holds no model transformers can read"):
+        models.open_model(str(tmp_path))

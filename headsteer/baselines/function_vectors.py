@@ -33,6 +33,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from headsteer.baselines.prompting import few_shot_template
+from headsteer.errors import ConfigError
 from headsteer.fast_forward import build_prefix, run_suffix
 from headsteer.hooks import PromptEndAdd, PromptPositions, hook_z_name, last_token_activations
 from headsteer.intervention import ModelMismatchError, ModelSignature
@@ -50,9 +51,9 @@ class FVConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.top_k, int) or self.top_k < 1:
-            raise ValueError(f"top_k must be an int >= 1, got {self.top_k!r}")
+            raise ConfigError(f"top_k must be an int >= 1, got {self.top_k!r}")
         if self.layer is not None and (not isinstance(self.layer, int) or self.layer < 0):
-            raise ValueError(f"layer must be None or an int >= 0, got {self.layer!r}")
+            raise ConfigError(f"layer must be None or an int >= 0, got {self.layer!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,7 +149,7 @@ def fit_function_vector(
     """The FV and a table of every head's AIE (layer, head, aie, rank; rank 1 = largest)."""
     layer = model.cfg.n_layers // 3 if config.layer is None else config.layer
     if not layer < model.cfg.n_layers:
-        raise ValueError(f"FV layer {layer} is out of range: this model has layers 0..{model.cfg.n_layers - 1}")
+        raise ConfigError(f"FV layer {layer} is out of range: this model has layers 0..{model.cfg.n_layers - 1}")
     clean = encode_texts(model.tokenizer, icl_prompts(pairs, template, config.seed))
     corrupted = encode_texts(model.tokenizer, icl_prompts(pairs, template, config.seed, corrupt=True))
     targets = torch.tensor([_first_answer_token(model.tokenizer, template, p) for p in pairs])

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from headsteer.errors import ConfigError
 from headsteer.evaluate import score_generations
 from headsteer.prompts import Template, encode_prompts, split_answer_tokens
 from headsteer.tasks import Pair
@@ -46,13 +47,13 @@ class PEFTConfig:
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
         if not isinstance(self.steps, int) or self.steps < 1:
-            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
+            raise ConfigError(f"steps must be an int >= 1, got {self.steps!r}")
         if self.lr is None:
             object.__setattr__(self, "lr", DEFAULT_LR[self.method])
         if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr!r}")
+            raise ConfigError(f"lr must be > 0, got {self.lr!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -70,7 +71,7 @@ def peft_model(model, config: PEFTConfig, task: str = ""):
     names = {name.rsplit(".", 1)[-1] for name, _ in hf.named_modules()}
     needed = {"lora": {"q_proj", "v_proj"}, "ia3": {"k_proj", "v_proj", "down_proj"}}.get(config.method, set())
     if not needed <= names:
-        raise ValueError(f"{config.method} needs modules {sorted(needed)}; this model has none named {sorted(needed - names)}")
+        raise ConfigError(f"{config.method} needs modules {sorted(needed)}; this model has none named {sorted(needed - names)}")
     if config.method == "lora":
         spec = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=sorted(needed), task_type="CAUSAL_LM")
     elif config.method == "ia3":
