@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from headsteer.results_file import load_rows, write_rows
+from headsteer.results_file import ResultsFile, Settings
 
 ENV_BASE_URL, ENV_MODEL, ENV_KEY = "HEADSTEER_JUDGE_BASE_URL", "HEADSTEER_JUDGE_MODEL", "HEADSTEER_JUDGE_API_KEY"
 SYSTEM = "You grade answers to short word tasks. Reply with one word: yes or no."
@@ -146,9 +146,10 @@ def judge_predictions(
 
     With ``out``, votes are saved as they come (every ``config.workers`` × 8 items) and a rerun skips them.
     """
-    settings = {"judge": {**config.to_dict(), "workers": None}, "system": SYSTEM, "questions": QUESTIONS,
-                "generic": GENERIC, "reference": REFERENCE}
-    done = load_rows(Path(out), settings, VOTE_COLUMNS, text=True) if out else pd.DataFrame(columns=VOTE_COLUMNS)
+    settings = Settings({"judge": {**config.to_dict(), "workers": None}, "system": SYSTEM, "questions": QUESTIONS,
+                         "generic": GENERIC, "reference": REFERENCE})
+    store = ResultsFile(Path(out), tuple(VOTE_COLUMNS), tuple(KEY), settings, text=True) if out else None
+    done = store.open() if store else pd.DataFrame(columns=VOTE_COLUMNS)
     done = done.astype({c: str for c in KEY})
     unique = predictions[KEY].astype(str).drop_duplicates()
     todo = unique.merge(done[KEY], how="left", indicator=True).query("_merge == 'left_only'")[KEY]
@@ -159,9 +160,7 @@ def judge_predictions(
             chunk = rows[start : start + batch]
             tallies = list(pool.map(lambda r: votes(config, r.task, r.input, r.target, r.prediction), chunk))
             new = pd.DataFrame([(*r, y, i) for r, (y, i) in zip(chunk, tallies)], columns=VOTE_COLUMNS)
-            done = pd.concat([done, new], ignore_index=True)
-            if out:
-                write_rows(Path(out), done)
+            done = store.add(new) if store else pd.concat([done, new], ignore_index=True)
             bar.update(len(chunk))
     judged = predictions.astype({c: str for c in KEY}).merge(done, on=KEY, how="left")
     return judged.assign(gpt_eval=judged["judge_yes"] >= config.min_yes)

@@ -8,6 +8,7 @@ import pytest
 import headsteer as hs
 from headsteer import runner
 from headsteer.cli import main
+from headsteer.files import predictions_path
 from headsteer.runner import summary_markdown
 from headsteer.table import METHODS, TableConfig, build_table
 from tests.helpers import save_tiny_model
@@ -44,14 +45,14 @@ def test_a_killed_table_resumes_and_refuses_other_settings(gemma_tiny, tmp_path,
     with pytest.raises(KeyboardInterrupt):
         build_table(gemma_tiny, [task], QA, [0, 1], config, out, progress=False)
     assert len(pd.read_csv(out)) == 3  # seed 0 both methods, seed 1's 0-shot
-    predictions = pd.read_csv(runner.predictions_path(out), keep_default_na=False)
+    predictions = pd.read_csv(predictions_path(out), keep_default_na=False)
     assert len(predictions) == 3 * 4 and set(predictions.columns) == set(runner.PREDICTION_COLUMNS)
     monkeypatch.setitem(table.METHODS, "Δ (ours)", real)
     rows = build_table(gemma_tiny, [task], QA, [0, 1], config, out, progress=False)
     assert len(rows) == 4 and calls == [0, 1]
     more = build_table(gemma_tiny, [task], QA, [0], replace(config, methods=("10-shot",)), out, progress=False)
     assert list(more["method"]) == ["10-shot"] and len(pd.read_csv(out)) == 5  # other methods join the same file
-    predictions = pd.read_csv(runner.predictions_path(out), keep_default_na=False)
+    predictions = pd.read_csv(predictions_path(out), keep_default_na=False)
     means = predictions.groupby(["task", "method", "seed"])["exact_match"].mean()
     saved = pd.read_csv(out).set_index(["task", "method", "seed"])["exact_match"]
     pd.testing.assert_series_equal(means.sort_index(), saved.sort_index(), check_names=False)
