@@ -115,10 +115,12 @@ class Settings:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise ResultsFileError(f"{path} is not valid JSON ({err}); use another --out") from None
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        if not isinstance(data, dict) or "format" not in data:
             raise ResultsFileError(
                 f"{path} records settings in an older format (names, not content hashes), so its rows cannot be "
                 f"checked against this run; migrate it (scripts/migrate_results_settings.py) or use another --out")
+        if data["format"] != FORMAT:
+            raise ResultsFileError(f"{path} has settings format {data['format']!r}; this headsteer reads {FORMAT}")
         try:
             inputs = {name: InputHash(**record) for name, record in data["inputs"].items()}
             return cls(data["settings"], inputs)
@@ -194,9 +196,15 @@ class ResultsFile:
         return predictions_path(self.path) if self.prediction_columns is not None else None
 
     def open(self) -> pd.DataFrame:
-        """Create or check the settings sidecar (under the lock), then return the complete rows on disk."""
+        """Create or check the settings sidecar (under the lock), then return the complete rows on disk.
+
+        Taking the locks also removes temporary files a killed writer left.
+        """
         with locked(self.path):
             self._agree_settings()
+            if self.predictions is not None:
+                with locked(self.predictions):
+                    pass
         return self.rows()
 
     def rows(self) -> pd.DataFrame:
@@ -277,7 +285,7 @@ def _records(frame: pd.DataFrame, columns: Sequence[str]) -> list[Record]:
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"rows lack the columns {missing}")
-    reader = csv.reader(io.StringIO(frame[list(columns)].to_csv(index=False), newline=""))
+    reader = csv.reader(io.StringIO(frame[list(columns)].to_csv(index=False, lineterminator="\n"), newline=""))
     next(reader)
     return [tuple(fields) for fields in reader]
 
@@ -286,32 +294,39 @@ def _read_records(path: Path, columns: Sequence[str]) -> list[Record]:
     """The complete records of ``path``; warns (naming the line) for each record that is not one."""
     if not path.is_file():
         return []
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    cut = data.rfind(b"\n") + 1
+    body, tail = data[:cut], data[cut:]  # tail: a last line its writer never finished (maybe mid-character)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ResultsFileError(f"{path} is not UTF-8 text ({err}); use another --out") from None
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     header = next(reader, None)
     if header is None:
         return []
     if tuple(header) != tuple(columns):
         raise ResultsFileError(f"{path} has the columns {header}, not the expected {list(columns)}; use another --out")
-    parsed: list[tuple[int, Record | None]] = []  # (first line, record or None if broken)
+    records, broken = [], []
     while True:
         start = reader.line_num + 1
         try:
             fields = next(reader)
         except StopIteration:
             break
-        except csv.Error:
-            parsed.append((start, None))
+        except csv.Error:  # a quote never closed
+            broken.append(start)
             continue
-        if fields:  # a blank line is no record
-            parsed.append((start, tuple(fields) if len(fields) == len(columns) else None))
-    if parsed and not text.endswith("\n"):  # the writer died before the last row's newline
-        parsed[-1] = (parsed[-1][0], None)
-    for line, record in parsed:
-        if record is None:
-            warnings.warn(f"{path}: line {line} is not a complete row of {len(columns)} fields; it is not counted "
-                          f"as done and is dropped when the next row is written", MalformedRowWarning, stacklevel=4)
-    return [record for _, record in parsed if record is not None]
+        if len(fields) == len(columns):
+            records.append(tuple(fields))
+        elif fields:  # a blank line is no record
+            broken.append(start)
+    if tail:
+        broken.append(reader.line_num + 1)
+    for line in broken:
+        warnings.warn(f"{path}: line {line} is not a complete row of {len(columns)} fields; it is not counted "
+                      f"as done and is dropped when the next row is written", MalformedRowWarning, stacklevel=4)
+    return records
 
 
 def _unique(records: Sequence[Record], key_of, path: Path | None) -> list[Record]:

@@ -234,3 +234,14 @@ def test_files_are_created_with_the_mode_of_any_new_file(tmp_path):
     assert expected == 0o640
     for path in (out, predictions_path(out), settings_path(out), lock_path(out)):
         assert path.stat().st_mode & 0o777 == expected, path
+
+
+def test_a_row_cut_inside_a_character_is_not_done(tmp_path):
+    out, task = tmp_path / "r.csv", "english-french∘antonym"
+    results = store(out)
+    results.open()
+    results.add(rows(task, [0, 1]), predictions(task, [0, 1], "v"))
+    data = out.read_bytes()
+    out.write_bytes(data[: data.rindex("∘".encode()) + 1])  # the last row ends in the first byte of "∘"
+    with pytest.warns(MalformedRowWarning, match="line 3 is not a complete row"):
+        assert results.rows()["seed"].tolist() == [0]
