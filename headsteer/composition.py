@@ -29,6 +29,7 @@ import pandas as pd
 from headsteer.fit import FitJob, fit_many
 from headsteer.intervention import Intervention
 from headsteer.prompts import Template
+from headsteer.results_file import InputHash, Settings, model_settings
 from headsteer.runner import Cell, ExperimentConfig, Method, run_methods
 from headsteer.tasks import Pair, Task, TaskError, split_task
 
@@ -147,7 +148,7 @@ def build_compose_table(
     for c in composed:
         if len(c) < config.min_pairs:
             raise TaskError(f"composed task {c.name!r} has {len(c)} pairs; n_train={config.n_train} needs {config.min_pairs}")
-    settings = {"template": template.to_dict(), "config": config.to_dict(), "model": str(model.cfg.model_name)}
+    settings = compose_settings(model, composed, template, config)
 
     def make_cell(name: str, seed: int) -> Cell:
         task = by_name[name]
@@ -158,3 +159,9 @@ def build_compose_table(
 
     cells = [(c.name, s) for c in composed for s in seeds]
     return run_methods(cells, make_cell, METHODS, settings, out, progress, desc="compose")
+
+
+def compose_settings(model, composed: Sequence[ComposedTask], template: Template, config: ComposeConfig) -> Settings:
+    """What the composition rows depend on: each outer and inner task's data (the chains follow from them)."""
+    inputs = {task.name: InputHash.of_task(task) for c in composed for task in (c.outer, c.inner)}
+    return Settings({"template": template.to_dict(), "config": config.to_dict(), "model": model_settings(model)}, inputs)

@@ -24,10 +24,10 @@ import pandas as pd
 from headsteer.baselines.function_vectors import FVConfig, fit_function_vector
 from headsteer.config import FitConfig
 from headsteer.experiments import record_split
+from headsteer.files import write_csv_atomic
 from headsteer.fit import FitJob, fit_many
 from headsteer.heads import DEFAULT_PATH, head_table, path_jobs, path_table
 from headsteer.prompts import Template
-from headsteer.results_file import write_rows
 from headsteer.tasks import Task, split_task
 
 VARIANTS = ("regularized", "unregularized")
@@ -50,5 +50,5 @@ def head_study(
     for variant, result in zip(VARIANTS, results):
         result.intervention.save(out / variant)
     for name, frame in (("heads", heads), ("path", path), ("fv_effects", effects)):
-        write_rows(out / f"{name}.csv", frame.reset_index(drop=True))
+        write_csv_atomic(out / f"{name}.csv", frame.reset_index(drop=True))
     return out

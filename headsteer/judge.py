@@ -37,7 +37,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from headsteer.errors import ConfigError, HeadsteerError, ResultsFileError
-from headsteer.results_file import load_rows, write_rows
+from headsteer.results_file import ResultsFile, Settings
 
 ENV_BASE_URL, ENV_MODEL, ENV_KEY = "HEADSTEER_JUDGE_BASE_URL", "HEADSTEER_JUDGE_MODEL", "HEADSTEER_JUDGE_API_KEY"
 SYSTEM = "You grade answers to short word tasks. Reply with one word: yes or no."
@@ -199,9 +199,10 @@ def judge_predictions(
 
     With ``out``, votes are saved as they come (every ``config.workers`` × 8 items) and a rerun skips them.
     """
-    settings = {"judge": {**config.to_dict(), "workers": None}, "system": SYSTEM, "questions": QUESTIONS,
-                "generic": GENERIC, "reference": REFERENCE}
-    done = load_rows(Path(out), settings, VOTE_COLUMNS, text=True) if out else pd.DataFrame(columns=VOTE_COLUMNS)
+    settings = Settings({"judge": {**config.to_dict(), "workers": None}, "system": SYSTEM, "questions": QUESTIONS,
+                         "generic": GENERIC, "reference": REFERENCE})
+    store = ResultsFile(Path(out), tuple(VOTE_COLUMNS), tuple(KEY), settings, text=True) if out else None
+    done = store.open() if store else pd.DataFrame(columns=VOTE_COLUMNS)
     done = done.astype({c: str for c in KEY})
     unique = predictions[KEY].astype(str).drop_duplicates()
     todo = unique.merge(done[KEY], how="left", indicator=True).query("_merge == 'left_only'")[KEY]
@@ -217,9 +218,8 @@ def judge_predictions(
                     tallies.append((*row, *future.result()))
                 except JudgeError as err:
                     failure = failure or err
-            done = pd.concat([done, pd.DataFrame(tallies, columns=VOTE_COLUMNS)], ignore_index=True)
-            if out:
-                write_rows(Path(out), done)
+            new = pd.DataFrame(tallies, columns=VOTE_COLUMNS)
+            done = store.add(new) if store else pd.concat([done, new], ignore_index=True)
             if failure is not None:
                 raise failure
             bar.update(len(chunk))

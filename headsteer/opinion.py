@@ -50,6 +50,7 @@ from headsteer.intervention import Intervention
 from headsteer.losses import OptionTargets, option_kl, option_log_probs
 from headsteer.opinionqa import OpinionGroup, OpinionQAError, OpinionQuestion, split_questions
 from headsteer.prompts import encode_continuations, encode_texts
+from headsteer.results_file import InputHash, Settings, model_settings
 from headsteer.runner import ExperimentConfig, run_methods
 from headsteer.unembed import FinalHidden
 
@@ -221,7 +222,7 @@ def build_opinion_table(
     out: str | Path | None = None, progress: bool = True,
 ) -> pd.DataFrame:
     """One row per (group, method, seed) with the mean KL over held-out questions; resumable with ``out``."""
-    settings = {"config": config.to_dict(), "prompt": PROMPT_FORMAT, "personas": PERSONAS, "model": str(model.cfg.model_name)}
+    settings = opinion_settings(model, groups, config)
 
     def make_cell(name: str, seed: int) -> OpinionCell:
         train, test = split_questions(groups[name], config.n_train, seed, config.max_test)
@@ -230,6 +231,13 @@ def build_opinion_table(
     cells = [(name, s) for name in groups for s in seeds]
     return run_methods(cells, make_cell, METHODS, settings, out, progress, desc="opinion",
                        metrics=("kl",), item_columns=("key", "target", "prediction"))
+
+
+def opinion_settings(model, groups: dict[str, OpinionGroup], config: OpinionConfig) -> Settings:
+    """What the opinion rows depend on: each group's questions and targets (by hash), prompts, config, model."""
+    values = {"config": config.to_dict(), "prompt": PROMPT_FORMAT, "personas": PERSONAS, "model": model_settings(model)}
+    inputs = {name: InputHash("OpinionQA group", g.sha256, f"{g.source} ({g.attribute}:{g.name})") for name, g in groups.items()}
+    return Settings(values, inputs)
 
 
 def with_average(rows: pd.DataFrame) -> pd.DataFrame:

@@ -17,9 +17,11 @@ checkout or the working directory.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import random
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
@@ -61,6 +63,16 @@ class OpinionGroup:
 
     def __len__(self) -> int:
         return len(self.questions)
+
+    @cached_property
+    def sha256(self) -> str:
+        """Hash of what was read for the group: results record it to refuse other data under the same name.
+
+        sha256 of ``[attribute, name, [[key, question, options, target], ...]]`` as compact UTF-8 JSON.
+        """
+        data = [self.attribute, self.name, [[q.key, q.question, list(q.options), list(q.target)] for q in self.questions]]
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def default_opinion_dir() -> Path | None:

@@ -3,10 +3,12 @@
 The comparison tables (:mod:`headsteer.table`) and the composition table
 (:mod:`headsteer.composition`) are both "for each (task, seed) build a
 :class:`Cell`, run each method on it, score the held-out pairs". This module
-runs that loop: after each method its row goes into the results CSV and its
-predictions into ``<out>.predictions.csv`` (predictions first, so a row on
-disk always has its predictions); a killed run resumes where it stopped, and
-the settings sidecar refuses a file made with other settings.
+runs that loop: after each method its row and its predictions are merged
+into the results CSV and ``<out>.predictions.csv``
+(:class:`headsteer.results_file.ResultsFile`: under a lock, predictions
+first, so a row on disk always has its predictions); a killed run resumes
+where it stopped, several runs may write one file at once, and the settings
+sidecar refuses a file made with other settings or data.
 """
 
 from __future__ import annotations
@@ -21,10 +23,9 @@ from tqdm.auto import tqdm
 from headsteer.config import FitConfig
 from headsteer.errors import ConfigError
 from headsteer.evaluate import evaluate_pairs, format_mean_std, mean_std
-from headsteer.files import predictions_path
 from headsteer.generate import Steering
 from headsteer.prompts import Template
-from headsteer.results_file import load_rows, write_rows
+from headsteer.results_file import ResultsFile, Settings
 from headsteer.tasks import Pair
 
 KEY = ["task", "method", "seed"]
@@ -99,7 +100,7 @@ def run_methods(
     cells: Sequence[tuple[str, int]],
     make_cell: Callable[[str, int], RunCell],
     methods: Mapping[str, Callable[[Any], pd.DataFrame]],
-    settings: dict,
+    settings: Settings,
     out: str | Path | None = None,
     progress: bool = True,
     desc: str = "table",
@@ -111,11 +112,10 @@ def run_methods(
     A method returns one row per held-out item with ``item_columns`` and
     ``metrics``; the results row holds each metric's mean over the items.
     """
-    out = Path(out) if out else None
     columns = KEY + ["n_train", "n_test", *metrics]
     kept = KEY + [*item_columns, *metrics]
-    done = load_rows(out, settings, columns) if out else pd.DataFrame(columns=columns)
-    predictions = _earlier_predictions(out, done, kept) if out else pd.DataFrame(columns=kept)
+    store = ResultsFile(Path(out), tuple(columns), tuple(KEY), settings, prediction_columns=tuple(kept)) if out else None
+    done = store.open() if store else pd.DataFrame(columns=columns)
     finished = set(zip(done["task"], done["method"], done["seed"].astype(int)))
     todo = [(t, s, m) for t, s in cells for m in methods if (t, m, s) not in finished]
     cell: RunCell | None = None  # the current (task, seed); its cache is shared by its methods only
@@ -123,26 +123,12 @@ def run_methods(
         if cell is None or (cell.task, cell.seed) != (task, seed):
             cell = make_cell(task, seed)
         scores = methods[method](cell).assign(task=task, method=method, seed=seed)
-        row = {"task": task, "method": method, "seed": seed, "n_train": len(cell.train), "n_test": len(scores),
-               **{m: scores[m].mean() for m in metrics}}
-        predictions = pd.concat([predictions, scores[kept]], ignore_index=True)
-        done = pd.concat([done, pd.DataFrame([row], columns=columns)], ignore_index=True)
-        if out:
-            write_rows(predictions_path(out), predictions)
-            write_rows(out, done)
+        row = pd.DataFrame([{"task": task, "method": method, "seed": seed, "n_train": len(cell.train),
+                             "n_test": len(scores), **{m: scores[m].mean() for m in metrics}}], columns=columns)
+        done = store.add(row, scores[kept]) if store else pd.concat([done, row], ignore_index=True)
     keys = set(cells)
     wanted = [(t, int(s)) in keys and m in methods for t, s, m in zip(done["task"], done["seed"], done["method"])]
     return done[wanted].reset_index(drop=True)
-
-
-def _earlier_predictions(out: Path, done: pd.DataFrame, columns: Sequence[str]) -> pd.DataFrame:
-    """Saved predictions of the finished rows (a run killed between the two writes left extras)."""
-    path = predictions_path(out)
-    if not path.is_file():
-        return pd.DataFrame(columns=list(columns))
-    saved = pd.read_csv(path, keep_default_na=False)  # an empty prediction stays ""
-    keys = pd.MultiIndex.from_frame(done[KEY].astype({"seed": int}))
-    return saved[pd.MultiIndex.from_frame(saved[KEY].astype({"seed": int})).isin(keys)].reset_index(drop=True)
 
 
 METRIC_TITLES = {

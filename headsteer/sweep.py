@@ -1,9 +1,12 @@
 """Layer × seed sweeps (the paper's Figure 1): batched fits, batched scoring, resumable results.
 
-Each finished batch of cells is merged into the results CSV by an atomic
-replace, so a sweep killed at any point keeps every cell written so far;
-restarted with the same settings it skips those cells. The settings live in
-``<out>.settings.json`` and a restart with other settings is refused.
+Each finished batch of cells is merged into the results CSV
+(:class:`headsteer.results_file.ResultsFile`: under a lock, by atomic
+replace), so a sweep killed at any point keeps every cell written so far,
+and sweeps of other layers or seeds may write the same file at once;
+restarted with the same settings it skips those cells. The settings (the
+task's data by hash, the model's fingerprint, template, fit config) live in
+``<out>.settings.json`` and a run with other settings is refused.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ import torch
 from tqdm.auto import tqdm
 
 from headsteer.config import FitConfig
+from headsteer.errors import ConfigError
 from headsteer.evaluate import evaluate_pairs
 from headsteer.fit import FitJob, fit_many
 from headsteer.forward import naive_scored_logits
 from headsteer.generate import RowDeltas
 from headsteer.prompts import Template
-from headsteer.results_file import load_rows, write_rows
+from headsteer.results_file import InputHash, ResultsFile, Settings, model_settings
 from headsteer.tasks import Pair, Task, split_task
 
 COLUMNS = ["task", "layer", "seed", "n_train", "n_test", "first_token", "exact_match",
@@ -45,27 +49,51 @@ def sweep(
     """Fit and score every (layer, seed) cell; one tidy row per cell.
 
     Cells of one seed are fitted together in one batch (``fit_many``) and
-    scored together (``RowDeltas``); with ``out``, results are written after
-    each batch and finished cells are skipped on restart. ``fast=False``
-    fits with the naive full forward (the reference).
+    scored together (``RowDeltas``); with ``out``, results are merged into it
+    after each batch and finished cells are skipped on restart. ``fast=False``
+    fits with the naive full forward (the reference). Refuses (ConfigError)
+    empty or repeated layers or seeds and layers the model does not have.
     """
-    settings = {"task": task.name, "template": template.to_dict(), "config": config.to_dict(),
-                "n_train": n_train, "max_test": max_test, "model": str(model.cfg.model_name)}
-    done = load_rows(Path(out), settings, COLUMNS) if out else pd.DataFrame(columns=COLUMNS)
+    check_grid(layers, seeds, model.cfg.n_layers)
+    settings = sweep_settings(model, task, template, config, n_train, max_test)
+    store = ResultsFile(Path(out), tuple(COLUMNS), ("layer", "seed"), settings) if out else None
+    done = store.open() if store else pd.DataFrame(columns=COLUMNS)
     finished = set(zip(done["layer"].astype(int), done["seed"].astype(int)))
     todo = {s: [l for l in layers if (l, s) not in finished] for s in seeds}
     bar = tqdm(total=sum(map(len, todo.values())), desc=f"sweep {task.name}", disable=not progress)
     for seed, cell_layers in todo.items():
         if not cell_layers:
             continue
-        rows = _run_seed(model, task, template, config, cell_layers, seed, n_train, max_test, progress, fast)
-        done = pd.concat([done, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
-        if out:
-            write_rows(Path(out), done)
+        rows = pd.DataFrame(_run_seed(model, task, template, config, cell_layers, seed, n_train, max_test, progress, fast),
+                            columns=COLUMNS)
+        done = store.add(rows) if store else pd.concat([done, rows], ignore_index=True)
         bar.update(len(cell_layers))
     bar.close()
     wanted = done["layer"].astype(int).isin(layers) & done["seed"].astype(int).isin(seeds)
     return done[wanted].sort_values(["layer", "seed"]).reset_index(drop=True)
+
+
+def check_grid(layers: Sequence[int], seeds: Sequence[int], n_layers: int) -> None:
+    """Refuse an empty or repeated list of layers or seeds, and layers outside 0..n_layers-1, naming them."""
+    for name, values in (("layers", list(layers)), ("seeds", list(seeds))):
+        if not values:
+            raise ConfigError(f"sweep: no {name} given; name at least one")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise ConfigError(f"sweep: {name} must be integers, got {values}")
+        repeated = sorted({v for v in values if values.count(v) > 1})
+        if repeated:
+            raise ConfigError(f"sweep: {name} {values} name {repeated} more than once; name each once")
+    outside = [l for l in layers if not 0 <= l < n_layers]
+    if outside:
+        raise ConfigError(f"sweep: layers {outside} are out of range; the model has layers 0..{n_layers - 1}")
+
+
+def sweep_settings(model, task: Task, template: Template, config: FitConfig, n_train: int, max_test: int | None) -> Settings:
+    """What a sweep's rows depend on. The config's layer and seed are left out: each cell sets its own."""
+    fit = {k: v for k, v in config.to_dict().items() if k not in ("layer", "seed")}
+    values = {"task": task.name, "template": template.to_dict(), "config": fit, "n_train": n_train,
+              "max_test": max_test, "model": model_settings(model)}
+    return Settings(values, {task.name: InputHash.of_task(task)})
 
 
 def _run_seed(model, task, template, config, layers, seed, n_train, max_test, progress=False, fast=True) -> list[dict]:

@@ -24,6 +24,7 @@ from headsteer.config import FitConfig
 from headsteer.errors import ConfigError
 from headsteer.fit import fit
 from headsteer.prompts import Template
+from headsteer.results_file import InputHash, Settings, model_settings
 from headsteer.runner import Cell, Method, run_methods
 from headsteer.tasks import Task, split_task
 from headsteer.tuning import DEFAULT_FOLDS, fit_tuned
@@ -119,10 +120,9 @@ def build_table(
 ) -> pd.DataFrame:
     """One row per (task, method, seed); with ``out``, resumable (finished rows are skipped).
 
-    ``config.methods`` only selects what to run: one file may gather methods over several runs.
+    ``config.methods`` only selects what to run: one file may gather methods (and tasks) over several runs.
     """
-    settings = {"template": template.to_dict(), "config": {**config.to_dict(), "methods": None},
-                "model": str(model.cfg.model_name)}
+    settings = table_settings(model, tasks, template, config)
     by_name = {t.name: t for t in tasks}
 
     def make_cell(name: str, seed: int) -> Cell:
@@ -132,3 +132,9 @@ def build_table(
     methods = {m: METHODS[m] for m in config.methods}
     cells = [(t.name, s) for t in tasks for s in seeds]
     return run_methods(cells, make_cell, methods, settings, out, progress)
+
+
+def table_settings(model, tasks: Sequence[Task], template: Template, config: TableConfig) -> Settings:
+    """What the table's rows depend on; ``methods`` is left out (it selects rows, it does not change them)."""
+    values = {"template": template.to_dict(), "config": {**config.to_dict(), "methods": None}, "model": model_settings(model)}
+    return Settings(values, {t.name: InputHash.of_task(t) for t in tasks})

@@ -10,9 +10,11 @@ from headsteer.composition import (
     METHODS,
     ComposeConfig,
     build_compose_table,
+    compose_settings,
     compose_tasks,
     single_task_train,
 )
+from headsteer.errors import ResultsFileError
 from headsteer.tasks import Pair, Task, TaskError
 from tests.helpers import save_tiny_model
 
@@ -105,3 +107,14 @@ def test_cli_compose_writes_the_table(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "outer∘antonym: 60 chained pairs" in printed and "Ours (Re-optimized)" in printed
     assert len(pd.read_csv(out)) == len(METHODS) and out.with_suffix(".md").is_file()
+
+
+def test_compose_settings_hold_both_tasks_data_and_refuse_another_outer(gemma_tiny, tmp_path):
+    outer, inner = chain_tasks()
+    settings = compose_settings(gemma_tiny, [compose_tasks(outer, inner)], QA, SMALL)
+    assert {n: i.sha256 for n, i in settings.inputs.items()} == {outer.name: outer.sha256, inner.name: inner.sha256}
+    out = tmp_path / "c.csv"
+    build_compose_table(gemma_tiny, [compose_tasks(outer, inner)], QA, [], SMALL, out, progress=False)
+    other = _task(outer.name, [(p.input, p.output + "x") for p in outer.pairs])
+    with pytest.raises(ResultsFileError, match="task data for 'outer' differs"):
+        build_compose_table(gemma_tiny, [compose_tasks(other, inner)], QA, [0], SMALL, out, progress=False)

@@ -9,6 +9,7 @@ import torch
 
 import headsteer as hs
 from headsteer.cli import main
+from headsteer.errors import ResultsFileError
 from headsteer.fast_forward import shared_prefix_final_hidden
 from headsteer.opinion import (
     METHODS,
@@ -121,3 +122,12 @@ def test_cli_opinion_writes_the_table(tmp_path, capsys):
     assert "INCOME:Refused (INCOME): 16 questions" in printed and "| Δ (ours)" in printed and "average" in printed
     assert set(pd.read_csv(out)["task"]) == {"Northeast", "INCOME:Refused"}
     assert main(["opinion", "--model", str(model), "--data-dir", str(data), "--group", "Refused", "--out", str(out)]) == 2
+
+
+def test_another_groups_data_under_the_same_name_is_refused(gemma_tiny, tmp_path, group):
+    config, out = OpinionConfig(n_train=4, max_test=3, layer=1, fit_steps=2), tmp_path / "o.csv"
+    build_opinion_table(gemma_tiny, {"Northeast": group}, [0], config, out, progress=False)
+    other = load_group("Northeast", write_opinion_dir(tmp_path / "other", seed=1))
+    assert other.sha256 != group.sha256 and load_group("Northeast", group.source).sha256 == group.sha256
+    with pytest.raises(ResultsFileError, match="OpinionQA group for 'Northeast' differs"):
+        build_opinion_table(gemma_tiny, {"Northeast": other}, [1], config, out, progress=False)
