@@ -1,5 +1,8 @@
 """The real default model, Gemma 3 270M from the PyPI GGUF (offline; converted once, then cached)."""
 
+from pathlib import Path
+
+import pandas as pd
 import pytest
 
 import headsteer as hs
@@ -38,3 +41,32 @@ def test_fast_and_naive_fits_agree_on_the_real_model(gemma):
     fast = hs.fit(gemma, train, template, config, progress=False)
     for column in ("objective", "task_loss"):
         assert fast.history[column].tolist() == pytest.approx(naive.history[column].tolist(), rel=1e-4, abs=1e-4)
+
+
+RESULTS = Path(__file__).parents[1] / "results"
+
+
+@pytest.mark.skipif(hs.tasks.default_data_dir() is None, reason="needs Todd et al.'s data beside the checkout")
+def test_committed_sweep_cells_reproduce(gemma):
+    """Two cells of results/sweep_antonym.csv (made before the redesign) come out the same today."""
+    from headsteer.paper.sweep import sweep
+
+    saved = pd.read_csv(RESULTS / "sweep_antonym.csv").query("seed == 0 and layer in (2, 4)").reset_index(drop=True)
+    table = sweep(gemma, hs.load_task("antonym"), hs.get_template("qa"), [2, 4], [0], hs.FitConfig(), 10, 100,
+                  progress=False)
+    for column in ("first_token", "exact_match", "zero_shot_first_token", "active_heads"):
+        assert table[column].tolist() == saved[column].tolist(), column
+    # the batch differs in size (2 layers, not 18), so only fp32 summation order may differ
+    assert table["final_task_loss"].tolist() == pytest.approx(saved["final_task_loss"].tolist(), rel=1e-4)
+
+
+@pytest.mark.skipif(hs.tasks.default_data_dir() is None, reason="needs Todd et al.'s data beside the checkout")
+def test_committed_layer4_fit_reproduces(gemma):
+    """Seed 0 of results/antonym_layer4.csv: one fit at layer 4, scored zero-shot and with Δ on 200 pairs."""
+    from headsteer.paper.compare import zero_shot_vs_fitted
+
+    saved = pd.read_csv(RESULTS / "antonym_layer4.csv").query("seed == 0").reset_index(drop=True)
+    rows = zero_shot_vs_fitted(gemma, hs.load_task("antonym"), hs.get_template("qa"), hs.FitConfig(layer=4), [0],
+                               10, 200, progress=False)
+    assert rows[["method", "first_token", "exact_match", "n"]].values.tolist() == \
+        saved[["method", "first_token", "exact_match", "n"]].values.tolist()
