@@ -27,8 +27,8 @@ import torch
 
 def case(name: str, steps: int, task: str, seeds: int, sequential: int) -> dict:
     import headsteer as hs
-    from headsteer.fit import FitJob, fit_many
-    from headsteer.forward import naive_scored_logits
+    from headsteer.fitting.loop import FitJob, fit_many
+    from headsteer.fitting.forward import naive_scored_logits
 
     model = hs.load_model()
     loaded, template = hs.load_task(task), hs.get_template("qa")

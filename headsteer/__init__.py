@@ -11,7 +11,7 @@
 
 from headsteer.config import FitConfig
 from headsteer.evaluate import evaluate_pairs, mean_std, summarize
-from headsteer.fit import FitJob, FitResult, NonFiniteLossError, fit, fit_encoded, fit_many
+from headsteer.fitting.loop import FitJob, FitResult, NonFiniteLossError, fit, fit_encoded, fit_many
 from headsteer.generate import RowDeltas, greedy_generate, greedy_ids, next_token_logits
 from headsteer.intervention import Intervention, ModelMismatchError, ModelSignature, steer
 from headsteer.models import DEFAULT_MODEL, load_model, wrap_model

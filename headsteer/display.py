@@ -45,7 +45,7 @@ def intervention_html(iv) -> str:
 
 
 def fit_result_html(result) -> str:
-    """An :class:`~headsteer.fit.FitResult`: its intervention and how the fit went."""
+    """An :class:`~headsteer.fitting.loop.FitResult`: its intervention and how the fit went."""
     config, history = result.config, result.history
     first, last = history.iloc[0], history.iloc[-1]
     fit = _rows([

@@ -14,7 +14,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from headsteer.fast_forward import build_prefix
+from headsteer.fitting.forward import build_prefix
 from headsteer.hooks import AtIndex, PromptEndAdd, PromptPositions, Steerer, added_hooks, delta_hooks
 from headsteer.intervention import Intervention, steer
 from headsteer.prompts import TokenBatch

@@ -14,7 +14,7 @@ from typing import Sequence
 import pandas as pd
 
 from headsteer.config import FitConfig
-from headsteer.fit import FitJob, FitResult, fit_many
+from headsteer.fitting.loop import FitJob, FitResult, fit_many
 from headsteer.intervention import Intervention
 from headsteer.prompts import Template
 from headsteer.tasks import Pair

@@ -24,11 +24,10 @@ from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import torch
-from jaxtyping import Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from headsteer.errors import ConfigError, PromptTooLongError, TaskError, TemplateTokenizationError
-from headsteer.losses import AnswerTargets
 from headsteer.strict_json import check_object, field_name
 from headsteer.tasks import Pair, clipped
 
@@ -127,6 +126,41 @@ class TokenBatch:
 
     def select(self, rows: Tensor) -> TokenBatch:
         return TokenBatch(self.input_ids[rows], self.attention_mask[rows], self.last_index[rows])
+
+@dataclass(frozen=True)
+class AnswerTargets:
+    """Answer token ids per example (right-padded); ``target_ids[i, j]`` is scored at ``last_index[i] + j``."""
+
+    target_ids: Int[Tensor, "batch tgt"]
+    target_mask: Bool[Tensor, "batch tgt"]
+
+    def select(self, rows: Tensor) -> AnswerTargets:
+        return AnswerTargets(self.target_ids[rows], self.target_mask[rows])
+
+@dataclass(frozen=True)
+class OptionTargets:
+    """Per example: the option-letter token ids and the target distribution over them.
+
+    Rows with fewer options pad with ``mask = False`` (their ids and probs are ignored).
+    """
+
+    option_ids: Int[Tensor, "batch options"]
+    option_mask: Bool[Tensor, "batch options"]
+    probs: Float[Tensor, "batch options"]
+
+    def __post_init__(self) -> None:
+        if not (self.option_ids.shape == self.option_mask.shape == self.probs.shape):
+            raise ValueError("option_ids, option_mask and probs must have the same [batch, options] shape")
+        sums = (self.probs * self.option_mask).sum(-1)
+        if not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
+            raise ValueError(f"each target distribution must sum to 1 over its options, got {sums.tolist()}")
+
+    def select(self, rows: Tensor) -> OptionTargets:
+        return OptionTargets(self.option_ids[rows], self.option_mask[rows], self.probs[rows])
+
+
+Targets = AnswerTargets | OptionTargets
+
 
 def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text)["input_ids"])

@@ -61,7 +61,7 @@ from pathlib import Path
 import pandas as pd
 
 from headsteer import plots
-from headsteer.sweep import sweep
+from headsteer.paper.sweep import sweep
 
 model = hs.load_model(MODEL)
 task = hs.load_task("builtin/antonym")
@@ -82,7 +82,7 @@ PAPER = [
     "vector's, and the method comparison. `headsteer figures` writes the same figures to `figures/`.",
     '''from pathlib import Path
 
-from headsteer import figures
+from headsteer.paper import figures
 
 RESULTS = Path("../results")
 found = {**figures.sweep_figures(RESULTS), **figures.table_figures(RESULTS)}

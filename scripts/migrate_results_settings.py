@@ -1,6 +1,6 @@
 """One-off migration: rewrite the committed results sidecars (``results/*.csv.settings.json``) in format 2.
 
-Sidecars written before format 2 (:mod:`headsteer.results_file`) recorded each
+Sidecars written before format 2 (:mod:`headsteer.paper.results`) recorded each
 task by *name*, the model by *name*, and the template and config. Format 2
 records what the rows depend on by content (each task's or OpinionQA group's
 data by sha256, the model by fingerprint), and refuses a sidecar of the old
@@ -10,7 +10,7 @@ committed files would be refused instead of resuming.
 For each results file the README's commands made, this script builds the
 sidecar that the same command would write now: it parses the documented
 command line with headsteer's own parser (so every default is the command's),
-builds the configs as :mod:`headsteer.commands` does, reads the task files from
+builds the configs as :mod:`headsteer.cli.commands` does, reads the task files from
 the default data directories (``shared/datasets/function_vectors`` and
 ``shared/datasets/opinionqa`` beside the checkout), and calls the library's
 own settings functions (``sweep_settings``, ``table_settings``,
@@ -52,21 +52,21 @@ from pathlib import Path
 import pandas as pd
 
 from headsteer.cli import build_parser
-from headsteer.composition import METHODS as COMPOSE_METHODS
-from headsteer.composition import PAPER_COMPOSITIONS, ComposeConfig, compose_settings, compose_tasks
+from headsteer.paper.composition import METHODS as COMPOSE_METHODS
+from headsteer.paper.composition import PAPER_COMPOSITIONS, ComposeConfig, compose_settings, compose_tasks
 from headsteer.config import FitConfig
 from headsteer.files import predictions_path, settings_path, write_json_atomic
 from headsteer.models import load_model
-from headsteer.opinion import METHODS as OPINION_METHODS
-from headsteer.opinion import OpinionConfig, opinion_settings
-from headsteer.opinionqa import PAPER_GROUPS, load_group, split_questions
+from headsteer.paper.opinion import METHODS as OPINION_METHODS
+from headsteer.paper.opinion import OpinionConfig, opinion_settings
+from headsteer.paper.opinionqa import PAPER_GROUPS, load_group, split_questions
 from headsteer.prompts import get_template
-from headsteer.results_file import ResultsFile, Settings
-from headsteer.runner import KEY
-from headsteer.sweep import COLUMNS as SWEEP_COLUMNS
-from headsteer.sweep import sweep_settings
-from headsteer.table import METHODS as TABLE_METHODS
-from headsteer.table import TableConfig, table_settings
+from headsteer.paper.results import ResultsFile, Settings
+from headsteer.paper.runner import KEY
+from headsteer.paper.sweep import COLUMNS as SWEEP_COLUMNS
+from headsteer.paper.sweep import sweep_settings
+from headsteer.paper.table import METHODS as TABLE_METHODS
+from headsteer.paper.table import TableConfig, table_settings
 from headsteer.tasks import load_task, split_task
 
 SWEEP_TASKS = ("antonym", "english-french", "english-german")

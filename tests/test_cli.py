@@ -10,7 +10,8 @@ import sys
 import pytest
 import torch
 
-from headsteer import commands, models
+from headsteer import models
+from headsteer.cli import commands
 from headsteer.cli import main
 from headsteer.tasks import Pair, Task, load_task, split_task
 from tests.helpers import save_tiny_model
@@ -288,10 +289,10 @@ def test_a_bug_keeps_its_traceback(model_dir, tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("a bug deep inside")
 
-    monkeypatch.setattr(sys.modules["headsteer.fit"], "optimize", broken)
+    monkeypatch.setattr(sys.modules["headsteer.fitting.loop"], "optimize", broken)
     with pytest.raises(RuntimeError, match="a bug deep inside"):
         main(["fit", "--model", model_dir, "--task", "builtin/antonym", "--out", str(tmp_path / "x"), *FAST])
-    monkeypatch.setattr(sys.modules["headsteer.fit"], "optimize", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
+    monkeypatch.setattr(sys.modules["headsteer.fitting.loop"], "optimize", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
     with pytest.raises(ValueError):
         main(["fit", "--model", model_dir, "--task", "builtin/antonym", "--out", str(tmp_path / "x"), *FAST])
 

@@ -6,7 +6,7 @@ import torch
 
 import headsteer as hs
 from headsteer.cli import main
-from headsteer.composition import (
+from headsteer.paper.composition import (
     METHODS,
     ComposeConfig,
     build_compose_table,
@@ -61,7 +61,7 @@ def test_single_task_training_pairs_never_touch_a_held_out_chain():
 
 
 def test_the_sum_is_the_two_single_deltas_and_every_method_gives_rows(gemma_tiny, tmp_path, monkeypatch):
-    import headsteer.composition as composition
+    import headsteer.paper.composition as composition
 
     composed = compose_tasks(*chain_tasks())
     seen = {}

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 import headsteer as hs
-from headsteer.fast_forward import PrefixCachedForward
-from headsteer.forward import naive_scored_logits
-from headsteer.losses import scored_positions, task_loss
+from headsteer.fitting.forward import PrefixCachedForward
+from headsteer.fitting.forward import naive_scored_logits
+from headsteer.fitting.losses import scored_positions, task_loss
 from headsteer.prompts import encode_targets
 
 QA = hs.get_template("qa")

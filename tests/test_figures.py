@@ -9,8 +9,8 @@ import pytest
 import headsteer as hs
 from headsteer import plots
 from headsteer.cli import main
-from headsteer.figures import build_figures, head_figures
-from headsteer.head_study import head_study
+from headsteer.paper.figures import build_figures, head_figures
+from headsteer.paper.head_study import head_study
 
 QA = hs.get_template("qa")
 HAS_BROWSER = any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome"))
@@ -83,7 +83,7 @@ def test_regenerating_a_figure_rewrites_the_same_bytes(results, tmp_path):
 
 
 def test_opinion_bars_show_each_group_and_their_average(results):
-    from headsteer.figures import table_figures
+    from headsteer.paper.figures import table_figures
 
     fig = table_figures(results)["opinion_kl"]
     delta = next(b for b in fig.data if b.name == "Δ (ours)")

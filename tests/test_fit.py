@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import headsteer as hs
-from headsteer.losses import AnswerTargets, OptionTargets
+from headsteer.prompts import AnswerTargets, OptionTargets
 from headsteer.prompts import encode_prompts, encode_targets
 from headsteer.tasks import pairs_sha256
 from headsteer.training_record import TrainingRecord

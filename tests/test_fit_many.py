@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import headsteer as hs
-from headsteer.fit import FitJob, fit_many
+from headsteer.fitting.loop import FitJob, fit_many
 
 QA = hs.get_template("qa")
 TASK = hs.load_task("builtin/antonym")

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from headsteer.errors import ConfigError
-from headsteer.flags import LayerSelection, count, non_negative_float, non_negative_int, positive_float
+from headsteer.cli.flags import LayerSelection, count, non_negative_float, non_negative_int, positive_float
 
 
 @pytest.mark.parametrize(

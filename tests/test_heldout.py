@@ -10,7 +10,7 @@ import pytest
 import headsteer as hs
 from headsteer.cli import main
 from headsteer.errors import ArtifactError, ConfigError
-from headsteer.experiments import fit_and_score, heldout_pairs
+from headsteer.runs import fit_and_score, heldout_pairs
 from headsteer.training_record import TrainingRecord
 from tests.helpers import save_tiny_model
 from tests.test_hooks import make_iv

@@ -7,8 +7,8 @@ import pytest
 import headsteer as hs
 from headsteer.errors import ConfigError, HeadsteerError, TaskError
 from headsteer.hooks import check_layer
-from headsteer.opinionqa import OpinionQAError
-from headsteer.table import TableConfig
+from headsteer.paper.opinionqa import OpinionQAError
+from headsteer.paper.table import TableConfig
 
 
 @pytest.mark.parametrize(
@@ -36,7 +36,7 @@ def test_a_layer_out_of_range_is_a_config_error(gemma_tiny):
 
 
 def test_option_kl_on_pairs_is_refused_before_any_forward(gemma_tiny, monkeypatch):
-    monkeypatch.setattr(sys.modules["headsteer.fit"], "optimize", lambda *a, **k: pytest.fail("the fit started"))
+    monkeypatch.setattr(sys.modules["headsteer.fitting.loop"], "optimize", lambda *a, **k: pytest.fail("the fit started"))
     pairs = hs.load_task("builtin/antonym").pairs[:3]
     with pytest.raises(ConfigError, match="loss 'option_kl' needs option targets .* as headsteer opinion does"):
         hs.fit(gemma_tiny, pairs, hs.get_template("qa"), hs.FitConfig(layer=1, loss="option_kl"))

@@ -8,7 +8,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pandas as pd
 import pytest
 
-from headsteer import judge
+from headsteer.paper import judge
 from headsteer.cli import main
 
 # Replies per prediction, in order: "cool" gets 3 yes of 5 (accepted), "warm" 2 (rejected).

@@ -10,8 +10,8 @@ import torch
 import headsteer as hs
 from headsteer.cli import main
 from headsteer.errors import ResultsFileError
-from headsteer.fast_forward import shared_prefix_final_hidden
-from headsteer.opinion import (
+from headsteer.fitting.forward import shared_prefix_final_hidden
+from headsteer.paper.opinion import (
     METHODS,
     OpinionConfig,
     build_opinion_table,
@@ -24,7 +24,7 @@ from headsteer.opinion import (
     uniform_scores,
     with_average,
 )
-from headsteer.opinionqa import OpinionQuestion, load_group, split_questions
+from headsteer.paper.opinionqa import OpinionQuestion, load_group, split_questions
 from headsteer.prompts import encode_continuations, encode_texts
 from tests.helpers import save_tiny_model
 from tests.opinion_data import write_opinion_dir

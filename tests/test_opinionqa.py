@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from headsteer.opinionqa import OpinionQAError, list_groups, load_group, resolve_group, split_questions
+from headsteer.paper.opinionqa import OpinionQAError, list_groups, load_group, resolve_group, split_questions
 from tests.opinion_data import write_opinion_dir
 
 

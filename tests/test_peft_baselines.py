@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import headsteer as hs
-from headsteer.baselines.peft_baselines import METHODS, PEFTConfig, evaluate_hf, train_peft
+from headsteer.baselines.peft import METHODS, PEFTConfig, evaluate_hf, train_peft
 from tests.helpers import tiny_bridge
 
 QA = hs.get_template("qa")

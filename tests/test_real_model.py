@@ -33,7 +33,7 @@ def test_short_fit_beats_zero_shot_on_held_out_antonyms(gemma):
 
 
 def test_fast_and_naive_fits_agree_on_the_real_model(gemma):
-    from headsteer.forward import naive_scored_logits
+    from headsteer.fitting.forward import naive_scored_logits
 
     train, _ = hs.split_task(hs.load_task("builtin/english-french"), n_train=10, seed=1)
     template, config = hs.get_template("qa"), hs.FitConfig(layer=4, steps=4)

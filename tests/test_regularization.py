@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from headsteer.regularization import penalty, prox_sparse_group_lasso, prox_sparse_group_lasso_scaled
+from headsteer.fitting.regularization import penalty, prox_sparse_group_lasso, prox_sparse_group_lasso_scaled
 
 
 def reference_prox(delta, step, gamma, lam):

@@ -15,7 +15,7 @@ import pytest
 
 from headsteer.errors import ResultsFileError
 from headsteer.files import lock_path, predictions_path, settings_path
-from headsteer.results_file import InputHash, MalformedRowWarning, ResultsFile, Settings
+from headsteer.paper.results import InputHash, MalformedRowWarning, ResultsFile, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 COLUMNS = ("task", "seed", "score")

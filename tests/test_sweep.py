@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 import headsteer as hs
-from headsteer import sweep as sweep_module
+from headsteer.paper import sweep as sweep_module
 from headsteer.errors import ConfigError, ResultsFileError
 from headsteer.files import settings_path
-from headsteer.results_file import MalformedRowWarning
-from headsteer.sweep import COLUMNS, sweep
+from headsteer.paper.results import MalformedRowWarning
+from headsteer.paper.sweep import COLUMNS, sweep
 from tests.helpers import save_tiny_model, tiny_bridge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +148,8 @@ def test_the_configs_own_layer_and_seed_are_not_settings(gemma_tiny, tmp_path):
 CLI_AFTER_BARRIER = """
 import sys, time
 from pathlib import Path
-from headsteer import cli, sweep
+from headsteer import cli
+from headsteer.paper import sweep
 me, everyone = Path(sys.argv[1]), [Path(p) for p in sys.argv[2].split(",")]
 real = sweep._run_seed
 

@@ -7,12 +7,12 @@ import pandas as pd
 import pytest
 
 import headsteer as hs
-from headsteer import runner
+from headsteer.paper import runner
 from headsteer.cli import main
 from headsteer.errors import ResultsFileError
 from headsteer.files import predictions_path, settings_path
-from headsteer.runner import summary_markdown
-from headsteer.table import METHODS, TableConfig, build_table
+from headsteer.paper.runner import summary_markdown
+from headsteer.paper.table import METHODS, TableConfig, build_table
 from headsteer.tasks import Task
 from tests.helpers import save_tiny_model
 
@@ -31,7 +31,7 @@ def test_every_method_gives_one_row_per_task_and_seed(gemma_tiny, tmp_path):
 
 
 def test_a_killed_table_resumes_and_refuses_other_settings(gemma_tiny, tmp_path, monkeypatch):
-    import headsteer.table as table
+    import headsteer.paper.table as table
 
     out, task = tmp_path / "t.csv", hs.load_task("builtin/antonym")
     config = TableConfig(**SMALL, methods=("0-shot", "Δ (ours)"))

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 import headsteer as hs
-import headsteer.tuning as tuning
-from headsteer.forward import naive_scored_logits
-from headsteer.losses import first_token_nll
+import headsteer.fitting.tuning as tuning
+from headsteer.fitting.forward import naive_scored_logits
+from headsteer.fitting.losses import first_token_nll
 from headsteer.prompts import encode_targets
 
 QA = hs.get_template("qa")

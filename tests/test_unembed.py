@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from headsteer import unembed
-from headsteer.unembed import FinalHidden
+from headsteer.fitting import unembed
+from headsteer.fitting.unembed import FinalHidden
 
 
 @pytest.mark.parametrize("with_bias", [False, True])

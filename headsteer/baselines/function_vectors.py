@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from headsteer.baselines.prompting import few_shot_template
 from headsteer.errors import ConfigError
-from headsteer.fast_forward import build_prefix, run_suffix
+from headsteer.fitting.forward import build_prefix, run_suffix
 from headsteer.hooks import PromptEndAdd, PromptPositions, hook_z_name, last_token_activations
 from headsteer.intervention import ModelMismatchError, ModelSignature
 from headsteer.prompts import Template, TokenBatch, encode_texts, split_answer_tokens

@@ -17,8 +17,8 @@ from headsteer.config import FitConfig
 from headsteer.errors import ArtifactError, ConfigError, TaskError
 from headsteer.evaluate import evaluate_pairs, summarize
 from headsteer.files import ArtifactPaths, json_bytes, write_files_atomic
-from headsteer.fit import FitResult, fit
-from headsteer.forward import naive_scored_logits
+from headsteer.fitting.loop import FitResult, fit
+from headsteer.fitting.forward import naive_scored_logits
 from headsteer.intervention import Intervention
 from headsteer.prompts import Template
 from headsteer.tasks import Pair, Task, split_task

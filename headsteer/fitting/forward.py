@@ -1,32 +1,77 @@
-"""A prefix-cached ``ScoredForward``: only what Δ can change is recomputed each step.
+"""The forwards the fitter differentiates: what the last prompt token's Δ does to the scored positions.
 
-Δ enters at row i's last prompt token p_i. Nothing at positions < p_i depends
-on Δ, at any layer, so their keys and values are computed once per batch
-(the *prefix*, left-padded and run with a KV cache). Each step then runs only
-the *suffix* — positions p_i .. p_i + n_scored − 1 — through the model,
-reading the prefix cache, and returns their final hidden states with the
-unembedding (:class:`headsteer.unembed.FinalHidden`), which the losses read
-in one streaming pass instead of materialising ``[rows, vocab]`` logits:
+A ``ScoredForward`` is ``fn(model, layer, tokens, delta, n_scored) -> scored``
+returning, at positions ``last_index + 0 .. last_index + n_scored - 1`` with Δ
+added to ``blocks.{layer}.attn.hook_z`` at ``last_index``, either the logits
+``[batch, n_scored, vocab]`` or a :class:`~headsteer.fitting.unembed.FinalHidden`
+(see :mod:`headsteer.fitting.losses`). ``layer`` is one int, or one per row
+with a per-row Δ ``[batch, n_heads, d_head]`` (many fits in one batch).
 
-    h_i = base_model(x_i[p_i : p_i + n_scored] | KV(x_i[:p_i]));  Δ added at suffix position 0
+Two implementations, with the same values and gradients (up to fp32 summation order):
 
-Same values and gradients as :func:`headsteer.forward.naive_scored_logits`
-(up to fp32 summation order); the cost per step is the suffix through every
-layer plus one read of the unembedding for ``n_scored`` rows, instead of
-every position's logits and their gradient.
+* :func:`naive_scored_logits` — every row through every layer; the reference.
+* :class:`PrefixCachedForward` — the default. Δ enters at row i's last prompt
+  token p_i, so nothing at positions < p_i depends on it, at any layer: their
+  keys and values are computed once per batch (the *prefix*, left-padded and
+  run with a KV cache). Each step then runs only the *suffix* — positions
+  p_i .. p_i + n_scored − 1 — against that cache and returns their final
+  hidden states with the unembedding, which the losses read in one streaming
+  pass instead of materialising ``[rows, vocab]`` logits::
+
+      h_i = base_model(x_i[p_i : p_i + n_scored] | KV(x_i[:p_i]));  Δ added at suffix position 0
+
+  The cost per step is the suffix through every layer plus one read of the
+  unembedding for ``n_scored`` rows, instead of every position's logits and
+  their gradient.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from headsteer.hooks import AtIndex, added_hooks, delta_hooks
+from headsteer.fitting.losses import Scored
 from headsteer.prompts import TokenBatch
-from headsteer.unembed import FinalHidden, output_embedding
+from headsteer.fitting.unembed import FinalHidden, output_embedding
+
+
+class ScoredForward(Protocol):
+    def __call__(
+        self,
+        model,
+        layer: int | Int[Tensor, " batch"],
+        tokens: TokenBatch,
+        delta: Float[Tensor, "*rows n_heads d_head"],
+        n_scored: int,
+    ) -> Scored: ...
+
+
+def gather_positions(
+    logits: Float[Tensor, "batch pos vocab"], tokens: TokenBatch, n_scored: int
+) -> Float[Tensor, "batch n_scored vocab"]:
+    """``logits[i, last_index[i] + j]`` for j < n_scored (clamped inside the row)."""
+    offsets = torch.arange(n_scored, device=logits.device)
+    positions = (tokens.last_index.to(logits.device)[:, None] + offsets).clamp_max(logits.shape[1] - 1)
+    return logits.gather(1, positions[..., None].expand(-1, -1, logits.shape[-1]))
+
+
+def naive_scored_logits(
+    model,
+    layer: int | Int[Tensor, " batch"],
+    tokens: TokenBatch,
+    delta: Float[Tensor, "*rows n_heads d_head"],
+    n_scored: int,
+) -> Float[Tensor, "batch n_scored vocab"]:
+    """Full forward of every row through every layer; the reference implementation."""
+    device = model.cfg.device
+    with added_hooks(model, delta_hooks(layer, delta, AtIndex(tokens.last_index, tokens.prompt_len))):
+        logits = model(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
+    return gather_positions(logits, tokens, n_scored)
 
 
 @dataclass

@@ -1,11 +1,11 @@
 """Resumable method runs: one results row per (task, method, seed), every held-out prediction kept.
 
-The comparison tables (:mod:`headsteer.table`) and the composition table
-(:mod:`headsteer.composition`) are both "for each (task, seed) build a
+The comparison tables (:mod:`headsteer.paper.table`) and the composition table
+(:mod:`headsteer.paper.composition`) are both "for each (task, seed) build a
 :class:`Cell`, run each method on it, score the held-out pairs". This module
 runs that loop: after each method its row and its predictions are merged
 into the results CSV and ``<out>.predictions.csv``
-(:class:`headsteer.results_file.ResultsFile`: under a lock, predictions
+(:class:`headsteer.paper.results.ResultsFile`: under a lock, predictions
 first, so a row on disk always has its predictions); a killed run resumes
 where it stopped, several runs may write one file at once, and the settings
 sidecar refuses a file made with other settings or data.
@@ -25,7 +25,7 @@ from headsteer.errors import ConfigError
 from headsteer.evaluate import evaluate_pairs, format_mean_std, mean_std
 from headsteer.generate import Steering
 from headsteer.prompts import Template
-from headsteer.results_file import ResultsFile, Settings
+from headsteer.paper.results import ResultsFile, Settings
 from headsteer.tasks import Pair
 
 KEY = ["task", "method", "seed"]

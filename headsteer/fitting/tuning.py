@@ -8,7 +8,7 @@ part j by the task loss. The chosen strength minimises the mean held-out loss
 
 and the returned intervention is refitted on all N pairs with γ = λ = s*.
 No test pair is read, so the tuned Δ sees exactly the labels the other
-methods see. All k × |grid| fits run as one batch (:func:`headsteer.fit.fit_many`).
+methods see. All k × |grid| fits run as one batch (:func:`headsteer.fitting.loop.fit_many`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 
 from headsteer.config import FitConfig
 from headsteer.errors import ConfigError
-from headsteer.fast_forward import PrefixCachedForward
-from headsteer.fit import FitJob, FitResult, fit, fit_many, frozen
-from headsteer.losses import scored_positions, task_loss
+from headsteer.fitting.forward import PrefixCachedForward
+from headsteer.fitting.loop import FitJob, FitResult, fit, fit_many, frozen
+from headsteer.fitting.losses import scored_positions, task_loss
 from headsteer.prompts import Template, encode_targets
 from headsteer.tasks import Pair
 

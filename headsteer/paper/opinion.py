@@ -44,15 +44,15 @@ from torch import Tensor
 
 from headsteer.config import FitConfig
 from headsteer.errors import TaskError
-from headsteer.fast_forward import build_prefix, run_suffix, shared_prefix_final_hidden
-from headsteer.fit import fit_encoded
+from headsteer.fitting.forward import build_prefix, run_suffix, shared_prefix_final_hidden
+from headsteer.fitting.loop import fit_encoded
 from headsteer.intervention import Intervention
-from headsteer.losses import OptionTargets, option_kl, option_log_probs
-from headsteer.opinionqa import OpinionGroup, OpinionQAError, OpinionQuestion, split_questions
-from headsteer.prompts import encode_continuations, encode_texts
-from headsteer.results_file import InputHash, Settings, model_settings
-from headsteer.runner import ExperimentConfig, run_methods
-from headsteer.unembed import FinalHidden
+from headsteer.fitting.losses import option_kl, option_log_probs
+from headsteer.paper.opinionqa import OpinionGroup, OpinionQAError, OpinionQuestion, split_questions
+from headsteer.prompts import OptionTargets, encode_continuations, encode_texts
+from headsteer.paper.results import InputHash, Settings, model_settings
+from headsteer.paper.runner import ExperimentConfig, run_methods
+from headsteer.fitting.unembed import FinalHidden
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 PROMPT_FORMAT = {"kind": "opinionqa", "prompt": "Question: {question}\n{letter}. {option}\n...\nAnswer:", "option_token": " {letter}"}

@@ -23,14 +23,14 @@ from tqdm.auto import tqdm
 from headsteer.config import PAIR_LOSSES, FitConfig
 from headsteer.display import fit_result_html
 from headsteer.errors import ConfigError
-from headsteer.fast_forward import PrefixCachedForward
-from headsteer.forward import ScoredForward
+from headsteer.fitting.forward import PrefixCachedForward
+from headsteer.fitting.forward import ScoredForward
 from headsteer.hooks import check_layer
 from headsteer.intervention import Intervention, ModelSignature, check_template
-from headsteer.losses import Targets, scored_positions, task_loss
-from headsteer.optim import NonFiniteLossError, adam_steps, fista_steps, prox_adam_steps
-from headsteer.prompts import Template, TokenBatch, encode_targets
-from headsteer.regularization import penalty
+from headsteer.fitting.losses import scored_positions, task_loss
+from headsteer.fitting.optim import NonFiniteLossError, adam_steps, fista_steps, prox_adam_steps
+from headsteer.prompts import Targets, Template, TokenBatch, encode_targets
+from headsteer.fitting.regularization import penalty
 from headsteer.tasks import Pair
 from headsteer.training_record import TrainingRecord
 
@@ -97,7 +97,7 @@ def fit(
     """Fit an intervention on ``pairs`` rendered with ``template``.
 
     ``forward`` defaults to the prefix-cached path; pass
-    ``headsteer.forward.naive_scored_logits`` for the full-forward reference.
+    ``headsteer.fitting.forward.naive_scored_logits`` for the full-forward reference.
     """
     return fit_many(model, [FitJob(tuple(pairs), config, task)], template, forward, progress)[0]
 

@@ -2,10 +2,10 @@
 
 For each (task, seed) the training pairs (N = ``n_train``) and held-out pairs
 come from :func:`headsteer.tasks.split_task`, identical for every method.
-Each method turns them into ``evaluate_pairs``-style scores (:mod:`headsteer.runner`); one row per
+Each method turns them into ``evaluate_pairs``-style scores (:mod:`headsteer.paper.runner`); one row per
 (task, method, seed) goes into the results CSV as soon as it is done, so a
 killed run resumes where it stopped, and every held-out prediction goes into
-``<out>.predictions.csv`` (what :mod:`headsteer.judge` reads).
+``<out>.predictions.csv`` (what :mod:`headsteer.paper.judge` reads).
 """
 
 from __future__ import annotations
@@ -18,16 +18,16 @@ import pandas as pd
 
 from headsteer.baselines.function_vectors import FVConfig, fit_function_vector
 from headsteer.baselines.icv import fit_icv
-from headsteer.baselines.peft_baselines import PEFTConfig, evaluate_hf, train_peft
+from headsteer.baselines.peft import PEFTConfig, evaluate_hf, train_peft
 from headsteer.baselines.prompting import few_shot_template
 from headsteer.config import FitConfig
 from headsteer.errors import ConfigError
-from headsteer.fit import fit
+from headsteer.fitting.loop import fit
 from headsteer.prompts import Template
-from headsteer.results_file import InputHash, Settings, model_settings
-from headsteer.runner import Cell, Method, run_methods
+from headsteer.paper.results import InputHash, Settings, model_settings
+from headsteer.paper.runner import Cell, Method, run_methods
 from headsteer.tasks import Task, split_task
-from headsteer.tuning import DEFAULT_FOLDS, fit_tuned
+from headsteer.fitting.tuning import DEFAULT_FOLDS, fit_tuned
 
 @dataclass(frozen=True)
 class TableConfig:

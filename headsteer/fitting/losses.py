@@ -8,14 +8,14 @@ prefix-cached forward, its final hidden state with the unembedding
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Union
 
 import torch
 from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
-from headsteer.unembed import FinalHidden
+from headsteer.fitting.unembed import FinalHidden
+from headsteer.prompts import AnswerTargets, OptionTargets, Targets
 
 
 Scored = Union[Float[Tensor, "batch tgt vocab"], FinalHidden]
@@ -40,37 +40,6 @@ def sequence_nll(
     return (_token_nll(scored, target_ids) * target_mask).sum(-1)
 
 
-@dataclass(frozen=True)
-class AnswerTargets:
-    """Answer token ids per example (right-padded); ``target_ids[i, j]`` is scored at ``last_index[i] + j``."""
-
-    target_ids: Int[Tensor, "batch tgt"]
-    target_mask: Bool[Tensor, "batch tgt"]
-
-    def select(self, rows: Tensor) -> AnswerTargets:
-        return AnswerTargets(self.target_ids[rows], self.target_mask[rows])
-
-@dataclass(frozen=True)
-class OptionTargets:
-    """Per example: the option-letter token ids and the target distribution over them.
-
-    Rows with fewer options pad with ``mask = False`` (their ids and probs are ignored).
-    """
-
-    option_ids: Int[Tensor, "batch options"]
-    option_mask: Bool[Tensor, "batch options"]
-    probs: Float[Tensor, "batch options"]
-
-    def __post_init__(self) -> None:
-        if not (self.option_ids.shape == self.option_mask.shape == self.probs.shape):
-            raise ValueError("option_ids, option_mask and probs must have the same [batch, options] shape")
-        sums = (self.probs * self.option_mask).sum(-1)
-        if not torch.allclose(sums, torch.ones_like(sums), atol=1e-4):
-            raise ValueError(f"each target distribution must sum to 1 over its options, got {sums.tolist()}")
-
-    def select(self, rows: Tensor) -> OptionTargets:
-        return OptionTargets(self.option_ids[rows], self.option_mask[rows], self.probs[rows])
-
 def option_log_probs(scored: Scored, options: OptionTargets) -> Float[Tensor, "batch options"]:
     """log q_i: the next-token distribution renormalised over row i's option tokens (−inf at padding)."""
     if isinstance(scored, FinalHidden):
@@ -93,9 +62,6 @@ def option_kl(scored: Scored, options: OptionTargets) -> Float[Tensor, " batch"]
     log_p = torch.where(p > 0, p.clamp_min(1e-30).log(), torch.zeros_like(p))
     terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
     return terms.sum(-1)
-
-
-Targets = AnswerTargets | OptionTargets
 
 
 def scored_positions(loss: str, targets: Targets) -> int:

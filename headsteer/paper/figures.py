@@ -15,9 +15,10 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from headsteer import composition, opinion, plots, table
+from headsteer import plots
+from headsteer.paper import composition, opinion, table
 from headsteer.errors import DependencyError, ResultsFileError
-from headsteer.head_study import VARIANTS
+from headsteer.paper.head_study import VARIANTS
 from headsteer.heads import head_overlap
 from headsteer.intervention import Intervention
 

@@ -1,7 +1,7 @@
 """Layer × seed sweeps (the paper's Figure 1): batched fits, batched scoring, resumable results.
 
 Each finished batch of cells is merged into the results CSV
-(:class:`headsteer.results_file.ResultsFile`: under a lock, by atomic
+(:class:`headsteer.paper.results.ResultsFile`: under a lock, by atomic
 replace), so a sweep killed at any point keeps every cell written so far,
 and sweeps of other layers or seeds may write the same file at once;
 restarted with the same settings it skips those cells. The settings (the
@@ -22,11 +22,11 @@ from tqdm.auto import tqdm
 from headsteer.config import FitConfig
 from headsteer.errors import ConfigError
 from headsteer.evaluate import evaluate_pairs
-from headsteer.fit import FitJob, fit_many
-from headsteer.forward import naive_scored_logits
+from headsteer.fitting.loop import FitJob, fit_many
+from headsteer.fitting.forward import naive_scored_logits
 from headsteer.generate import RowDeltas
 from headsteer.prompts import Template
-from headsteer.results_file import InputHash, ResultsFile, Settings, model_settings
+from headsteer.paper.results import InputHash, ResultsFile, Settings, model_settings
 from headsteer.tasks import Pair, Task, split_task
 
 COLUMNS = ["task", "layer", "seed", "n_train", "n_test", "first_token", "exact_match",

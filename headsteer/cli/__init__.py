@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from headsteer.config import DEFAULT_LR, OPTIMIZERS, PAIR_LOSSES, FitConfig
 from headsteer.errors import ConfigError, HeadsteerError
-from headsteer.flags import (
+from headsteer.cli.flags import (
     AppendDistinct,
     Distinct,
     LayerSelection,
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", default=None, help="directory of <task>.json files ($HEADSTEER_DATA_DIR)")
     _add_template_arg(p)
     p.add_argument("--seeds", type=count, default=5, help="seeds 0..SEEDS-1")
-    p.add_argument("--methods", nargs="+", action=Distinct, default=None, help="default: all (see headsteer.table.METHODS)")
+    p.add_argument("--methods", nargs="+", action=Distinct, default=None, help="default: all (see headsteer.paper.table.METHODS)")
     p.add_argument("--n-train", type=count, default=10)
     p.add_argument("--max-test", type=non_negative_int, default=100, help="held-out pairs scored per cell (0: all)")
     p.add_argument("--layer", type=non_negative_int, default=FitConfig().layer, help="Δ's layer")
@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
     except CommandLineError as err:
         return _refuse(err.prog, err)
-    from headsteer import commands
+    from headsteer.cli import commands
     from headsteer.prompts import token_limit
 
     prog = f"headsteer {args.command}"

@@ -26,11 +26,11 @@ from typing import Sequence
 
 import pandas as pd
 
-from headsteer.fit import FitJob, fit_many
+from headsteer.fitting.loop import FitJob, fit_many
 from headsteer.intervention import Intervention
 from headsteer.prompts import Template
-from headsteer.results_file import InputHash, Settings, model_settings
-from headsteer.runner import Cell, ExperimentConfig, Method, run_methods
+from headsteer.paper.results import InputHash, Settings, model_settings
+from headsteer.paper.runner import Cell, ExperimentConfig, Method, run_methods
 from headsteer.tasks import Pair, Task, TaskError, split_task
 
 SYMBOL = "∘"
@@ -143,7 +143,7 @@ def build_compose_table(
     model, composed: Sequence[ComposedTask], template: Template, seeds: Sequence[int],
     config: ComposeConfig = ComposeConfig(), out: str | Path | None = None, progress: bool = True,
 ) -> pd.DataFrame:
-    """One row per (composed task, method, seed); with ``out``, resumable like :func:`headsteer.table.build_table`."""
+    """One row per (composed task, method, seed); with ``out``, resumable like :func:`headsteer.paper.table.build_table`."""
     by_name = {c.name: c for c in composed}
     for c in composed:
         if len(c) < config.min_pairs:

@@ -1,7 +1,7 @@
 """What each ``headsteer`` subcommand does with its parsed arguments (wiring only).
 
 Each command first checks everything it can before the model's weights load
-(:mod:`headsteer.preflight`): its configs, tasks and output locations, then
+(:mod:`headsteer.cli.preflight`): its configs, tasks and output locations, then
 the model's config and tokenizer against layer indices and every pair the run
 will use. Only then does it load the weights and work.
 """
@@ -14,15 +14,15 @@ from dataclasses import replace
 from pathlib import Path
 
 from headsteer.config import FitConfig
-from headsteer.demo import run_demo
+from headsteer.cli.demo import run_demo
 from headsteer.errors import ConfigError
 from headsteer.evaluate import evaluate_pairs, format_mean_std, mean_std, summarize
 from headsteer.errors import ArtifactError
-from headsteer.experiments import fit_and_score, heldout_pairs, zero_shot_vs_fitted
+from headsteer.runs import fit_and_score, heldout_pairs, zero_shot_vs_fitted
 from headsteer.files import check_output_dir, check_output_file, summary_path, write_csv_atomic, write_text_atomic
 from headsteer.intervention import Intervention, check_artifact_output
 from headsteer.models import ModelFiles, load_from, open_model
-from headsteer.preflight import (
+from headsteer.cli.preflight import (
     check_fast_forward,
     check_intervention_model,
     check_model_layer,
@@ -32,7 +32,7 @@ from headsteer.preflight import (
     checked_split,
 )
 from headsteer.prompts import Template, get_template
-from headsteer.sweep import sweep as run_sweep
+from headsteer.paper.sweep import sweep as run_sweep
 from headsteer.tasks import Task, load_task, split_task
 
 DEMO_TEMPLATE, DEMO_N_TRAIN = "qa", 10
@@ -158,8 +158,8 @@ def sweep(args: argparse.Namespace) -> int:
 
 def table(args: argparse.Namespace) -> int:
     from headsteer.baselines.prompting import few_shot_template
-    from headsteer.runner import summary_markdown
-    from headsteer.table import FEW_SHOT_METHODS, METHODS, TableConfig, build_table
+    from headsteer.paper.runner import summary_markdown
+    from headsteer.paper.table import FEW_SHOT_METHODS, METHODS, TableConfig, build_table
 
     methods = tuple(args.methods or METHODS)
     config = TableConfig(n_train=args.n_train, max_test=_max_test(args), layer=args.layer,
@@ -183,7 +183,7 @@ def table(args: argparse.Namespace) -> int:
 
 
 def compose(args: argparse.Namespace) -> int:
-    from headsteer.composition import (
+    from headsteer.paper.composition import (
         METHODS,
         PAPER_COMPOSITIONS,
         ComposeConfig,
@@ -191,7 +191,7 @@ def compose(args: argparse.Namespace) -> int:
         compose_tasks,
         single_task_train,
     )
-    from headsteer.runner import summary_markdown
+    from headsteer.paper.runner import summary_markdown
 
     config = ComposeConfig(n_train=args.n_train, max_test=_max_test(args), layer=args.layer)
     template = get_template(args.template)
@@ -215,9 +215,9 @@ def compose(args: argparse.Namespace) -> int:
 
 
 def opinion(args: argparse.Namespace) -> int:
-    from headsteer.opinion import METHODS, OpinionConfig, build_opinion_table, option_targets, question_block, with_average
-    from headsteer.opinionqa import PAPER_GROUPS, load_group, split_questions
-    from headsteer.runner import summary_markdown
+    from headsteer.paper.opinion import METHODS, OpinionConfig, build_opinion_table, option_targets, question_block, with_average
+    from headsteer.paper.opinionqa import PAPER_GROUPS, load_group, split_questions
+    from headsteer.paper.runner import summary_markdown
 
     config = OpinionConfig(n_train=args.n_train, max_test=_max_test(args), layer=args.layer)
     groups = {name: load_group(name, args.data_dir) for name in args.group or PAPER_GROUPS}
@@ -239,7 +239,7 @@ def opinion(args: argparse.Namespace) -> int:
 
 
 def heads(args: argparse.Namespace) -> int:
-    from headsteer.head_study import head_study
+    from headsteer.paper.head_study import head_study
     from headsteer.heads import DEFAULT_PATH
 
     config = _config(args, args.seed)
@@ -257,7 +257,7 @@ def heads(args: argparse.Namespace) -> int:
 
 
 def figures(args: argparse.Namespace) -> int:
-    from headsteer.figures import build_figures
+    from headsteer.paper.figures import build_figures
 
     if not Path(args.results).is_dir():
         raise ConfigError(f"--results {args.results}: no such folder (it should hold sweep_*.csv, table.csv, heads/<task>/)")
@@ -270,9 +270,9 @@ def figures(args: argparse.Namespace) -> int:
 def judge(args: argparse.Namespace) -> int:
     import sys
 
-    from headsteer.judge import JudgeConfig, JudgeNotConfigured, judge_predictions, read_predictions
-    from headsteer.runner import summary_markdown
-    from headsteer.table import METHODS
+    from headsteer.paper.judge import JudgeConfig, JudgeNotConfigured, judge_predictions, read_predictions
+    from headsteer.paper.runner import summary_markdown
+    from headsteer.paper.table import METHODS
 
     try:
         base = JudgeConfig.from_env()

@@ -37,7 +37,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from headsteer.errors import ConfigError, HeadsteerError, ResultsFileError
-from headsteer.results_file import ResultsFile, Settings
+from headsteer.paper.results import ResultsFile, Settings
 
 ENV_BASE_URL, ENV_MODEL, ENV_KEY = "HEADSTEER_JUDGE_BASE_URL", "HEADSTEER_JUDGE_MODEL", "HEADSTEER_JUDGE_API_KEY"
 SYSTEM = "You grade answers to short word tasks. Reply with one word: yes or no."

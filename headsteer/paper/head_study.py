@@ -10,7 +10,7 @@ writes them to ``out_dir``::
     path.csv        task, layer, strength, head, norm, active, task_loss
     fv_effects.csv  task, layer, head, aie, rank (the FV's ranking over every head)
 
-:mod:`headsteer.figures` draws them; nothing here plots.
+:mod:`headsteer.paper.figures` draws them; nothing here plots.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import pandas as pd
 
 from headsteer.baselines.function_vectors import FVConfig, fit_function_vector
 from headsteer.config import FitConfig
-from headsteer.experiments import record_split
+from headsteer.runs import record_split
 from headsteer.files import write_csv_atomic
-from headsteer.fit import FitJob, fit_many
+from headsteer.fitting.loop import FitJob, fit_many
 from headsteer.heads import DEFAULT_PATH, head_table, path_jobs, path_table
 from headsteer.prompts import Template
 from headsteer.tasks import Task, split_task

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from headsteer.config import FitConfig
-from headsteer.experiments import Run, fit_and_score
+from headsteer.runs import Run, fit_and_score
 from headsteer.prompts import get_template
 from headsteer.tasks import load_task
 

@@ -16,7 +16,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from headsteer.errors import NonFiniteLossError
-from headsteer.regularization import penalty, prox_sparse_group_lasso, prox_sparse_group_lasso_scaled
+from headsteer.fitting.regularization import penalty, prox_sparse_group_lasso, prox_sparse_group_lasso_scaled
 
 Smooth = Callable[[Tensor], tuple[Float[Tensor, " fits"], Float[Tensor, "fits n_heads d_head"]]]
 Steps = Iterator[tuple[Float[Tensor, "fits n_heads d_head"], Float[Tensor, " fits"]]]
