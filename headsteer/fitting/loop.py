@@ -22,19 +22,18 @@ from tqdm.auto import tqdm
 
 from headsteer.config import PAIR_LOSSES, FitConfig
 from headsteer.display import fit_result_html
-from headsteer.errors import ConfigError
+from headsteer.errors import ConfigError, NonFiniteLossError
 from headsteer.fitting.forward import PrefixCachedForward
 from headsteer.fitting.forward import ScoredForward
 from headsteer.hooks import check_layer
 from headsteer.intervention import Intervention, ModelSignature, check_template
 from headsteer.fitting.losses import scored_positions, task_loss
-from headsteer.fitting.optim import NonFiniteLossError, adam_steps, fista_steps, prox_adam_steps
+from headsteer.fitting.optim import UPDATE_RULES
 from headsteer.prompts import Targets, Template, TokenBatch, encode_targets
 from headsteer.fitting.regularization import penalty
 from headsteer.tasks import Pair
 from headsteer.training_record import TrainingRecord
 
-OPTIMIZERS = {"prox_adam": prox_adam_steps, "fista": fista_steps, "adam": adam_steps}
 # Rows per forward/backward chunk: bounds the [rows, vocab] logits held at once.
 MAX_ROWS = 128
 
@@ -169,47 +168,62 @@ def optimize(
     max_rows: int = MAX_ROWS,
     desc: str = "fit",
 ) -> tuple[Float[Tensor, "fits n_heads d_head"], list[pd.DataFrame]]:
-    """Minimise Σ_k F_k(Δ_k), fit k owning the rows where ``row_fit == k``; returns Δ's and histories."""
+    """The fitting loop: minimise Σ_k F_k(Δ_k), fit k owning the training rows where ``row_fit == k``.
+
+        F_k(Δ_k) = f_k(Δ_k) + γ_k‖Δ_k‖₁ + λ_k Σ_h ‖Δ_{k,h}‖₂,   f_k = (1/N_k) Σ_{i: row_fit[i] = k} L_task(i)
+
+    F_k depends on Δ_k alone, so one loop over the stacked Δ ``[K, n_heads, d_head]``
+    fits every Δ_k exactly as a fit of its own would. Returns the fitted Δ's and,
+    per fit, one history row per gradient step plus one for the result.
+    """
     _check_configs(model, configs, row_fit)
+    # The prefix-cached forward (default) computes the Δ-independent prefix of every row once,
+    # on its first call; every later step runs only the positions Δ can change.
     forward = forward or PrefixCachedForward()
-    smooth = _smooth_fn(model, tokens, targets, row_fit, configs, forward, max_rows)
-    shape = (len(configs), model.cfg.n_heads, model.cfg.d_head)
+    n_fits, steps, loss_name = len(configs), configs[0].steps, configs[0].loss
+    n_scored = scored_positions(loss_name, targets)  # 1 for first_token/option_kl, the answer's length for sequence
+    # Each fit's hyper-parameters as a [K] tensor: one loop serves fits with different lr, γ, λ and layers.
     lr, gamma, lam = (torch.tensor([getattr(c, k) for c in configs], dtype=torch.float32) for k in ("lr", "gamma", "lam"))
-    steps_fn = OPTIMIZERS[configs[0].optimizer]
-    histories: list[list[dict]] = [[] for _ in configs]
-    with frozen(model):
-        steps = steps_fn(smooth, shape, lr, gamma, lam, configs[0].steps)
-        bar = tqdm(steps, total=configs[0].steps + 1, desc=desc, disable=not progress, leave=False)
-        for step, (delta, loss) in enumerate(bar):
-            for history, row in zip(histories, _history_rows(step, loss, delta, gamma, lam)):
-                history.append(row)
-            bar.set_postfix(objective=f"{sum(h[-1]['objective'] for h in histories) / len(configs):.4f}")
-    return delta.detach().cpu(), [pd.DataFrame(h) for h in histories]
+    layer_of_fit = torch.tensor([c.layer for c in configs])
+    rows_of_fit = torch.bincount(row_fit, minlength=n_fits).float()
+    # Rows go through the model in chunks of at most max_rows, which bounds the memory of one
+    # forward/backward; a chunk may hold rows of several fits, each row with its own Δ and layer.
+    chunks = [(tokens.select(rows), targets.select(rows), row_fit[rows])
+              for rows in torch.arange(len(tokens)).split(max_rows)]
 
-
-def _smooth_fn(model, tokens, targets, row_fit, configs, forward, max_rows):
-    """f(Δ) = [(1/N_k) Σ_{i: fit(i)=k} L_task(i)]_k and ∇f, in chunks of at most ``max_rows`` rows."""
-    loss_name = configs[0].loss
-    n_scored = scored_positions(loss_name, targets)
-    layers = torch.tensor([c.layer for c in configs])
-    n_rows = torch.bincount(row_fit, minlength=len(configs)).float()
-    chunks = [
-        (tokens.select(idx), targets.select(idx), row_fit[idx])
-        for idx in torch.arange(len(tokens)).split(max_rows)
-    ]
-
-    def smooth(delta: Tensor) -> tuple[Tensor, Tensor]:
-        delta = delta.detach().requires_grad_(True)
-        losses, grad = torch.zeros(len(configs)), torch.zeros_like(delta)
+    def smooth_part(delta: Tensor, with_grad: bool) -> tuple[Tensor, Tensor | None]:
+        """f(Δ) per fit, and ∇f (summed over chunks) when ``with_grad``."""
+        delta = delta.detach().requires_grad_(with_grad)
+        losses, grad = torch.zeros(n_fits), torch.zeros_like(delta) if with_grad else None
         for chunk_tokens, chunk_targets, fits in chunks:
-            scored = forward(model, layers[fits], chunk_tokens, delta[fits], n_scored)
-            per_row = task_loss(loss_name, scored, chunk_targets).cpu()
-            per_fit = torch.zeros(len(configs)).index_add(0, fits, per_row / n_rows[fits])
-            grad += torch.autograd.grad(per_fit.sum(), delta)[0]
+            with torch.set_grad_enabled(with_grad):
+                scored = forward(model, layer_of_fit[fits], chunk_tokens, delta[fits], n_scored)
+                per_row = task_loss(loss_name, scored, chunk_targets).cpu()
+                # Row i adds L_i / N_k to its fit's loss: each f_k is a mean over its own rows.
+                per_fit = torch.zeros(n_fits).index_add(0, fits, per_row / rows_of_fit[fits])
+            if grad is not None:
+                grad += torch.autograd.grad(per_fit.sum(), delta)[0]
             losses += per_fit.detach()
         return losses, grad
 
-    return smooth
+    rule = UPDATE_RULES[configs[0].optimizer]((n_fits, model.cfg.n_heads, model.cfg.d_head), lr, gamma, lam, steps)
+    histories: list[list[dict]] = [[] for _ in configs]
+    with frozen(model):  # the model's weights never move, and need no gradients
+        bar = tqdm(range(steps + 1), desc=desc, disable=not progress, leave=False)
+        for step in bar:
+            if step == steps:  # the fitted Δ's: only their loss is needed, for the last history row
+                delta = rule.result()
+                losses, _ = smooth_part(delta, with_grad=False)
+            else:
+                delta = rule.point()
+                losses, grad = smooth_part(delta, with_grad=True)
+                _check_finite(losses, grad, step)  # a NaN would otherwise spread silently through every later step
+            for history, row in zip(histories, _history_rows(step, losses, delta, gamma, lam)):
+                history.append(row)
+            bar.set_postfix(objective=f"{sum(h[-1]['objective'] for h in histories) / n_fits:.4f}")
+            if step < steps:
+                rule.update(grad, step)
+    return delta.detach().cpu(), [pd.DataFrame(h) for h in histories]
 
 
 def _check_configs(model, configs: Sequence[FitConfig], row_fit: Tensor) -> None:
@@ -223,12 +237,25 @@ def _check_configs(model, configs: Sequence[FitConfig], row_fit: Tensor) -> None
         raise ValueError(f"every fit needs at least one training row; rows per fit: {counts.tolist()}")
 
 
-def _history_rows(step: int, loss: Tensor, delta: Tensor, gamma: Tensor, lam: Tensor) -> list[dict]:
+def _check_finite(losses: Tensor, grad: Tensor | None, step: int) -> None:
+    bad = ~torch.isfinite(losses)
+    if grad is not None:
+        bad |= ~torch.isfinite(grad).flatten(1).all(1)
+    if bad.any():
+        fits = torch.nonzero(bad).flatten().tolist()
+        raise NonFiniteLossError(
+            f"non-finite task loss or gradient at step {step} in fit(s) {fits} (losses {losses.tolist()}); "
+            "lower lr, or check the targets and the model's dtype"
+        )
+
+
+def _history_rows(step: int, losses: Tensor, delta: Tensor, gamma: Tensor, lam: Tensor) -> list[dict]:
+    """Per fit: objective F = f + R, task loss f, penalty R, heads with Δ_h ≠ 0, share of exact zeros."""
     reg = penalty(delta, gamma, lam)
     active = (torch.linalg.vector_norm(delta, dim=-1) > 0).sum(-1)
     zeros = (delta == 0).flatten(1).float().mean(1)
     return [
-        {"step": step, "objective": float(l + r), "task_loss": float(l), "penalty": float(r),
-         "active_heads": int(a), "zeros": float(z)}
-        for l, r, a, z in zip(loss, reg, active, zeros)
+        {"step": step, "objective": float(f + r), "task_loss": float(f), "penalty": float(r),
+         "active_heads": int(n_active), "zeros": float(z)}
+        for f, r, n_active, z in zip(losses, reg, active, zeros)
     ]
