@@ -5,32 +5,36 @@
     task = hs.load_task("builtin/antonym")
     train, test = hs.split_task(task, n_train=10, seed=0)
     result = hs.fit(model, train, hs.get_template("qa"), hs.FitConfig(layer=4))
-    with result.intervention.applied(model):
-        ...
+    hs.generate(model, ["hot", "tall"], [result.intervention])
 """
 
+from headsteer import display as _display  # noqa: F401 - registers the HTML summaries with Jupyter
 from headsteer.config import FitConfig
+from headsteer.errors import HeadsteerError, ModelMismatchError, NonFiniteLossError, TaskError, TemplateTokenizationError
 from headsteer.evaluate import evaluate_pairs, mean_std, summarize
-from headsteer.fitting.loop import FitJob, FitResult, NonFiniteLossError, fit, fit_encoded, fit_many
-from headsteer.generate import RowDeltas, greedy_generate, greedy_ids, next_token_logits
-from headsteer.intervention import Intervention, ModelMismatchError, ModelSignature, steer
-from headsteer.models import DEFAULT_MODEL, load_model, wrap_model
-from headsteer.prompts import TEMPLATES, Template, TemplateTokenizationError, encode_prompts, encode_targets, get_template
-from headsteer.tasks import Pair, Task, TaskError, load_task, split_task
+from headsteer.fitting.loop import FitJob, FitResult, fit, fit_encoded, fit_many
+from headsteer.generation import generate, greedy_generate, greedy_ids, next_token_logits
+from headsteer.intervention import Intervention
+from headsteer.models import DEFAULT_MODEL, ModelSignature, load_model, wrap_model
+from headsteer.prompts import TEMPLATES, Template, encode_prompts, encode_targets, get_template, token_limit
+from headsteer.steering import RowDeltas, Steerer, steer
+from headsteer.tasks import Pair, Task, load_task, split_task
 from headsteer.training_record import TrainingRecord
 
 __all__ = [
     "DEFAULT_MODEL",
+    "TEMPLATES",
     "FitConfig",
     "FitJob",
     "FitResult",
+    "HeadsteerError",
     "Intervention",
     "ModelMismatchError",
     "ModelSignature",
     "NonFiniteLossError",
     "Pair",
     "RowDeltas",
-    "TEMPLATES",
+    "Steerer",
     "Task",
     "TaskError",
     "Template",
@@ -42,6 +46,7 @@ __all__ = [
     "fit",
     "fit_encoded",
     "fit_many",
+    "generate",
     "get_template",
     "greedy_generate",
     "greedy_ids",
@@ -52,5 +57,6 @@ __all__ = [
     "split_task",
     "steer",
     "summarize",
+    "token_limit",
     "wrap_model",
 ]

@@ -1,6 +1,9 @@
-"""HTML summaries for Jupyter (``_repr_html_``): where Δ lives, its shape and sparsity, and its top heads.
+"""HTML summaries for Jupyter: where Δ lives, its shape and sparsity, its top heads, and how a fit went.
 
-Plain HTML with inline bars, no plotting library, so the core stays free of plotting.
+Plain HTML with inline bars, no plotting library. The core types know nothing
+of this module: importing headsteer registers these summaries with IPython's
+HTML formatter (:func:`register`), so an ``Intervention`` or ``FitResult`` at
+the end of a notebook cell shows as a table.
 """
 
 from __future__ import annotations
@@ -9,6 +12,9 @@ import html
 from typing import Any, Sequence
 
 import torch
+
+from headsteer.fitting.loop import FitResult
+from headsteer.intervention import Intervention
 
 
 def _rows(pairs: Sequence[tuple[str, Any]]) -> str:
@@ -31,7 +37,7 @@ def head_bars(norms: torch.Tensor, top: int = 8) -> str:
     return f"<table><tr><th>head</th><th>‖Δ_h‖₂</th><th></th></tr>{cells}</table>"
 
 
-def intervention_html(iv) -> str:
+def intervention_html(iv: Intervention) -> str:
     """A summary of an :class:`~headsteer.intervention.Intervention`."""
     active = iv.active_heads()
     summary = _rows([
@@ -44,7 +50,7 @@ def intervention_html(iv) -> str:
     return f"<div><b>Intervention</b><table>{summary}</table><b>Top heads</b>{head_bars(iv.head_norms())}</div>"
 
 
-def fit_result_html(result) -> str:
+def fit_result_html(result: FitResult) -> str:
     """An :class:`~headsteer.fitting.loop.FitResult`: its intervention and how the fit went."""
     config, history = result.config, result.history
     first, last = history.iloc[0], history.iloc[-1]
@@ -55,3 +61,21 @@ def fit_result_html(result) -> str:
         ("task loss", f"{first['task_loss']:.4g} → {last['task_loss']:.4g}"),
     ])
     return f"<div><b>Fit</b><table>{fit}</table>{intervention_html(result.intervention)}</div>"
+
+
+def register() -> bool:
+    """Show interventions and fit results as HTML in the running IPython (Jupyter) shell; False outside one."""
+    try:
+        from IPython import get_ipython
+    except ImportError:  # no IPython installed: nothing to register with
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+    formatter = shell.display_formatter.formatters["text/html"]
+    formatter.for_type(Intervention, intervention_html)
+    formatter.for_type(FitResult, fit_result_html)
+    return True
+
+
+register()

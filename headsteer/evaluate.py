@@ -18,7 +18,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from headsteer.errors import TaskError
-from headsteer.generate import RowDeltas, Steering, cut_at_stop, decode_tokens, greedy_ids
+from headsteer.generation import cut_at_stop, decode_tokens, greedy_ids
+from headsteer.steering import RowDeltas, Steering
 from headsteer.prompts import Template, encode_prompts, split_answer_tokens
 from headsteer.tasks import Pair
 

@@ -124,12 +124,14 @@ def prompt_positions(
     return AtIndex(last_index, prompt_len), []
 
 
-class Steerer(Protocol):
-    """What steers a model at the last prompt token: an Intervention, a function vector, ..."""
+class PerPass:
+    """Positions set by the caller before each pass: headsteer's own decoding loop knows which pass is which."""
 
-    def check_fits(self, model) -> None: ...
+    def __init__(self) -> None:
+        self.current: Tensor | None = None
 
-    def hook(self, positions: PromptPositions) -> tuple[str, Callable]: ...
+    def index(self, batch: int, pos: int, device: torch.device) -> Int[Tensor, " batch"] | None:
+        return None if self.current is None else self.current.to(device)
 
 
 class PromptEndAdd:

@@ -38,10 +38,11 @@ from safetensors import SafetensorError
 from torch import Tensor
 
 from headsteer.config import FitConfig
-from headsteer.display import intervention_html
 from headsteer.errors import ArtifactError, ConfigError, ModelMismatchError, OutputPathError
 from headsteer.files import ArtifactPaths, check_output_file, json_bytes, write_files_atomic
-from headsteer.hooks import PromptEndAdd, PromptPositions, added_hooks, check_layer, hook_z_name, prompt_positions
+from headsteer.hooks import PromptEndAdd, PromptPositions, check_layer, hook_z_name
+from headsteer.models import ModelSignature
+from headsteer.steering import Applies, Hook
 from headsteer.prompts import Template
 from headsteer.strict_json import check_object, check_value, child, is_kind
 from headsteer.training_record import TrainingRecord
@@ -54,50 +55,10 @@ _V1_SPEC = {"format_version": int, "layer": int, "hook_name": str, "model": dict
 JSON_SPECS = {1: _V1_SPEC, 2: {**_V1_SPEC, "training": (dict, type(None)), "tensors_sha256": str}}
 # A saved fit_config is {} (a sum of Δ's) or every FitConfig field, each of its resolved value's kind.
 FIT_CONFIG_SPEC = {name: type(value) for name, value in FitConfig().to_dict().items()}
-SIGNATURE_SHAPES = ("n_layers", "n_heads", "d_head", "d_model")
 
 
 @dataclass(frozen=True)
-class ModelSignature:
-    """What an intervention needs of a model: its name and the shapes Δ depends on."""
-
-    name: str
-    n_layers: int
-    n_heads: int
-    d_head: int
-    d_model: int
-
-    def __post_init__(self) -> None:
-        check_value(self.name, str, "model.name", ArtifactError)
-        for key in SIGNATURE_SHAPES:
-            value = getattr(self, key)
-            if not is_kind(value, int) or value < 1:
-                raise ArtifactError(f"field 'model.{key}' must be an integer >= 1, got {value!r}")
-
-    @classmethod
-    def of(cls, model) -> ModelSignature:
-        cfg = model.cfg
-        return cls(str(cfg.model_name), cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_model)
-
-    def to_dict(self) -> dict[str, str | int]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: object) -> ModelSignature:
-        """Exactly the fields ``to_dict`` writes, of their types; an ArtifactError names any at fault."""
-        spec = {"name": str, **{key: int for key in SIGNATURE_SHAPES}}
-        return cls(**check_object(data, spec, "model", ArtifactError))
-
-    def mismatches(self, other: ModelSignature) -> list[str]:
-        return [
-            f"{k}: trained on {getattr(self, k)!r}, model has {getattr(other, k)!r}"
-            for k in self.__dataclass_fields__
-            if getattr(self, k) != getattr(other, k)
-        ]
-
-
-@dataclass(frozen=True)
-class Intervention:
+class Intervention(Applies):
     """Δ ∈ R^{n_heads × d_head}, added to ``blocks.{layer}.attn.hook_z`` at the last prompt token.
 
     ``training`` records the examples Δ was fitted on (None when unknown:
@@ -177,9 +138,6 @@ class Intervention:
             f"Δ={list(self.delta.shape)}, head norms=[{norms}], zeros={self.sparsity():.0%})"
         )
 
-    def _repr_html_(self) -> str:
-        return intervention_html(self)
-
     # ---- applying ------------------------------------------------------------------------
     def check_fits(self, model) -> None:
         problems = self.model.mismatches(ModelSignature.of(model))
@@ -189,17 +147,9 @@ class Intervention:
             )
         check_layer(model, self.layer)
 
-    def hook(self, positions: PromptPositions) -> tuple[str, PromptEndAdd]:
-        return self.hook_name, PromptEndAdd(self.delta, positions)
-
-    def applied(self, model, last_index: Tensor | None = None, prompt_len: int | None = None):
-        """Context manager: the model runs with this intervention inside the ``with``.
-
-        Without positions, Δ goes at the prompt's last token of each prompt the
-        model is given, also under ``model.generate`` with or without a KV cache
-        (see :class:`headsteer.hooks.PromptTracker`).
-        """
-        return steer(model, [self], last_index, prompt_len)
+    def hooks(self, positions: PromptPositions) -> list[Hook]:
+        """Δ added to ``hook_z`` at the last prompt token (``.applied(model)``: see :func:`headsteer.steering.steer`)."""
+        return [(self.hook_name, PromptEndAdd(self.delta, positions))]
 
     # ---- persistence -------------------------------------------------------------------
     def metadata(self) -> dict[str, object]:
@@ -374,23 +324,3 @@ def check_artifact_output(stem: str | Path, flag: str = "--out") -> ArtifactPath
     for path in paths.all:
         check_output_file(path, flag)
     return paths
-
-
-@contextmanager
-def steer(
-    model,
-    interventions: Sequence[Intervention],
-    last_index: Int[Tensor, " batch"] | None = None,
-    prompt_len: int | None = None,
-) -> Iterator[None]:
-    """Run ``model`` with every intervention applied (each at its own layer).
-
-    ``last_index``/``prompt_len`` place Δ explicitly (see ``headsteer.hooks``);
-    without them a :class:`~headsteer.hooks.PromptTracker` finds each prompt's
-    last token, including in generation loops that are not headsteer's.
-    """
-    for iv in interventions:
-        iv.check_fits(model)
-    positions, tracking = prompt_positions(last_index, prompt_len)
-    with added_hooks(model, tracking + [iv.hook(positions) for iv in interventions]):
-        yield

@@ -22,13 +22,14 @@ import logging
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
 
-from headsteer.errors import ModelLoadError
+from headsteer.errors import ArtifactError, ModelLoadError
+from headsteer.strict_json import check_object, check_value, is_kind
 
 if TYPE_CHECKING:  # transformers is imported where a model is opened, not with the package
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
@@ -38,6 +39,48 @@ CACHE_ENV = "HEADSTEER_CACHE_DIR"
 _CONVERTED = "gemma-3-270m-fp32"
 
 log = logging.getLogger(__name__)
+
+
+SIGNATURE_SHAPES = ("n_layers", "n_heads", "d_head", "d_model")
+
+
+@dataclass(frozen=True)
+class ModelSignature:
+    """What an intervention needs of a model: its name and the shapes Δ depends on."""
+
+    name: str
+    n_layers: int
+    n_heads: int
+    d_head: int
+    d_model: int
+
+    def __post_init__(self) -> None:
+        check_value(self.name, str, "model.name", ArtifactError)
+        for key in SIGNATURE_SHAPES:
+            value = getattr(self, key)
+            if not is_kind(value, int) or value < 1:
+                raise ArtifactError(f"field 'model.{key}' must be an integer >= 1, got {value!r}")
+
+    @classmethod
+    def of(cls, model) -> ModelSignature:
+        cfg = model.cfg
+        return cls(str(cfg.model_name), cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_model)
+
+    def to_dict(self) -> dict[str, str | int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> ModelSignature:
+        """Exactly the fields ``to_dict`` writes, of their types; an ArtifactError names any at fault."""
+        spec = {"name": str, **{key: int for key in SIGNATURE_SHAPES}}
+        return cls(**check_object(data, spec, "model", ArtifactError))
+
+    def mismatches(self, other: ModelSignature) -> list[str]:
+        return [
+            f"{k}: trained on {getattr(self, k)!r}, model has {getattr(other, k)!r}"
+            for k in self.__dataclass_fields__
+            if getattr(self, k) != getattr(other, k)
+        ]
 
 
 def default_cache_dir() -> Path:

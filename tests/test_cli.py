@@ -221,7 +221,8 @@ def test_table_outputs_are_checked_with_their_siblings(capsys, tmp_path, no_weig
 
 def test_eval_checks_its_out_and_the_model_before_the_weights(capsys, tmp_path, model_dir, no_weights):
     import headsteer as hs
-    from headsteer.intervention import Intervention, ModelSignature
+    from headsteer.intervention import Intervention
+    from headsteer.models import ModelSignature
 
     stem = tmp_path / "iv"
     train, _ = hs.split_task(hs.load_task("builtin/antonym"), n_train=10, seed=0)

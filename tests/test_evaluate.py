@@ -5,7 +5,7 @@ import pytest
 
 import headsteer as hs
 from headsteer.evaluate import format_mean_std, normalize
-from headsteer.generate import cut_at_stop
+from headsteer.generation import cut_at_stop
 
 QA = hs.get_template("qa")
 

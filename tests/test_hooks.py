@@ -5,7 +5,7 @@ import torch
 
 import headsteer as hs
 from headsteer.hooks import AtIndex, PromptEndAdd, PromptTracker, hook_z_name
-from headsteer.intervention import ModelSignature
+from headsteer.models import ModelSignature
 
 LAYER = 1
 INPUTS = ["hot", "good morning", "big"]  # different lengths, so padding matters

@@ -13,7 +13,8 @@ import headsteer as hs
 from headsteer import files
 from headsteer.errors import ArtifactError, OutputPathError
 from headsteer.files import ArtifactPaths
-from headsteer.intervention import ModelSignature, check_artifact_output
+from headsteer.intervention import check_artifact_output
+from headsteer.models import ModelSignature
 from headsteer.training_record import TrainingRecord
 from tests.helpers import tiny_bridge
 from tests.test_hooks import LAYER, batch, make_iv, run

@@ -36,7 +36,9 @@ from headsteer.baselines.prompting import few_shot_template
 from headsteer.errors import ConfigError
 from headsteer.fitting.forward import build_prefix, run_suffix
 from headsteer.hooks import PromptEndAdd, PromptPositions, hook_z_name, last_token_activations
-from headsteer.intervention import ModelMismatchError, ModelSignature
+from headsteer.errors import ModelMismatchError
+from headsteer.models import ModelSignature
+from headsteer.steering import Applies, Hook
 from headsteer.prompts import Template, TokenBatch, encode_texts, split_answer_tokens
 from headsteer.tasks import Pair
 
@@ -64,7 +66,7 @@ class FVConfig:
 
 
 @dataclass(frozen=True)
-class FunctionVector:
+class FunctionVector(Applies):
     """A residual-stream vector added at the last prompt token of ``layer``; steers like an Intervention."""
 
     vector: Float[Tensor, " d_model"]
@@ -82,8 +84,9 @@ class FunctionVector:
         if problems or self.hook_name not in model.hook_dict:
             raise ModelMismatchError(f"function vector for {self.task!r} does not fit this model: {problems}")
 
-    def hook(self, positions: PromptPositions) -> tuple[str, PromptEndAdd]:
-        return self.hook_name, PromptEndAdd(self.vector, positions, site_ndim=1)
+    def hooks(self, positions: PromptPositions) -> list[Hook]:
+        """The vector added to the residual stream at the last prompt token."""
+        return [(self.hook_name, PromptEndAdd(self.vector, positions, site_ndim=1))]
 
 
 def icl_prompts(pairs: Sequence[Pair], template: Template, seed: int, corrupt: bool = False) -> list[str]:

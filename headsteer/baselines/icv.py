@@ -19,16 +19,17 @@ al. encode a demonstration's source and target texts.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from headsteer.hooks import added_hooks, last_token_activations
-from headsteer.intervention import ModelMismatchError, ModelSignature
+from headsteer.hooks import PromptPositions, last_token_activations
+from headsteer.errors import ModelMismatchError
+from headsteer.models import ModelSignature
+from headsteer.steering import Applies, Hook
 from headsteer.prompts import encode_texts
 from headsteer.tasks import Pair
 
@@ -38,7 +39,7 @@ def resid_name(layer: int) -> str:
 
 
 @dataclass(frozen=True)
-class InContextVector:
+class InContextVector(Applies):
     """The ICV split by layer (v_ℓ) and the strength α it is added with."""
 
     vectors: Float[Tensor, "n_layers d_model"]
@@ -51,15 +52,9 @@ class InContextVector:
         if problems:
             raise ModelMismatchError(f"in-context vector for {self.task!r} does not fit this model: {problems}")
 
-    def hooks(self) -> list[tuple[str, NormPreservingAdd]]:
+    def hooks(self, positions: PromptPositions) -> list[Hook]:
+        """Every layer's v_ℓ at every position (prompt, cache and generated tokens alike): ``positions`` is not needed."""
         return [(resid_name(layer), NormPreservingAdd(self.strength * v)) for layer, v in enumerate(self.vectors)]
-
-    @contextmanager
-    def applied(self, model) -> Iterator[None]:
-        """Every forward inside (prompt, cache and generated tokens alike) runs with the ICV."""
-        self.check_fits(model)
-        with added_hooks(model, self.hooks()):
-            yield
 
 
 class NormPreservingAdd:

@@ -75,7 +75,7 @@ def naive_scored_logits(
 
 
 @dataclass
-class _Prefix:
+class PrefixCache:
     """The Δ-independent part of one batch, computed once."""
 
     cache: object  # a transformers Cache holding the prefix keys/values (None if no prefix)
@@ -93,7 +93,7 @@ class PrefixCachedForward:
     """
 
     def __init__(self) -> None:
-        self._prefixes: dict[tuple, tuple[TokenBatch, _Prefix]] = {}
+        self._prefixes: dict[tuple, tuple[TokenBatch, PrefixCache]] = {}
 
     def clear(self) -> None:
         self._prefixes.clear()
@@ -113,7 +113,7 @@ class PrefixCachedForward:
 
 
 def run_suffix(
-    model, prefix: _Prefix, layer: int | Int[Tensor, " batch"], delta: Float[Tensor, "*rows n_heads d_head"] | None
+    model, prefix: PrefixCache, layer: int | Int[Tensor, " batch"], delta: Float[Tensor, "*rows n_heads d_head"] | None
 ) -> FinalHidden:
     """The suffix of every row against its prefix cache, Δ added at suffix position 0 (None: no Δ)."""
     _restore(prefix)
@@ -131,7 +131,7 @@ def run_suffix(
 
 
 @torch.no_grad()
-def build_prefix(model, tokens: TokenBatch, n_scored: int, repeats: int = 1) -> _Prefix:
+def build_prefix(model, tokens: TokenBatch, n_scored: int, repeats: int = 1) -> PrefixCache:
     """Split each row at its last prompt token; run the left-padded prefixes once with a KV cache.
 
     With ``repeats`` > 1 every row is repeated that many times (row i becomes
@@ -172,7 +172,7 @@ def build_prefix(model, tokens: TokenBatch, n_scored: int, repeats: int = 1) -> 
             t.repeat_interleave(repeats, dim=0) for t in (suffix_ids, full_mask, suffix_positions)
         )
     saved = [(layer.keys, layer.values) for layer in cache.layers]
-    return _Prefix(cache, saved, suffix_ids.to(device), full_mask.to(device), suffix_positions.to(device))
+    return PrefixCache(cache, saved, suffix_ids.to(device), full_mask.to(device), suffix_positions.to(device))
 
 
 @torch.no_grad()
@@ -199,7 +199,7 @@ def shared_prefix_final_hidden(model, shared_ids: list[int], suffixes: TokenBatc
     return FinalHidden(last[:, None], *output_embedding(model))
 
 
-def _restore(prefix: _Prefix) -> None:
+def _restore(prefix: PrefixCache) -> None:
     """Reset the cache to the prefix: the previous step appended (differentiable) suffix keys/values."""
     for layer, (keys, values) in zip(prefix.cache.layers, prefix.saved):
         layer.keys, layer.values = keys, values

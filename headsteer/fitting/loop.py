@@ -21,12 +21,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from headsteer.config import PAIR_LOSSES, FitConfig
-from headsteer.display import fit_result_html
 from headsteer.errors import ConfigError, NonFiniteLossError
 from headsteer.fitting.forward import PrefixCachedForward
 from headsteer.fitting.forward import ScoredForward
 from headsteer.hooks import check_layer
-from headsteer.intervention import Intervention, ModelSignature, check_template
+from headsteer.intervention import Intervention, check_template
+from headsteer.models import ModelSignature
 from headsteer.fitting.losses import scored_positions, task_loss
 from headsteer.fitting.optim import UPDATE_RULES
 from headsteer.prompts import Targets, Template, TokenBatch, encode_targets
@@ -63,9 +63,6 @@ class FitResult:
     def head_norms(self) -> pd.DataFrame:
         norms = self.intervention.head_norms().tolist()
         return pd.DataFrame({"layer": self.intervention.layer, "head": range(len(norms)), "norm": norms})
-
-    def _repr_html_(self) -> str:
-        return fit_result_html(self)
 
 
 @contextmanager

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from headsteer.config import FitConfig
 from headsteer.errors import ConfigError
 from headsteer.evaluate import evaluate_pairs, format_mean_std, mean_std
-from headsteer.generate import Steering
+from headsteer.steering import Steering
 from headsteer.prompts import Template
 from headsteer.paper.results import ResultsFile, Settings
 from headsteer.tasks import Pair

@@ -24,7 +24,7 @@ from headsteer.errors import ConfigError
 from headsteer.evaluate import evaluate_pairs
 from headsteer.fitting.loop import FitJob, fit_many
 from headsteer.fitting.forward import naive_scored_logits
-from headsteer.generate import RowDeltas
+from headsteer.steering import RowDeltas
 from headsteer.prompts import Template
 from headsteer.paper.results import InputHash, ResultsFile, Settings, model_settings
 from headsteer.tasks import Pair, Task, split_task

@@ -69,9 +69,7 @@ def _function_vector(cell: Cell):
 
 
 def _icv(cell: Cell) -> pd.DataFrame:
-    icv = fit_icv(cell.model, cell.train, cell.config.icv_strength, cell.task)
-    with icv.applied(cell.model):
-        return cell.score()
+    return cell.score(steering=[fit_icv(cell.model, cell.train, cell.config.icv_strength, cell.task)])
 
 
 def _peft(method: str) -> Method:

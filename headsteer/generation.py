@@ -1,55 +1,30 @@
-"""Greedy decoding with a KV cache, Δ added once at each prompt's last token.
+"""Steered greedy generation: :func:`generate` for people, :func:`greedy_ids` for batched scoring.
 
-The prompt minus its last token is run once through the base model (no Δ,
-no logits); the last prompt token then runs with the Δ hooks attached, and
-every generated token after it runs without them, reading the cache.
+The prompt minus its last token is run once through the base model (no logits);
+the last prompt token then runs with Δ added, and every generated token after
+it reads the KV cache, so Δ is added exactly once per prompt, at its last token
+(see :mod:`headsteer.steering`). Rows that finish leave the batch.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from headsteer.fitting.forward import build_prefix
-from headsteer.hooks import AtIndex, PromptEndAdd, PromptPositions, Steerer, added_hooks, delta_hooks
-from headsteer.intervention import Intervention, steer
-from headsteer.prompts import TokenBatch
-
-
-@dataclass(frozen=True)
-class RowDeltas:
-    """One Δ per row, each at its own layer: many interventions scored in one batch."""
-
-    layers: Int[Tensor, " batch"]
-    deltas: Float[Tensor, "batch n_heads d_head"]
-
-    def select(self, rows: slice | Tensor) -> RowDeltas:
-        return RowDeltas(self.layers[rows], self.deltas[rows])
-
-
-Steering = Union[Sequence[Steerer], RowDeltas]  # interventions, function vectors, ... or one Δ per row
-
-
-def steering_hooks(model, steering: Steering, positions: PromptPositions) -> list[tuple[str, PromptEndAdd]]:
-    """The hooks that apply ``steering`` (checking that each intervention fits the model)."""
-    if isinstance(steering, RowDeltas):
-        return delta_hooks(steering.layers, steering.deltas, positions)
-    for iv in steering:
-        iv.check_fits(model)
-    return [iv.hook(positions) for iv in steering]
+from headsteer.hooks import PerPass, added_hooks
+from headsteer.prompts import Template, TokenBatch, encode_texts, get_template
+from headsteer.steering import Steering, steer, steering_hooks
 
 
 @torch.no_grad()
-def next_token_logits(
-    model, tokens: TokenBatch, interventions: Sequence[Intervention] = ()
-) -> Float[Tensor, "batch vocab"]:
-    """Logits after each row's last prompt token, with the interventions applied (full forward)."""
+def next_token_logits(model, tokens: TokenBatch, steering: Steering = ()) -> Float[Tensor, "batch vocab"]:
+    """Logits after each row's last prompt token, steered (full forward)."""
     device = model.cfg.device
-    with steer(model, interventions, tokens.last_index, tokens.prompt_len):
+    with steer(model, steering, tokens.last_index, tokens.prompt_len):
         logits = model(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
     index = tokens.last_index.to(logits.device)
     return logits[torch.arange(len(tokens), device=logits.device), index]
@@ -70,11 +45,19 @@ def greedy_ids(
     eos = model.tokenizer.eos_token_id
     if eos is None:
         raise ValueError("greedy generation needs a tokenizer with an EOS token to mark finished rows")
-    prefix = build_prefix(model, tokens, n_scored=1)
+    # Prompt-end steering acts only in the pass of the last prompt token; steering at every position
+    # (an in-context vector) acts in every pass. One set of hooks, told per pass where the prompt ends.
+    prompt_end = PerPass()
+    with added_hooks(model, steering_hooks(model, steering, prompt_end)):
+        return _decode(model, tokens, prompt_end, max_new_tokens, stop, eos)
+
+
+def _decode(model, tokens: TokenBatch, prompt_end: PerPass, max_new_tokens: int, stop: str | None, eos: int) -> Tensor:
+    prefix = build_prefix(model, tokens, n_scored=1)  # every prompt token but the last: no prompt end here
     mask, positions, cache = prefix.mask, prefix.suffix_positions, prefix.cache
-    at_first = torch.zeros(len(tokens), dtype=torch.long)
-    with added_hooks(model, steering_hooks(model, steering, AtIndex(at_first, prompt_len=1))):
-        logits = model(prefix.suffix_ids, attention_mask=mask, position_ids=positions, past_key_values=cache)
+    prompt_end.current = torch.zeros(len(tokens), dtype=torch.long)  # the last prompt token, position 0 of its pass
+    logits = model(prefix.suffix_ids, attention_mask=mask, position_ids=positions, past_key_values=cache)
+    prompt_end.current = None  # generated tokens: past the prompt
     out = torch.full((len(tokens), max_new_tokens), eos, dtype=torch.long)
     active = torch.arange(len(tokens))  # rows of ``out`` still generating, in cache order
     for step in range(max_new_tokens):
@@ -99,6 +82,26 @@ def _finished(model, ids: Int[Tensor, "rows new"], eos: int, stop: str | None) -
     if stop:
         done |= torch.tensor([stop in text.lstrip() for text in decode(model, ids)], dtype=torch.bool)
     return done
+
+
+def generate(
+    model,
+    inputs: str | Sequence[str],
+    steering: Steering = (),
+    template: Template | str | None = "qa",
+    max_new_tokens: int = 20,
+    stop: str | None = "\n",
+) -> list[str]:
+    """Greedy answers for ``inputs``, steered: ``hs.generate(model, ["hot", "tall"], [iv])``.
+
+    Each input is rendered by ``template`` (a name such as ``"qa"``, a
+    :class:`~headsteer.prompts.Template`, or None for texts that already are
+    prompts); the answer is cut at ``stop`` (None: keep all ``max_new_tokens``).
+    """
+    texts = [inputs] if isinstance(inputs, str) else list(inputs)
+    chosen = get_template(template) if isinstance(template, str) else template
+    prompts = [chosen.format_prompt(x) for x in texts] if chosen is not None else texts
+    return greedy_generate(model, encode_texts(model.tokenizer, prompts), steering, max_new_tokens, stop)
 
 
 def greedy_generate(

@@ -4,6 +4,7 @@ import torch
 
 import headsteer as hs
 import headsteer.hooks
+from headsteer.generation import decode
 from tests.test_hooks import INPUTS, make_iv
 
 QA = hs.get_template("qa")
@@ -34,11 +35,12 @@ def test_generation_adds_delta_once_at_the_prompts_last_token(any_model, monkeyp
     monkeypatch.setattr(headsteer.hooks.PromptEndAdd, "__call__", spy)
     tokens = hs.encode_prompts(any_model.tokenizer, QA, INPUTS)
     hs.greedy_generate(any_model, tokens, [make_iv(any_model)], max_new_tokens=4, stop=None)
-    # The prompt minus its last token is cached without Δ; the last prompt token's pass is the
-    # only one that carries the hook, and Δ lands on its one position in every row.
-    assert len(calls) == 1
-    positions, changed = calls[0]
-    assert positions == 1 and changed.all()
+    # The hooks see every pass (prefix, last prompt token, generated tokens), but only the last
+    # prompt token's pass is changed, and Δ lands on its one position in every row.
+    changed = [(positions, rows) for positions, rows in calls if rows.any()]
+    assert len(calls) > 1 and len(changed) == 1
+    positions, rows = changed[0]
+    assert positions == 1 and rows.all()
 
 
 def test_cached_generation_equals_full_recomputation(any_model):
@@ -69,7 +71,7 @@ def test_finished_rows_leave_the_batch_without_changing_any_answer(any_model):
     tokens = hs.encode_prompts(any_model.tokenizer, QA, INPUTS)
     full = hs.greedy_ids(any_model, tokens, [iv], max_new_tokens=4, stop=None)
     eos = any_model.tokenizer.eos_token_id
-    texts = lambda ids: [t.lstrip() for t in hs.generate.decode(any_model, ids)]  # noqa: E731
+    texts = lambda ids: [t.lstrip() for t in decode(any_model, ids)]  # noqa: E731
     stops = {t.strip() for t in texts(full.flatten()[:, None])} - {""}
     retired_early = 0
     for stop in stops:
@@ -100,3 +102,26 @@ def test_model_generate_under_applied_adds_delta_once_with_or_without_a_kv_cache
                                          do_sample=False, stop_at_eos=False, verbose=False)
             runs[cached] = out[0, tokens.input_ids.shape[1]:].tolist()
         assert runs[True] == runs[False] == ours, word
+
+
+def test_generate_renders_inputs_with_the_template_and_steers(gemma_tiny):
+    """``hs.generate``: the people's entry point equals the batched path on the same prompts."""
+    iv = make_iv(gemma_tiny, scale=3.0)
+    tokens = hs.encode_prompts(gemma_tiny.tokenizer, QA, INPUTS)
+    assert hs.generate(gemma_tiny, INPUTS, [iv], max_new_tokens=4) == hs.greedy_generate(gemma_tiny, tokens, [iv], 4)
+    assert hs.generate(gemma_tiny, INPUTS, [iv], max_new_tokens=4) != hs.generate(gemma_tiny, INPUTS, max_new_tokens=4)
+    assert hs.generate(gemma_tiny, "Q: hot\nA:", template=None, max_new_tokens=4) == hs.generate(
+        gemma_tiny, ["hot"], max_new_tokens=4)
+
+
+def test_an_in_context_vector_acts_at_every_position_through_the_same_protocol(gemma_tiny, monkeypatch):
+    """Steering at every position (ICV) is changed in every pass of headsteer's decoding, Δ only once."""
+    from headsteer.baselines.icv import fit_icv
+
+    icv = fit_icv(gemma_tiny, [hs.Pair("hot", "cold"), hs.Pair("up", "down"), hs.Pair("big", "small")], 1.0)
+    tokens = hs.encode_prompts(gemma_tiny.tokenizer, QA, INPUTS)
+    plain = hs.greedy_ids(gemma_tiny, tokens, max_new_tokens=3, stop=None)
+    with icv.applied(gemma_tiny):  # the old way: hooks around everything
+        around = hs.greedy_ids(gemma_tiny, tokens, max_new_tokens=3, stop=None)
+    assert torch.equal(hs.greedy_ids(gemma_tiny, tokens, [icv], max_new_tokens=3, stop=None), around)
+    assert not torch.equal(around, plain)
