@@ -27,8 +27,8 @@ import torch
 
 def case(name: str, steps: int, task: str, seeds: int, sequential: int) -> dict:
     import headsteer as hs
-    from headsteer.fitting.loop import FitJob, fit_many
     from headsteer.fitting.forward import naive_scored_logits
+    from headsteer.fitting.loop import FitJob, fit_many
 
     model = hs.load_model()
     loaded, template = hs.load_task(task), hs.get_template("qa")
@@ -45,18 +45,36 @@ def case(name: str, steps: int, task: str, seeds: int, sequential: int) -> dict:
             hs.fit(model, train(0), template, config(layer, 0), forward=naive_scored_logits, progress=False)
         fits = len(layers)
     else:
-        jobs = [FitJob(train(s), config(l, s)) for l in range(model.cfg.n_layers) for s in range(seeds)]
+        jobs = [FitJob(train(s), config(layer, s)) for layer in range(model.cfg.n_layers) for s in range(seeds)]
         fit_many(model, jobs, template, progress=False)
         fits = len(jobs)
     seconds = time.perf_counter() - start
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     # steps + 1 forward/backward passes per fit (the last evaluates the returned Δ)
-    return {"case": name, "fits": fits, "seconds": seconds, "fit_steps_per_s": fits * (steps + 1) / seconds, "peak_gib": peak_gib}
+    return {
+        "case": name,
+        "fits": fits,
+        "seconds": seconds,
+        "fit_steps_per_s": fits * (steps + 1) / seconds,
+        "peak_gib": peak_gib,
+    }
 
 
 def run_case(name: str, args: argparse.Namespace) -> dict:
-    cmd = [sys.executable, __file__, "--case", name, "--steps", str(args.steps), "--task", args.task,
-           "--seeds", str(args.seeds), "--sequential", str(args.sequential)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--case",
+        name,
+        "--steps",
+        str(args.steps),
+        "--task",
+        args.task,
+        "--seeds",
+        str(args.seeds),
+        "--sequential",
+        str(args.sequential),
+    ]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -72,8 +90,10 @@ def main() -> None:
     if args.case:
         print(json.dumps(case(args.case, args.steps, args.task, args.seeds, args.sequential)))
         return
-    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-          f"torch {torch.__version__}; task {args.task}, N=10, {args.steps} steps per fit")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
+        f"torch {torch.__version__}; task {args.task}, N=10, {args.steps} steps per fit"
+    )
     rows = {name: run_case(name, args) for name in ("naive", "fast", "sequential-naive", "batched-fast")}
     print("| case | fits | wall s | fit-steps/s | peak RSS GiB |\n|---|---:|---:|---:|---:|")
     for r in rows.values():

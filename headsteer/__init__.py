@@ -1,16 +1,22 @@
 """headsteer: task-driven, per-attention-head additive interventions on TransformerLens models.
 
-    import headsteer as hs
-    model = hs.load_model()                                   # Gemma 3 270M, offline
-    task = hs.load_task("builtin/antonym")
-    train, test = hs.split_task(task, n_train=10, seed=0)
-    result = hs.fit(model, train, hs.get_template("qa"), hs.FitConfig(layer=4))
-    hs.generate(model, ["hot", "tall"], [result.intervention])
+import headsteer as hs
+model = hs.load_model()                                   # Gemma 3 270M, offline
+task = hs.load_task("builtin/antonym")
+train, test = hs.split_task(task, n_train=10, seed=0)
+result = hs.fit(model, train, hs.get_template("qa"), hs.FitConfig(layer=4))
+hs.generate(model, ["hot", "tall"], [result.intervention])
 """
 
 from headsteer import display as _display  # noqa: F401 - registers the HTML summaries with Jupyter
 from headsteer.config import FitConfig
-from headsteer.errors import HeadsteerError, ModelMismatchError, NonFiniteLossError, TaskError, TemplateTokenizationError
+from headsteer.errors import (
+    HeadsteerError,
+    ModelMismatchError,
+    NonFiniteLossError,
+    TaskError,
+    TemplateTokenizationError,
+)
 from headsteer.evaluate import evaluate_pairs, mean_std, summarize
 from headsteer.fitting.loop import FitJob, FitResult, fit, fit_encoded, fit_many
 from headsteer.generation import generate, greedy_generate, greedy_ids, next_token_logits

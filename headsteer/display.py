@@ -9,7 +9,8 @@ the end of a notebook cell shows as a table.
 from __future__ import annotations
 
 import html
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -19,7 +20,8 @@ from headsteer.intervention import Intervention
 
 def _rows(pairs: Sequence[tuple[str, Any]]) -> str:
     return "".join(
-        f"<tr><th style='text-align:left'>{html.escape(k)}</th><td style='text-align:left'>{html.escape(str(v))}</td></tr>"
+        f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
+        f"<td style='text-align:left'>{html.escape(str(v))}</td></tr>"
         for k, v in pairs
     )
 
@@ -40,13 +42,17 @@ def head_bars(norms: torch.Tensor, top: int = 8) -> str:
 def intervention_html(iv: Intervention) -> str:
     """A summary of an :class:`~headsteer.intervention.Intervention`."""
     active = iv.active_heads()
-    summary = _rows([
-        ("task", iv.task or "—"), ("model", iv.model.name), ("hook", iv.hook_name),
-        ("Δ shape", f"[{iv.delta.shape[0]} heads × {iv.delta.shape[1]}]"),
-        ("zeros", f"{iv.sparsity():.1%} of entries"),
-        ("active heads", f"{len(active)} of {iv.delta.shape[0]}: {active}"),
-        ("‖Δ‖₂", f"{float(iv.delta.norm()):.4g}"),
-    ])
+    summary = _rows(
+        [
+            ("task", iv.task or "—"),
+            ("model", iv.model.name),
+            ("hook", iv.hook_name),
+            ("Δ shape", f"[{iv.delta.shape[0]} heads × {iv.delta.shape[1]}]"),
+            ("zeros", f"{iv.sparsity():.1%} of entries"),
+            ("active heads", f"{len(active)} of {iv.delta.shape[0]}: {active}"),
+            ("‖Δ‖₂", f"{float(iv.delta.norm()):.4g}"),
+        ]
+    )
     return f"<div><b>Intervention</b><table>{summary}</table><b>Top heads</b>{head_bars(iv.head_norms())}</div>"
 
 
@@ -54,12 +60,15 @@ def fit_result_html(result: FitResult) -> str:
     """An :class:`~headsteer.fitting.loop.FitResult`: its intervention and how the fit went."""
     config, history = result.config, result.history
     first, last = history.iloc[0], history.iloc[-1]
-    fit = _rows([
-        ("optimizer", f"{config.optimizer}, {config.steps} steps, lr {config.lr:g}"),
-        ("γ, λ", f"{config.gamma:g}, {config.lam:g}"), ("loss", config.loss),
-        ("objective", f"{first['objective']:.4g} → {last['objective']:.4g}"),
-        ("task loss", f"{first['task_loss']:.4g} → {last['task_loss']:.4g}"),
-    ])
+    fit = _rows(
+        [
+            ("optimizer", f"{config.optimizer}, {config.steps} steps, lr {config.lr:g}"),
+            ("γ, λ", f"{config.gamma:g}, {config.lam:g}"),
+            ("loss", config.loss),
+            ("objective", f"{first['objective']:.4g} → {last['objective']:.4g}"),
+            ("task loss", f"{first['task_loss']:.4g} → {last['task_loss']:.4g}"),
+        ]
+    )
     return f"<div><b>Fit</b><table>{fit}</table>{intervention_html(result.intervention)}</div>"
 
 

@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import pandas as pd
 from jaxtyping import Int
@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from headsteer.errors import TaskError
 from headsteer.generation import cut_at_stop, decode_tokens, greedy_ids
-from headsteer.steering import RowDeltas, Steering
 from headsteer.prompts import Template, encode_prompts, split_answer_tokens
+from headsteer.steering import RowDeltas, Steering
 from headsteer.tasks import Pair
 
 
@@ -61,29 +61,39 @@ def score_generations(
 ) -> pd.DataFrame:
     """The metrics of greedy continuations ``new_ids`` (from any generator; EOS ends a row)."""
     answers = [cut_at_stop(t, template.stop) for t in decode_tokens(tokenizer, new_ids, tokenizer.eos_token_id)]
-    return pd.DataFrame([
-        {
-            "input": pair.input,
-            "target": pair.output,
-            "prediction": answer,
-            "first_token": first == _answer_first_token(tokenizer, template, pair),
-            "exact_match": normalize(answer) == normalize(pair.output),
-        }
-        for pair, first, answer in zip(pairs, new_ids[:, 0].tolist(), answers)
-    ])
+    return pd.DataFrame(
+        [
+            {
+                "input": pair.input,
+                "target": pair.output,
+                "prediction": answer,
+                "first_token": first == _answer_first_token(tokenizer, template, pair),
+                "exact_match": normalize(answer) == normalize(pair.output),
+            }
+            for pair, first, answer in zip(pairs, new_ids[:, 0].tolist(), answers)
+        ]
+    )
 
 
 def _answer_first_token(tokenizer, template: Template, pair: Pair) -> int:
-    _, answer_ids = split_answer_tokens(tokenizer, template.format_prompt(pair.input), template.format_answer(pair.output))
+    _, answer_ids = split_answer_tokens(
+        tokenizer, template.format_prompt(pair.input), template.format_answer(pair.output)
+    )
     return answer_ids[0]
 
 
 def summarize(scores: pd.DataFrame) -> dict[str, float]:
     """Mean accuracies of an ``evaluate_pairs`` table."""
-    return {"first_token": float(scores["first_token"].mean()), "exact_match": float(scores["exact_match"].mean()), "n": len(scores)}
+    return {
+        "first_token": float(scores["first_token"].mean()),
+        "exact_match": float(scores["exact_match"].mean()),
+        "n": len(scores),
+    }
 
 
-def mean_std(results: pd.DataFrame, by: Sequence[str], metrics: Sequence[str] = ("first_token", "exact_match")) -> pd.DataFrame:
+def mean_std(
+    results: pd.DataFrame, by: Sequence[str], metrics: Sequence[str] = ("first_token", "exact_match")
+) -> pd.DataFrame:
     """Mean and (sample) std across seeds of each metric, grouped by ``by``."""
     grouped = results.groupby(list(by))[list(metrics)]
     out = grouped.mean().add_suffix("_mean").join(grouped.std(ddof=1).fillna(0.0).add_suffix("_std"))
@@ -97,4 +107,3 @@ def format_mean_std(table: pd.DataFrame, metrics: Sequence[str] = ("first_token"
     for m in metrics:
         shown[m] = [f"{a:.3f} ± {b:.3f}" for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"])]
     return shown
-

@@ -68,7 +68,12 @@ def _decode(model, tokens: TokenBatch, prompt_end: PerPass, max_new_tokens: int,
             break
         if not going.all():
             keep = torch.nonzero(going).squeeze(-1)
-            active, nxt, mask, positions = active[keep], nxt[keep], mask[keep.to(mask.device)], positions[keep.to(mask.device)]
+            active, nxt, mask, positions = (
+                active[keep],
+                nxt[keep],
+                mask[keep.to(mask.device)],
+                positions[keep.to(mask.device)],
+            )
             cache.batch_select_indices(keep.to(mask.device))
         mask = torch.cat([mask, torch.ones_like(nxt, device=mask.device)], dim=1)
         positions = positions[:, -1:] + 1

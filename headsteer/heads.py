@@ -8,8 +8,8 @@ largest s where it is active: the heads the task needs most switch on first.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import pandas as pd
 
@@ -37,8 +37,13 @@ def head_table(interventions: Sequence[Intervention]) -> pd.DataFrame:
 
 
 def regularization_path(
-    model, pairs: Sequence[Pair], template: Template, base: FitConfig = FitConfig(),
-    strengths: Sequence[float] = DEFAULT_PATH, task: str = "", progress: bool = True,
+    model,
+    pairs: Sequence[Pair],
+    template: Template,
+    base: FitConfig = FitConfig(),
+    strengths: Sequence[float] = DEFAULT_PATH,
+    task: str = "",
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Head norms of Δ fitted with γ = λ = s for each s in ``strengths`` (one batched fit); see :func:`path_table`."""
     return path_table(fit_many(model, path_jobs(pairs, base, strengths, task), template, progress=progress))
@@ -83,14 +88,20 @@ def head_overlap(delta_heads: pd.DataFrame, fv_effects: pd.DataFrame, k: int) ->
     if len(delta) < k or len(fv) < k:
         raise ValueError(f"head_overlap: k={k} but only {min(len(delta), len(fv))} heads at layers {sorted(layers)}")
     d_heads, f_heads = head_labels(delta), head_labels(fv)
-    table = pd.DataFrame({
-        "rank": range(1, k + 1), "delta_head": d_heads, "delta_norm": delta["norm"].to_list(),
-        "fv_head": f_heads, "fv_aie": fv["aie"].to_list(),
-        "delta_head_in_fv_top": [h in f_heads for h in d_heads], "fv_head_in_delta_top": [h in d_heads for h in f_heads],
-    })
+    table = pd.DataFrame(
+        {
+            "rank": range(1, k + 1),
+            "delta_head": d_heads,
+            "delta_norm": delta["norm"].to_list(),
+            "fv_head": f_heads,
+            "fv_aie": fv["aie"].to_list(),
+            "delta_head_in_fv_top": [h in f_heads for h in d_heads],
+            "fv_head_in_delta_top": [h in d_heads for h in f_heads],
+        }
+    )
     return table, len(set(d_heads) & set(f_heads)) / k
 
 
 def head_labels(frame: pd.DataFrame) -> list[str]:
-    """"L{layer}.H{head}" for each row."""
+    """ "L{layer}.H{head}" for each row."""
     return [f"L{int(layer)}.H{int(head)}" for layer, head in zip(frame["layer"], frame["head"])]

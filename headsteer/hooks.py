@@ -24,9 +24,10 @@ where it goes (or that the pass gets none):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Protocol
 
 import torch
 from jaxtyping import Float, Int
@@ -96,8 +97,11 @@ class PromptTracker:
         prompt = self._prompt
         if prompt is not None and prompt.shape[0] == batch and pos == 1:
             self._index = None
-        elif prompt is not None and prompt.shape[0] == batch and pos > prompt.shape[1] and torch.equal(
-            embeddings[:, : prompt.shape[1]], prompt
+        elif (
+            prompt is not None
+            and prompt.shape[0] == batch
+            and pos > prompt.shape[1]
+            and torch.equal(embeddings[:, : prompt.shape[1]], prompt)
         ):
             self._index = torch.full((batch,), prompt.shape[1] - 1, device=embeddings.device)
         else:
@@ -211,6 +215,7 @@ def last_token_activations(
         def fn(act, hook):
             store[name] = act[:, -1].detach().clone()
             return act
+
         return fn
 
     device = model.cfg.device

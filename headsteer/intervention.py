@@ -26,14 +26,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import safetensors.torch
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float
 from safetensors import SafetensorError
 from torch import Tensor
 
@@ -42,16 +41,23 @@ from headsteer.errors import ArtifactError, ConfigError, ModelMismatchError, Out
 from headsteer.files import ArtifactPaths, check_output_file, json_bytes, write_files_atomic
 from headsteer.hooks import PromptEndAdd, PromptPositions, check_layer, hook_z_name
 from headsteer.models import ModelSignature
-from headsteer.steering import Applies, Hook
 from headsteer.prompts import Template
+from headsteer.steering import Applies, Hook
 from headsteer.strict_json import check_object, check_value, child, is_kind
 from headsteer.training_record import TrainingRecord
 
 FORMAT_VERSION = 2
 DELTA_KEY = "delta"  # the one tensor in STEM.safetensors
 # The JSON's keys and their kinds, per format version this code reads.
-_V1_SPEC = {"format_version": int, "layer": int, "hook_name": str, "model": dict, "task": str, "template": dict,
-            "fit_config": dict}
+_V1_SPEC = {
+    "format_version": int,
+    "layer": int,
+    "hook_name": str,
+    "model": dict,
+    "task": str,
+    "template": dict,
+    "fit_config": dict,
+}
 JSON_SPECS = {1: _V1_SPEC, 2: {**_V1_SPEC, "training": (dict, type(None)), "tensors_sha256": str}}
 # A saved fit_config is {} (a sum of Δ's) or every FitConfig field, each of its resolved value's kind.
 FIT_CONFIG_SPEC = {name: type(value) for name, value in FitConfig().to_dict().items()}
@@ -92,7 +98,9 @@ class Intervention(Applies):
         check_template(self.template)
         check_fit_config(self.fit_config, self.layer)
         if self.training is not None and not isinstance(self.training, TrainingRecord):
-            raise ArtifactError(f"field 'training' must be a TrainingRecord or None, got {type(self.training).__name__}")
+            raise ArtifactError(
+                f"field 'training' must be a TrainingRecord or None, got {type(self.training).__name__}"
+            )
 
     @property
     def hook_name(self) -> str:
@@ -109,8 +117,9 @@ class Intervention(Applies):
             )
         # The sum was trained on both Δ's examples; unknown if either's are.
         training = None if self.training is None or other.training is None else self.training.combined(other.training)
-        return replace(self, delta=self.delta + other.delta, task=f"{self.task}+{other.task}", fit_config={},
-                       training=training)
+        return replace(
+            self, delta=self.delta + other.delta, task=f"{self.task}+{other.task}", fit_config={}, training=training
+        )
 
     def __mul__(self, scale: float) -> Intervention:
         if not isinstance(scale, (int, float)):
@@ -148,7 +157,7 @@ class Intervention(Applies):
         check_layer(model, self.layer)
 
     def hooks(self, positions: PromptPositions) -> list[Hook]:
-        """Δ added to ``hook_z`` at the last prompt token (``.applied(model)``: see :func:`headsteer.steering.steer`)."""
+        """Δ added to ``hook_z`` at the last prompt token (``applied`` and ``steer`` choose the positions)."""
         return [(self.hook_name, PromptEndAdd(self.delta, positions))]
 
     # ---- persistence -------------------------------------------------------------------
@@ -199,8 +208,9 @@ class Intervention(Applies):
                 "'tensors_sha256'): an interrupted or concurrent save?"
             )
         try:
-            iv = cls(delta, fields["layer"], signature, fields["task"], fields["template"], fields["fit_config"],
-                     training)
+            iv = cls(
+                delta, fields["layer"], signature, fields["task"], fields["template"], fields["fit_config"], training
+            )
         except ArtifactError as err:
             raise ArtifactError(f"{paths.meta}: {err}") from None
         if model is not None:

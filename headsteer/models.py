@@ -72,7 +72,7 @@ class ModelSignature:
     @classmethod
     def from_dict(cls, data: object) -> ModelSignature:
         """Exactly the fields ``to_dict`` writes, of their types; an ArtifactError names any at fault."""
-        spec = {"name": str, **{key: int for key in SIGNATURE_SHAPES}}
+        spec = {"name": str, **dict.fromkeys(SIGNATURE_SHAPES, int)}
         return cls(**check_object(data, spec, "model", ArtifactError))
 
     def mismatches(self, other: ModelSignature) -> list[str]:
@@ -113,8 +113,8 @@ class ModelFiles:
 
 def open_model(name: str | None = None, cache_dir: str | Path | None = None) -> ModelFiles:
     """The config and tokenizer of ``name`` (default: Gemma 3 270M, converted once), without the weights."""
-    from transformers import AutoConfig, AutoTokenizer
     from transformer_lens.utilities import get_tokenizer_with_bos
+    from transformers import AutoConfig, AutoTokenizer
 
     if name is None or name == DEFAULT_MODEL:
         source, name = str(default_model_dir(cache_dir)), DEFAULT_MODEL
@@ -189,8 +189,9 @@ def model_fingerprint(model) -> str:
     with other weights) are refused rather than mixed.
     """
     cfg = model.cfg
-    digest = hashlib.sha256(json.dumps(
-        [str(cfg.model_name), cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_model, cfg.d_vocab]).encode())
+    digest = hashlib.sha256(
+        json.dumps([str(cfg.model_name), cfg.n_layers, cfg.n_heads, cfg.d_head, cfg.d_model, cfg.d_vocab]).encode()
+    )
     embedding = model.W_E.detach()
     step = max(1, embedding.shape[0] // 256)  # every step-th token's row: 256 rows of the matrix
     digest.update(embedding[::step].to(device="cpu", dtype=torch.float32).contiguous().numpy().tobytes())
@@ -200,7 +201,7 @@ def model_fingerprint(model) -> str:
 def verify_hook_z(model) -> None:
     """Every layer has ``attn.hook_z``, and it fires with shape [batch, pos, n_heads, d_head]."""
     cfg = model.cfg
-    missing = [l for l in range(cfg.n_layers) if f"blocks.{l}.attn.hook_z" not in model.hook_dict]
+    missing = [layer for layer in range(cfg.n_layers) if f"blocks.{layer}.attn.hook_z" not in model.hook_dict]
     if missing:
         raise RuntimeError(f"{cfg.model_name}: no attn.hook_z on layers {missing}")
     seen: list[tuple[int, ...]] = []

@@ -7,13 +7,13 @@ the head heatmap and head-norm bars (the paper's Figure 2), the layer sweep
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 from jaxtyping import Float
+from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 from torch import Tensor
 
@@ -22,8 +22,11 @@ from headsteer.heads import head_labels
 
 COLORS = qualitative.Plotly
 MANY_COLORS = qualitative.Dark24  # the table's 13 methods need more than Plotly's 10
-METRIC_LABELS = {"exact_match": "exact match", "first_token": "first-token accuracy",
-                 "kl": "KL(group ‖ model), nats (lower is better)"}
+METRIC_LABELS = {
+    "exact_match": "exact match",
+    "first_token": "first-token accuracy",
+    "kl": "KL(group ‖ model), nats (lower is better)",
+}
 LAYOUT = dict(template="plotly_white", font=dict(size=14), margin=dict(l=80, r=40, t=80, b=70))
 
 
@@ -40,11 +43,22 @@ def head_heatmap(deltas: dict[str, Float[Tensor, "n_heads d_head"]], layer: int,
     gap = 110 / height  # about 110 px between panels (room for the axis title and the next panel's title)
     fig = make_subplots(rows=len(names), cols=1, subplot_titles=names, vertical_spacing=min(gap, 0.3))
     for row, array in enumerate(arrays, start=1):
-        fig.add_trace(go.Heatmap(
-            z=array, zmin=-bound, zmax=bound, colorscale="RdBu", reversescale=True, coloraxis=None,
-            showscale=row == 1, colorbar=dict(title="Δ value"), y=[f"head {h}" for h in range(array.shape[0])],
-            hovertemplate="%{y}, component %{x}: %{z:.4f}<extra></extra>",
-        ), row=row, col=1)
+        fig.add_trace(
+            go.Heatmap(
+                z=array,
+                zmin=-bound,
+                zmax=bound,
+                colorscale="RdBu",
+                reversescale=True,
+                coloraxis=None,
+                showscale=row == 1,
+                colorbar=dict(title="Δ value"),
+                y=[f"head {h}" for h in range(array.shape[0])],
+                hovertemplate="%{y}, component %{x}: %{z:.4f}<extra></extra>",
+            ),
+            row=row,
+            col=1,
+        )
         fig.update_xaxes(title_text="component of Δ_h (d_head index)", row=row, col=1)
         fig.update_yaxes(autorange="reversed", title_text="attention head", row=row, col=1)
     title = f"Δ at layer {layer}{f' ({task})' if task else ''}: heads × components"
@@ -68,13 +82,23 @@ def head_share_by_task(heads: pd.DataFrame) -> go.Figure:
     """
     heads = heads.assign(head_label=head_labels(heads))
     grid = heads.pivot_table(index="task", columns="head_label", values="share", aggfunc="sum", sort=False)
-    fig = go.Figure(go.Heatmap(
-        z=grid.to_numpy(), x=list(grid.columns), y=list(grid.index), zmin=0, zmax=1, colorscale="Blues",
-        colorbar=dict(title=dict(text="share of ‖Δ‖²", side="right")), text=grid.round(2).to_numpy(), texttemplate="%{text}",
-        hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>",
-    ))
-    fig.update_layout(title="Which heads each task's Δ uses: share of ‖Δ‖² per head", width=800,
-                      height=200 + 45 * len(grid), **LAYOUT)
+    fig = go.Figure(
+        go.Heatmap(
+            z=grid.to_numpy(),
+            x=list(grid.columns),
+            y=list(grid.index),
+            zmin=0,
+            zmax=1,
+            colorscale="Blues",
+            colorbar=dict(title=dict(text="share of ‖Δ‖²", side="right")),
+            text=grid.round(2).to_numpy(),
+            texttemplate="%{text}",
+            hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        title="Which heads each task's Δ uses: share of ‖Δ‖² per head", width=800, height=200 + 45 * len(grid), **LAYOUT
+    )
     return fig.update_xaxes(title_text="head (layer.head)").update_yaxes(title_text="task", autorange="reversed")
 
 
@@ -85,14 +109,33 @@ def layer_sweep(sweep: pd.DataFrame, metric: str = "exact_match") -> go.Figure:
         stats = mean_std(part, by=["layer"], metrics=[metric, f"zero_shot_{metric}"]).sort_values("layer")
         color = COLORS[i % len(COLORS)]
         mean, std = stats[f"{metric}_mean"], stats[f"{metric}_std"]
-        fig.add_scatter(x=list(stats["layer"]) + list(stats["layer"])[::-1], y=list(mean + std) + list(mean - std)[::-1],
-                        fill="toself", fillcolor=color, opacity=0.2, line=dict(width=0), showlegend=False, hoverinfo="skip")
-        fig.add_scatter(x=stats["layer"], y=mean, mode="lines+markers", name=f"{task}: fitted Δ", line=dict(color=color))
-        fig.add_scatter(x=stats["layer"], y=stats[f"zero_shot_{metric}_mean"], mode="lines", name=f"{task}: zero-shot",
-                        line=dict(color=color, dash="dash"))
+        fig.add_scatter(
+            x=list(stats["layer"]) + list(stats["layer"])[::-1],
+            y=list(mean + std) + list(mean - std)[::-1],
+            fill="toself",
+            fillcolor=color,
+            opacity=0.2,
+            line=dict(width=0),
+            showlegend=False,
+            hoverinfo="skip",
+        )
+        fig.add_scatter(
+            x=stats["layer"], y=mean, mode="lines+markers", name=f"{task}: fitted Δ", line=dict(color=color)
+        )
+        fig.add_scatter(
+            x=stats["layer"],
+            y=stats[f"zero_shot_{metric}_mean"],
+            mode="lines",
+            name=f"{task}: zero-shot",
+            line=dict(color=color, dash="dash"),
+        )
     seeds = sweep.groupby(["task", "layer"]).size().max()
-    fig.update_layout(title=f"Held-out {METRIC_LABELS.get(metric, metric)} by layer of Δ (mean ± std, {seeds} seeds)",
-                      width=900, height=500, **LAYOUT)
+    fig.update_layout(
+        title=f"Held-out {METRIC_LABELS.get(metric, metric)} by layer of Δ (mean ± std, {seeds} seeds)",
+        width=900,
+        height=500,
+        **LAYOUT,
+    )
     layers = sweep["layer"]
     fig.update_xaxes(title_text="layer ℓ receiving Δ", dtick=1, range=[layers.min() - 0.5, layers.max() + 0.5])
     return fig.update_yaxes(title_text=METRIC_LABELS.get(metric, metric), rangemode="tozero")
@@ -104,26 +147,43 @@ def regularization_path(path: pd.DataFrame) -> go.Figure:
     positive = path[path["strength"] > 0]
     for i, (head, part) in enumerate(positive.groupby("head")):
         part = part.sort_values("strength")
-        fig.add_scatter(x=part["strength"], y=part["norm"], mode="lines+markers", name=f"head {head}",
-                        line=dict(color=COLORS[i % len(COLORS)]))
+        fig.add_scatter(
+            x=part["strength"],
+            y=part["norm"],
+            mode="lines+markers",
+            name=f"head {head}",
+            line=dict(color=COLORS[i % len(COLORS)]),
+        )
     task, layer = path["task"].iloc[0], path["layer"].iloc[0]
-    fig.update_layout(title=f"Regularization path ({task}, layer {layer}): heads switch on as γ = λ decreases",
-                      width=900, height=500, **LAYOUT)
+    fig.update_layout(
+        title=f"Regularization path ({task}, layer {layer}): heads switch on as γ = λ decreases",
+        width=900,
+        height=500,
+        **LAYOUT,
+    )
     ticks = sorted(positive["strength"].unique())
-    fig.update_xaxes(title_text="penalty strength γ = λ (log scale; 0 not shown)", type="log", autorange="reversed",
-                     tickvals=ticks, ticktext=[f"{t:g}" for t in ticks])
+    fig.update_xaxes(
+        title_text="penalty strength γ = λ (log scale; 0 not shown)",
+        type="log",
+        autorange="reversed",
+        tickvals=ticks,
+        ticktext=[f"{t:g}" for t in ticks],
+    )
     return fig.update_yaxes(title_text="‖Δ_h‖₂")
 
 
 def head_comparison(overlap: pd.DataFrame, overlap_fraction: float, task: str = "") -> go.Figure:
     """Top heads by ‖Δ_h‖ beside top heads by function-vector AIE; shared heads marked."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=["Δ: head norm ‖Δ_h‖₂", "function vector: AIE"],
-                        horizontal_spacing=0.18)
+    fig = make_subplots(
+        rows=1, cols=2, subplot_titles=["Δ: head norm ‖Δ_h‖₂", "function vector: AIE"], horizontal_spacing=0.18
+    )
     for col, (head, value, shared) in enumerate(
         [("delta_head", "delta_norm", "delta_head_in_fv_top"), ("fv_head", "fv_aie", "fv_head_in_delta_top")], start=1
     ):
         colors = ["#d62728" if s else "#7f7f7f" for s in overlap[shared]]
-        fig.add_bar(x=overlap[value], y=overlap[head], orientation="h", marker_color=colors, showlegend=False, row=1, col=col)
+        fig.add_bar(
+            x=overlap[value], y=overlap[head], orientation="h", marker_color=colors, showlegend=False, row=1, col=col
+        )
         fig.update_yaxes(autorange="reversed", title_text="head (layer.head)" if col == 1 else None, row=1, col=col)
     fig.update_xaxes(title_text="‖Δ_h‖₂", row=1, col=1)
     fig.update_xaxes(title_text="average indirect effect (Δp)", exponentformat="e", row=1, col=2)
@@ -135,14 +195,27 @@ def head_comparison(overlap: pd.DataFrame, overlap_fraction: float, task: str = 
 def method_bars(
     rows: pd.DataFrame, methods: Sequence[str], metric: str = "exact_match", what: str = "task"
 ) -> go.Figure:
-    """Mean ``metric`` of each method per task (``what`` names the x axis, e.g. "group"), error bars = std over seeds."""
+    """Mean ``metric`` of each method per task (``what`` names the x axis, e.g. "group"); error bars: std over seeds."""
     stats = mean_std(rows, by=["task", "method"], metrics=[metric])
     fig = go.Figure()
     for i, method in enumerate(m for m in methods if m in set(stats["method"])):
         part = stats[stats["method"] == method]
-        fig.add_bar(x=part["task"], y=part[f"{metric}_mean"], name=method, marker_color=MANY_COLORS[i % len(MANY_COLORS)],
-                    error_y=dict(type="data", array=part[f"{metric}_std"]))
+        fig.add_bar(
+            x=part["task"],
+            y=part[f"{metric}_mean"],
+            name=method,
+            marker_color=MANY_COLORS[i % len(MANY_COLORS)],
+            error_y=dict(type="data", array=part[f"{metric}_std"]),
+        )
     seeds = int(stats["seeds"].max())
-    fig.update_layout(title=f"Held-out {METRIC_LABELS.get(metric, metric)} by method (mean ± std over {seeds} seeds)",
-                      barmode="group", width=1100, height=520, legend=dict(font=dict(size=11)), **LAYOUT)
-    return fig.update_yaxes(title_text=METRIC_LABELS.get(metric, metric), rangemode="tozero").update_xaxes(title_text=what)
+    fig.update_layout(
+        title=f"Held-out {METRIC_LABELS.get(metric, metric)} by method (mean ± std over {seeds} seeds)",
+        barmode="group",
+        width=1100,
+        height=520,
+        legend=dict(font=dict(size=11)),
+        **LAYOUT,
+    )
+    return fig.update_yaxes(title_text=METRIC_LABELS.get(metric, metric), rangemode="tozero").update_xaxes(
+        title_text=what
+    )

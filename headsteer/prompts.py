@@ -17,11 +17,11 @@ Python, ``with headsteer.prompts.token_limit(N): ...``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Float, Int
@@ -86,7 +86,7 @@ class Template:
     @classmethod
     def from_dict(cls, data: object, path: str = "template") -> Template:
         """The template ``to_dict`` wrote: exactly its four string fields, else a ConfigError naming ``path``."""
-        fields = check_object(data, {name: str for name in cls.__dataclass_fields__}, path, ConfigError)
+        fields = check_object(data, dict.fromkeys(cls.__dataclass_fields__, str), path, ConfigError)
         try:
             return cls(**fields)
         except ValueError as err:  # __post_init__'s checks, named by the field
@@ -127,6 +127,7 @@ class TokenBatch:
     def select(self, rows: Tensor) -> TokenBatch:
         return TokenBatch(self.input_ids[rows], self.attention_mask[rows], self.last_index[rows])
 
+
 @dataclass(frozen=True)
 class AnswerTargets:
     """Answer token ids per example (right-padded); ``target_ids[i, j]`` is scored at ``last_index[i] + j``."""
@@ -136,6 +137,7 @@ class AnswerTargets:
 
     def select(self, rows: Tensor) -> AnswerTargets:
         return AnswerTargets(self.target_ids[rows], self.target_mask[rows])
+
 
 @dataclass(frozen=True)
 class OptionTargets:
@@ -200,7 +202,9 @@ def _check_length(n_tokens: int, what: str, counted: str, template: Template) ->
         )
 
 
-def _split_at_prompt(prompt_ids: list[int], full_ids: list[int], prompt: str, answer: str) -> tuple[list[int], list[int]]:
+def _split_at_prompt(
+    prompt_ids: list[int], full_ids: list[int], prompt: str, answer: str
+) -> tuple[list[int], list[int]]:
     if full_ids[: len(prompt_ids)] != prompt_ids or len(full_ids) == len(prompt_ids):
         raise TemplateTokenizationError(
             f"prompt {prompt!r} with answer {answer!r}: the prompt's tokens {prompt_ids} are not "
@@ -251,7 +255,7 @@ def _left_padded(tokenizer, rows: Sequence[Sequence[int]]) -> TokenBatch:
 def encode_targets(
     tokenizer, template: Template, pairs: Sequence[Pair], include_stop: bool = False
 ) -> tuple[TokenBatch, AnswerTargets]:
-    """Right-pad prompt + answer (+ ``template.stop`` if ``include_stop``) for each pair, each within the token limit."""
+    """Right-pad prompt + answer (+ ``template.stop`` if ``include_stop``) per pair, each within the token limit."""
     if not pairs:
         raise TaskError("encode_targets: no pairs")
     seqs, lasts, targets = [], [], []

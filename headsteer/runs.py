@@ -7,9 +7,9 @@ saved intervention is scored only on pairs it was not trained on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
@@ -17,8 +17,8 @@ from headsteer.config import FitConfig
 from headsteer.errors import ArtifactError, ConfigError, TaskError
 from headsteer.evaluate import evaluate_pairs, summarize
 from headsteer.files import ArtifactPaths, json_bytes, write_files_atomic
-from headsteer.fitting.loop import FitResult, fit
 from headsteer.fitting.forward import naive_scored_logits
+from headsteer.fitting.loop import FitResult, fit
 from headsteer.intervention import Intervention
 from headsteer.prompts import Template
 from headsteer.tasks import Pair, Task, split_task
@@ -128,18 +128,24 @@ def heldout_pairs(task: Task, iv: Intervention, max_test: int | None = None, see
         split_seed = record.split_seed if seed is None else seed
         candidates = split_task(task, n_train=record.n_train, seed=split_seed)[1]
     elif seed is not None:
-        raise ConfigError(f"split seed {seed}: the intervention was fitted on pairs given directly, not on a "
-                          "seeded split, so there is no split to redo; leave the seed out")
+        raise ConfigError(
+            f"split seed {seed}: the intervention was fitted on pairs given directly, not on a "
+            "seeded split, so there is no split to redo; leave the seed out"
+        )
     else:
         split_seed, candidates = None, list(task.pairs)
     held = [p for p in candidates if p.input not in inputs]
     if not held:
-        raise TaskError(f"task {task.name!r} ({task.source}) has no pair whose input the intervention was not trained on")
+        raise TaskError(
+            f"task {task.name!r} ({task.source}) has no pair whose input the intervention was not trained on"
+        )
     warning = None
     if record.task_sha256 is not None and record.task_sha256 != task.sha256:
-        warning = (f"task {task.name!r} ({task.source}) is not the data the intervention was fitted on "
-                   f"({record.task_source}, sha256 {record.task_sha256[:12]}…); its {len(inputs)} training inputs "
-                   "are left out all the same")
+        warning = (
+            f"task {task.name!r} ({task.source}) is not the data the intervention was fitted on "
+            f"({record.task_source}, sha256 {record.task_sha256[:12]}…); its {len(inputs)} training inputs "
+            "are left out all the same"
+        )
     return HeldOut(tuple(held[:max_test]), split_seed, record.n_train, len(candidates) - len(held), warning)
 
 
@@ -161,4 +167,3 @@ def zero_shot_vs_fitted(
         for method, scores in (("zero-shot", run.zero_shot), ("fitted Δ", run.fitted)):
             rows.append({"task": task.name, "layer": config.layer, "seed": seed, "method": method, **summarize(scores)})
     return pd.DataFrame(rows)
-

@@ -18,8 +18,15 @@ from headsteer.errors import HeadsteerError
 # One kind, or a tuple of kinds any of which is accepted (e.g. ``(int, type(None))``).
 Kind = Union[type, tuple[type, ...]]
 
-_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a JSON object",
-          list: "a JSON list", type(None): "null"}
+_NAMES = {
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    bool: "true or false",
+    dict: "a JSON object",
+    list: "a JSON list",
+    type(None): "null",
+}
 
 
 def field_name(path: str) -> str:
@@ -59,15 +66,15 @@ def check_value(value: object, kind: Kind, path: str, error: type[HeadsteerError
     return value
 
 
-def check_object(
-    data: object, spec: Mapping[str, Kind], path: str, error: type[HeadsteerError]
-) -> dict[str, object]:
+def check_object(data: object, spec: Mapping[str, Kind], path: str, error: type[HeadsteerError]) -> dict[str, object]:
     """``data`` if it is an object with exactly ``spec``'s keys, each value of its kind; else ``error``."""
     if not isinstance(data, dict):
         raise error(f"{field_name(path)} must be a JSON object with keys {sorted(spec)}, got {show(data)}")
     missing, extra = sorted(set(spec) - set(data)), sorted(set(data) - set(spec))
     if missing or extra:
-        problems = ([f"missing key(s) {missing}"] if missing else []) + ([f"unexpected key(s) {extra}"] if extra else [])
+        problems = ([f"missing key(s) {missing}"] if missing else []) + (
+            [f"unexpected key(s) {extra}"] if extra else []
+        )
         raise error(f"{field_name(path)}: {' and '.join(problems)}; expected exactly {sorted(spec)}")
     for key, kind in spec.items():
         check_value(data[key], kind, child(path, key), error)

@@ -63,7 +63,7 @@ class Task:
 
     @cached_property
     def sha256(self) -> str:
-        """Hash of the pairs as loaded (in order, duplicates dropped): results and interventions record it to refuse other data."""
+        """Hash of the pairs as loaded (in order, duplicates dropped): results and interventions record it."""
         return pairs_sha256(self.pairs)
 
 
@@ -184,14 +184,18 @@ def split_task(
     if max_test is not None and (not isinstance(max_test, int) or max_test < 1):
         raise ConfigError(f"max_test must be None (every held-out pair) or an int >= 1, got {max_test!r}")
     if len(task) <= n_train:
-        raise TaskError(f"task {task.name!r} has {len(task)} pairs: too few for n_train={n_train} "
-                        "training pairs plus a test set (lower --n-train)")
+        raise TaskError(
+            f"task {task.name!r} has {len(task)} pairs: too few for n_train={n_train} "
+            "training pairs plus a test set (lower --n-train)"
+        )
     order = list(task.pairs)
     random.Random(seed).shuffle(order)
     train = order[:n_train]
     seen = {p.input for p in train}
     test = [p for p in order[n_train:] if p.input not in seen]
     if not test:
-        raise TaskError(f"task {task.name!r}: no test pair is left with seed {seed} (every other pair repeats "
-                        f"a training input); use fewer training pairs (--n-train) or more distinct inputs")
+        raise TaskError(
+            f"task {task.name!r}: no test pair is left with seed {seed} (every other pair repeats "
+            f"a training input); use fewer training pairs (--n-train) or more distinct inputs"
+        )
     return train, test if max_test is None else test[:max_test]

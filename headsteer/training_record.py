@@ -16,8 +16,8 @@ comparison and checked against the pairs on reading.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Sequence
 
 from headsteer.errors import ArtifactError
 from headsteer.strict_json import check_object, child, is_kind
@@ -27,8 +27,15 @@ from headsteer.tasks import Pair, Task, pairs_sha256, split_task
 PATH = "training"
 _OPTIONAL_INT = (int, type(None))
 _OPTIONAL_STR = (str, type(None))
-SPEC = {"n_examples": int, "pairs": (list, type(None)), "pairs_sha256": _OPTIONAL_STR, "split_seed": _OPTIONAL_INT,
-        "n_train": _OPTIONAL_INT, "task_sha256": _OPTIONAL_STR, "task_source": _OPTIONAL_STR}
+SPEC = {
+    "n_examples": int,
+    "pairs": (list, type(None)),
+    "pairs_sha256": _OPTIONAL_STR,
+    "split_seed": _OPTIONAL_INT,
+    "n_train": _OPTIONAL_INT,
+    "task_sha256": _OPTIONAL_STR,
+    "task_source": _OPTIONAL_STR,
+}
 
 
 @dataclass(frozen=True)
@@ -67,7 +74,9 @@ class TrainingRecord:
                 f"field 'training.n_train' is {self.n_train} but the record holds {self.n_examples} training examples"
             )
         if (self.task_sha256 is None) != (self.task_source is None):
-            raise ArtifactError("fields 'training.task_sha256' and 'training.task_source' must be both set or both null")
+            raise ArtifactError(
+                "fields 'training.task_sha256' and 'training.task_source' must be both set or both null"
+            )
 
     @classmethod
     def of_pairs(cls, pairs: Sequence[Pair]) -> TrainingRecord:
@@ -107,18 +116,33 @@ class TrainingRecord:
 
     def to_dict(self) -> dict[str, object]:
         pairs = None if self.pairs is None else [{"input": p.input, "output": p.output} for p in self.pairs]
-        return {"n_examples": self.n_examples, "pairs": pairs, "pairs_sha256": self.pairs_sha256,
-                "split_seed": self.split_seed, "n_train": self.n_train, "task_sha256": self.task_sha256,
-                "task_source": self.task_source}
+        return {
+            "n_examples": self.n_examples,
+            "pairs": pairs,
+            "pairs_sha256": self.pairs_sha256,
+            "split_seed": self.split_seed,
+            "n_train": self.n_train,
+            "task_sha256": self.task_sha256,
+            "task_source": self.task_source,
+        }
 
     @classmethod
     def from_dict(cls, data: object) -> TrainingRecord:
         """Read what ``to_dict`` wrote, exactly; an ArtifactError names any field at fault."""
         fields = check_object(data, SPEC, PATH, ArtifactError)
-        pairs = None if fields["pairs"] is None else tuple(_pair(item, child(child(PATH, "pairs"), i))
-                                                           for i, item in enumerate(fields["pairs"]))
-        record = cls(fields["n_examples"], pairs, fields["split_seed"], fields["n_train"], fields["task_sha256"],
-                     fields["task_source"])
+        pairs = (
+            None
+            if fields["pairs"] is None
+            else tuple(_pair(item, child(child(PATH, "pairs"), i)) for i, item in enumerate(fields["pairs"]))
+        )
+        record = cls(
+            fields["n_examples"],
+            pairs,
+            fields["split_seed"],
+            fields["n_train"],
+            fields["task_sha256"],
+            fields["task_source"],
+        )
         if fields["pairs_sha256"] != record.pairs_sha256:
             raise ArtifactError(
                 f"field {child(PATH, 'pairs_sha256')!r} is {fields['pairs_sha256']!r} but the recorded pairs hash to "

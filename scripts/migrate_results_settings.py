@@ -52,21 +52,21 @@ from pathlib import Path
 import pandas as pd
 
 from headsteer.cli import build_parser
-from headsteer.paper.composition import METHODS as COMPOSE_METHODS
-from headsteer.paper.composition import PAPER_COMPOSITIONS, ComposeConfig, compose_settings, compose_tasks
 from headsteer.config import FitConfig
 from headsteer.files import predictions_path, settings_path, write_json_atomic
 from headsteer.models import load_model
+from headsteer.paper.composition import METHODS as COMPOSE_METHODS
+from headsteer.paper.composition import PAPER_COMPOSITIONS, ComposeConfig, compose_settings, compose_tasks
 from headsteer.paper.opinion import METHODS as OPINION_METHODS
 from headsteer.paper.opinion import OpinionConfig, opinion_settings
 from headsteer.paper.opinionqa import PAPER_GROUPS, load_group, split_questions
-from headsteer.prompts import get_template
 from headsteer.paper.results import ResultsFile, Settings
 from headsteer.paper.runner import KEY
 from headsteer.paper.sweep import COLUMNS as SWEEP_COLUMNS
 from headsteer.paper.sweep import sweep_settings
 from headsteer.paper.table import METHODS as TABLE_METHODS
 from headsteer.paper.table import TableConfig, table_settings
+from headsteer.prompts import get_template
 from headsteer.tasks import load_task, split_task
 
 SWEEP_TASKS = ("antonym", "english-french", "english-german")
@@ -98,26 +98,43 @@ def sweep_migration(model, results: Path, task_name: str) -> Migration:
     csv = results / f"sweep_{task_name}.csv"
     args = _args(["sweep", "--task", task_name, "--layers", "all", "--seeds", "5"], csv)
     assert args.layers == "all", "the documented sweep covers every layer"
-    config = FitConfig(layer=args.layer, gamma=args.gamma, lam=args.lam, loss=args.loss, optimizer=args.optimizer,
-                       steps=args.steps, lr=args.lr, seed=0)  # as commands.sweep builds it
+    config = FitConfig(
+        layer=args.layer,
+        gamma=args.gamma,
+        lam=args.lam,
+        loss=args.loss,
+        optimizer=args.optimizer,
+        steps=args.steps,
+        lr=args.lr,
+        seed=0,
+    )  # as commands.sweep builds it
     task = load_task(args.task, args.data_dir)
     max_test = args.max_test or None
     settings = sweep_settings(model, task, get_template(args.template), config, args.n_train, max_test)
     seeds = range(args.seeds)
     n_test = {(task.name, s): len(split_task(task, args.n_train, s, max_test)[1]) for s in seeds}
     cells = {(layer, s) for layer in range(model.cfg.n_layers) for s in seeds}
-    return Migration(csv, settings, ("layer", "seed"), tuple(SWEEP_COLUMNS), cells, args.n_train, n_test,
-                     None, None, None)
+    return Migration(
+        csv, settings, ("layer", "seed"), tuple(SWEEP_COLUMNS), cells, args.n_train, n_test, None, None, None
+    )
 
 
 def table_migration(model, results: Path) -> Migration:
     csv = results / "table.csv"
     args = _args(["table", "--tasks", "antonym", "synonym", "english-french", "english-german", "--seeds", "5"], csv)
-    config = TableConfig(n_train=args.n_train, max_test=args.max_test or None, layer=args.layer,
-                         fv_top_k=args.fv_top_k, peft_steps=args.peft_steps, methods=tuple(TABLE_METHODS))
+    config = TableConfig(
+        n_train=args.n_train,
+        max_test=args.max_test or None,
+        layer=args.layer,
+        fv_top_k=args.fv_top_k,
+        peft_steps=args.peft_steps,
+        methods=tuple(TABLE_METHODS),
+    )
     tasks = [load_task(name, args.data_dir) for name in args.tasks]
     settings = table_settings(model, tasks, get_template(args.template), config)
-    splits = {(t.name, s): split_task(t, config.n_train, s, config.max_test)[1] for t in tasks for s in range(args.seeds)}
+    splits = {
+        (t.name, s): split_task(t, config.n_train, s, config.max_test)[1] for t in tasks for s in range(args.seeds)
+    }
     return _pair_migration(csv, settings, splits, TABLE_METHODS, config.n_train)
 
 
@@ -125,10 +142,16 @@ def compose_migration(model, results: Path) -> Migration:
     csv = results / "compose.csv"
     args = _args(["compose", "--seeds", "5"], csv)
     config = ComposeConfig(n_train=args.n_train, max_test=args.max_test or None, layer=args.layer)
-    composed = [compose_tasks(load_task(outer, args.data_dir), load_task(inner, args.data_dir), config.min_pairs)
-                for outer, inner in args.compose or PAPER_COMPOSITIONS]
+    composed = [
+        compose_tasks(load_task(outer, args.data_dir), load_task(inner, args.data_dir), config.min_pairs)
+        for outer, inner in args.compose or PAPER_COMPOSITIONS
+    ]
     settings = compose_settings(model, composed, get_template(args.template), config)
-    splits = {(c.name, s): split_task(c.task, config.n_train, s, config.max_test)[1] for c in composed for s in range(args.seeds)}
+    splits = {
+        (c.name, s): split_task(c.task, config.n_train, s, config.max_test)[1]
+        for c in composed
+        for s in range(args.seeds)
+    }
     return _pair_migration(csv, settings, splits, COMPOSE_METHODS, config.n_train)
 
 
@@ -137,8 +160,18 @@ def _pair_migration(csv: Path, settings: Settings, splits, methods, n_train: int
     cells = {(task, method, seed) for task, seed in splits for method in methods}
     n_test = {cell: len(test) for cell, test in splits.items()}
     columns = (*KEY, "n_train", "n_test", "first_token", "exact_match")
-    return Migration(csv, settings, tuple(KEY), columns, cells, n_train, n_test, items, ("input", "target"),
-                     (*KEY, "input", "target", "prediction", "first_token", "exact_match"))
+    return Migration(
+        csv,
+        settings,
+        tuple(KEY),
+        columns,
+        cells,
+        n_train,
+        n_test,
+        items,
+        ("input", "target"),
+        (*KEY, "input", "target", "prediction", "first_token", "exact_match"),
+    )
 
 
 def opinion_migration(model, results: Path) -> Migration:
@@ -154,8 +187,18 @@ def opinion_migration(model, results: Path) -> Migration:
             items[(name, seed)] = [(q.key, json.dumps([round(p, 6) for p in q.target])) for q in test]
             n_test[(name, seed)] = len(test)
     cells = {(name, method, seed) for name, seed in items for method in OPINION_METHODS}
-    return Migration(csv, settings, tuple(KEY), (*KEY, "n_train", "n_test", "kl"), cells, config.n_train, n_test,
-                     items, ("key", "target"), (*KEY, "key", "target", "prediction", "kl"))
+    return Migration(
+        csv,
+        settings,
+        tuple(KEY),
+        (*KEY, "n_train", "n_test", "kl"),
+        cells,
+        config.n_train,
+        n_test,
+        items,
+        ("key", "target"),
+        (*KEY, "key", "target", "prediction", "kl"),
+    )
 
 
 # ---- checks ------------------------------------------------------------------------------------
@@ -186,12 +229,16 @@ def check_rows(migration: Migration) -> list[str]:
     problems = []
     if tuple(rows.columns) != migration.columns:
         problems.append(f"{migration.csv}: columns {list(rows.columns)}, expected {list(migration.columns)}")
-    keys = [tuple(int(v) if k in ("layer", "seed") else v for k, v in zip(migration.key, row))
-            for row in rows[list(migration.key)].itertuples(index=False)]
+    keys = [
+        tuple(int(v) if k in ("layer", "seed") else v for k, v in zip(migration.key, row))
+        for row in rows[list(migration.key)].itertuples(index=False)
+    ]
     if len(keys) != len(set(keys)) or set(keys) != migration.expected_cells:
-        problems.append(f"{migration.csv}: {len(keys)} rows ({len(set(keys))} distinct cells); the command makes "
-                        f"{len(migration.expected_cells)}; missing {sorted(migration.expected_cells - set(keys))[:5]}, "
-                        f"extra {sorted(set(keys) - migration.expected_cells)[:5]}")
+        problems.append(
+            f"{migration.csv}: {len(keys)} rows ({len(set(keys))} distinct cells); the command makes "
+            f"{len(migration.expected_cells)}; missing {sorted(migration.expected_cells - set(keys))[:5]}, "
+            f"extra {sorted(set(keys) - migration.expected_cells)[:5]}"
+        )
     if not rows["n_train"].eq(migration.n_train).all():
         problems.append(f"{migration.csv}: n_train is not {migration.n_train} in every row")
     for task, seed, n_test in zip(rows["task"], rows["seed"], rows["n_test"]):
@@ -228,16 +275,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="check and print, write nothing")
     args = parser.parse_args(argv)
     model = load_model()
-    migrations = [*(sweep_migration(model, args.results, t) for t in SWEEP_TASKS), table_migration(model, args.results),
-                  compose_migration(model, args.results), opinion_migration(model, args.results)]
+    migrations = [
+        *(sweep_migration(model, args.results, t) for t in SWEEP_TASKS),
+        table_migration(model, args.results),
+        compose_migration(model, args.results),
+        opinion_migration(model, args.results),
+    ]
     problems = [p for m in migrations for check in CHECKS for p in check(m)]
     if problems:
         print("\n".join(problems), file=sys.stderr)
         print("nothing written", file=sys.stderr)
         return 1
     for m in migrations:
-        print(f"{settings_path(m.csv)}: {len(m.settings.inputs)} input(s) {sorted(m.settings.inputs)}, "
-              f"model fingerprint {m.settings.values['model']['fingerprint'][:12]}…")
+        print(
+            f"{settings_path(m.csv)}: {len(m.settings.inputs)} input(s) {sorted(m.settings.inputs)}, "
+            f"model fingerprint {m.settings.values['model']['fingerprint'][:12]}…"
+        )
     if args.dry_run:
         return 0
     for m in migrations:

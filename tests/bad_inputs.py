@@ -25,6 +25,7 @@ from headsteer.cli import main
 from headsteer.files import ArtifactPaths
 from tests.helpers import save_tiny_model
 
+
 @dataclass(frozen=True)
 class Probe:
     """One bad input: what was tried, the command (``{tmp}`` and ``{model}`` filled in), the text its error must hold."""
@@ -41,17 +42,20 @@ def _write(name: str, text: str | bytes) -> Callable[[Path], None]:
         path = tmp / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(text if isinstance(text, bytes) else text.encode())
+
     return setup
 
 
 def _edit_json(change: Callable[[dict], None]) -> Callable[[Path], None]:
     """Copy the fitted intervention to ``<tmp>/edited`` and change its JSON."""
+
     def setup(tmp: Path) -> None:
         source, target = ArtifactPaths.of(tmp / "iv"), ArtifactPaths.of(tmp / "edited")
         target.tensors.write_bytes(source.tensors.read_bytes())
         meta = json.loads(source.meta.read_text())
         change(meta)
         target.meta.write_text(json.dumps(meta))
+
     return setup
 
 
@@ -60,17 +64,34 @@ def _edit_tensors(change: Callable[[bytes], bytes]) -> Callable[[Path], None]:
         source, target = ArtifactPaths.of(tmp / "iv"), ArtifactPaths.of(tmp / "edited")
         target.tensors.write_bytes(change(source.tensors.read_bytes()))
         target.meta.write_bytes(source.meta.read_bytes())
+
     return setup
 
 
 def _sweep_then(setup: Callable[[Path], None], task: list[str] | None = None) -> Callable[[Path], None]:
     """A finished one-cell sweep into ``<tmp>/s.csv`` (the probe's flags but for its own), then ``setup``."""
+
     def run(tmp: Path) -> None:
         setup(tmp)
-        argv = ["sweep", "--model", str(tmp.parent / "model"), *(task or ["--task", "builtin/antonym"]),
-                "--layers", "0", "--seeds", "1", "--steps", "1", "--max-test", "2", "--out", str(tmp / "s.csv")]
+        argv = [
+            "sweep",
+            "--model",
+            str(tmp.parent / "model"),
+            *(task or ["--task", "builtin/antonym"]),
+            "--layers",
+            "0",
+            "--seeds",
+            "1",
+            "--steps",
+            "1",
+            "--max-test",
+            "2",
+            "--out",
+            str(tmp / "s.csv"),
+        ]
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             assert main([a.replace("{tmp}", str(tmp)) for a in argv]) == 0
+
     return run
 
 
@@ -88,10 +109,23 @@ def command(name: str, base: dict[str, str], **flags: str) -> list[str]:
     return [name, *(x for item in merged.items() for x in item)]
 
 
-FIT_FLAGS = {"--model": "{model}", "--task": "builtin/antonym", "--layer": "1", "--steps": "1", "--max-test": "4",
-             "--out": "{tmp}/x"}
-SWEEP_FLAGS = {"--model": "{model}", "--task": "builtin/antonym", "--layers": "0", "--seeds": "1", "--steps": "1",
-               "--max-test": "2", "--out": "{tmp}/s.csv"}
+FIT_FLAGS = {
+    "--model": "{model}",
+    "--task": "builtin/antonym",
+    "--layer": "1",
+    "--steps": "1",
+    "--max-test": "4",
+    "--out": "{tmp}/x",
+}
+SWEEP_FLAGS = {
+    "--model": "{model}",
+    "--task": "builtin/antonym",
+    "--layers": "0",
+    "--seeds": "1",
+    "--steps": "1",
+    "--max-test": "2",
+    "--out": "{tmp}/s.csv",
+}
 EVAL_FLAGS = {"--model": "{model}", "--task": "builtin/antonym", "--intervention": "{tmp}/edited"}
 FIT_CMD = command("fit", FIT_FLAGS)
 
@@ -119,17 +153,39 @@ PROBES: list[Probe] = [
     Probe("no training pairs", fit(n_train="0"), "--n-train"),
     Probe("more training pairs than the task has", fit(n_train="70"), "n_train=70"),
     # ---- models and tasks ---------------------------------------------------------------------
-    Probe("a model name that is not on disk (offline)", fit(model="nonexistent-name"), "nonexistent-name",
-          env={"HF_HUB_OFFLINE": "1"}),
-    Probe("a task file that is not UTF-8", fit(task="{tmp}/t.json"), "not UTF-8",
-          _write("t.json", '[{"input": "caf\xe9", "output": "x"}]'.encode("latin-1"))),
-    Probe("a task file that is not JSON", fit(task="{tmp}/t.json"), "not valid JSON",
-          _write("t.json", "[{'input': 'a'}]")),
+    Probe(
+        "a model name that is not on disk (offline)",
+        fit(model="nonexistent-name"),
+        "nonexistent-name",
+        env={"HF_HUB_OFFLINE": "1"},
+    ),
+    Probe(
+        "a task file that is not UTF-8",
+        fit(task="{tmp}/t.json"),
+        "not UTF-8",
+        _write("t.json", '[{"input": "caf\xe9", "output": "x"}]'.encode("latin-1")),
+    ),
+    Probe(
+        "a task file that is not JSON", fit(task="{tmp}/t.json"), "not valid JSON", _write("t.json", "[{'input': 'a'}]")
+    ),
     Probe("an empty task file", fit(task="{tmp}/t.json"), "empty", _write("t.json", "[]")),
-    Probe("no test pair left once a repeated input is dropped", fit(task="{tmp}/t.json", n_train="3"), "test set",
-          _write("t.json", json.dumps([{"input": w, "output": w} for w in ("hot", "cold", "hot", "up")]))),
-    Probe("a pair beyond the token limit", fit(task="{tmp}/t.json"), "--max-tokens", _write("t.json", json.dumps(
-          [{"input": "hot " * 300, "output": "cold"}] + [{"input": f"w{i}", "output": "x"} for i in range(12)]))),
+    Probe(
+        "no test pair left once a repeated input is dropped",
+        fit(task="{tmp}/t.json", n_train="3"),
+        "test set",
+        _write("t.json", json.dumps([{"input": w, "output": w} for w in ("hot", "cold", "hot", "up")])),
+    ),
+    Probe(
+        "a pair beyond the token limit",
+        fit(task="{tmp}/t.json"),
+        "--max-tokens",
+        _write(
+            "t.json",
+            json.dumps(
+                [{"input": "hot " * 300, "output": "cold"}] + [{"input": f"w{i}", "output": "x"} for i in range(12)]
+            ),
+        ),
+    ),
     # ---- output locations ----------------------------------------------------------------------
     Probe("a fit's --out that is a folder", fit(out="{tmp}/d"), "is a directory", _write("d/f", "")),
     Probe("a fit's --out ending in a separator", fit(out="{tmp}/new/"), "ends with a path separator"),
@@ -138,8 +194,12 @@ PROBES: list[Probe] = [
     Probe("a sweep's --out that is a folder", sweep(out="{tmp}/d"), "is a directory", _write("d/f", "")),
     # ---- results files -------------------------------------------------------------------------
     Probe("a results CSV without its settings", sweep(), "settings", _write("s.csv", "task,layer,seed\n")),
-    Probe("other data under the same task name", sweep(task="antonym", data_dir="{tmp}/b"), "differs",
-          _sweep_then(_antonym_twice, ["--task", "antonym", "--data-dir", "{tmp}/a"])),
+    Probe(
+        "other data under the same task name",
+        sweep(task="antonym", data_dir="{tmp}/b"),
+        "differs",
+        _sweep_then(_antonym_twice, ["--task", "antonym", "--data-dir", "{tmp}/a"]),
+    ),
     Probe("other fit settings on the same results file", sweep(gamma="0.5"), "differ", _sweep_then(lambda tmp: None)),
     # ---- saved interventions -------------------------------------------------------------------
     Probe("Δ moved to another layer by hand", EVAL, "layer", _edit_json(lambda m: m.update(layer=2))),
@@ -149,14 +209,23 @@ PROBES: list[Probe] = [
     Probe("an extra key in the template", EVAL, "template", _edit_json(lambda m: m["template"].update(x=1))),
     Probe("an extra key in the model", EVAL, "model", _edit_json(lambda m: m["model"].update(x=1))),
     Probe("a truncated tensor file", EVAL, "edited.safetensors", _edit_tensors(lambda b: b[: len(b) // 2])),
-    Probe("a tensor file from another save", EVAL, "does not match",
-          _edit_tensors(lambda b: b[:-4] + b"\x00\x00\x80\x3f")),
-    Probe("an intervention JSON that is not JSON", EVAL, "edited.json",
-          lambda tmp: (_edit_json(lambda m: None)(tmp), (tmp / "edited.json").write_text("{not json"))),
+    Probe(
+        "a tensor file from another save", EVAL, "does not match", _edit_tensors(lambda b: b[:-4] + b"\x00\x00\x80\x3f")
+    ),
+    Probe(
+        "an intervention JSON that is not JSON",
+        EVAL,
+        "edited.json",
+        lambda tmp: (_edit_json(lambda m: None)(tmp), (tmp / "edited.json").write_text("{not json")),
+    ),
     # ---- the judge -----------------------------------------------------------------------------
-    Probe("a predictions file missing a column", ["judge", "{tmp}/p.csv", "--out", "{tmp}/v.csv"], "'target'",
-          _write("p.csv", "task,method,seed,input,prediction\nantonym,x,0,hot,cold\n"),
-          env={"HEADSTEER_JUDGE_BASE_URL": "http://127.0.0.1:9/v1", "HEADSTEER_JUDGE_MODEL": "m"}),
+    Probe(
+        "a predictions file missing a column",
+        ["judge", "{tmp}/p.csv", "--out", "{tmp}/v.csv"],
+        "'target'",
+        _write("p.csv", "task,method,seed,input,prediction\nantonym,x,0,hot,cold\n"),
+        env={"HEADSTEER_JUDGE_BASE_URL": "http://127.0.0.1:9/v1", "HEADSTEER_JUDGE_MODEL": "m"},
+    ),
 ]
 
 
@@ -197,8 +266,10 @@ def run_probe(probe: Probe, root: Path, index: int) -> tuple[int, str, str]:
 
 
 def render(results: list[tuple[Probe, str, str]]) -> str:
-    rows = "\n".join(f"| {p.what} | `headsteer {cmd}` | `{line}` |".replace("{tmp}", "<tmp>").replace(
-        "{model}", "<tiny-model>") for p, cmd, line in results)
+    rows = "\n".join(
+        f"| {p.what} | `headsteer {cmd}` | `{line}` |".replace("{tmp}", "<tmp>").replace("{model}", "<tiny-model>")
+        for p, cmd, line in results
+    )
     return HEADER + rows + "\n" + FAULTS
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache
 from importlib.resources import files
 from pathlib import Path
 
@@ -45,7 +45,11 @@ def save_tiny_tokenizer(directory: Path) -> Path:
         single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", vocab["<bos>"])]
     )
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>",
+        tokenizer_object=tok,
+        bos_token="<bos>",
+        eos_token="<eos>",
+        pad_token="<pad>",
+        unk_token="<unk>",
         add_bos_token=True,
     )
     fast.padding_side = "left"
@@ -55,18 +59,42 @@ def save_tiny_tokenizer(directory: Path) -> Path:
 
 TINY_CONFIGS = {
     "gemma3": lambda: Gemma3TextConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=1, head_dim=12, max_position_embeddings=128,
-        sliding_window=16, architectures=["Gemma3ForCausalLM"], pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=12,
+        max_position_embeddings=128,
+        sliding_window=16,
+        architectures=["Gemma3ForCausalLM"],
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     ),
     "gpt2": lambda: GPT2Config(
-        vocab_size=VOCAB_SIZE, n_positions=128, n_embd=32, n_layer=3, n_head=4,
-        architectures=["GPT2LMHeadModel"], bos_token_id=1, eos_token_id=2,
+        vocab_size=VOCAB_SIZE,
+        n_positions=128,
+        n_embd=32,
+        n_layer=3,
+        n_head=4,
+        architectures=["GPT2LMHeadModel"],
+        bos_token_id=1,
+        eos_token_id=2,
     ),
     "llama": lambda: LlamaConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-        architectures=["LlamaForCausalLM"], pad_token_id=0, bos_token_id=1, eos_token_id=2,
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        architectures=["LlamaForCausalLM"],
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
     ),
 }
 
@@ -83,7 +111,7 @@ def tiny_hf_model(kind: str, seed: int = 0):
     return model.eval()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _tokenizer_dir() -> Path:
     import tempfile
 

@@ -14,15 +14,18 @@ WORDS = ["hot", "cold", "big", "small", "up", "down", "old", "new", "day", "nigh
 def write_opinion_dir(root: Path, n_questions: int = 16, seed: int = 0) -> Path:
     """Two waves of questions answered by INCOME, CREGION and POLIDEOLOGY groups (both have a "Refused" group)."""
     rng = random.Random(seed)
-    groups = {"INCOME": ["$100,000 or more", "Refused"], "CREGION": ["Northeast", "South"],
-              "POLIDEOLOGY": ["Moderate", "Refused"]}
+    groups = {
+        "INCOME": ["$100,000 or more", "Refused"],
+        "CREGION": ["Northeast", "South"],
+        "POLIDEOLOGY": ["Moderate", "Refused"],
+    }
     for wave in (1, 2):
         folder = root / f"American_Trends_Panel_W{wave}"
         folder.mkdir(parents=True)
         info, data = [], {a: {} for a in groups}
         for i in range(n_questions // 2):
             key = f"Q{i}_W{wave}"
-            options = rng.sample(WORDS, rng.choice([2, 3, 4])) + ["Refused"]
+            options = [*rng.sample(WORDS, rng.choice([2, 3, 4])), "Refused"]
             question = " ".join(rng.sample(WORDS, 5))
             info.append({"key": key, "question": question, "references": repr(options)})
             for attribute, names in groups.items():

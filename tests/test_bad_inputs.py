@@ -25,4 +25,5 @@ def test_each_bad_input_is_one_line_naming_the_fault(results, index):
 
 def test_the_catalogue_page_is_current(results):
     assert DOC.read_text() == render([(p, cmd, line) for p, _, line, cmd in results]), (
-        "docs/bad-inputs.md is stale: python -m tests.bad_inputs docs/bad-inputs.md")
+        "docs/bad-inputs.md is stale: python -m tests.bad_inputs docs/bad-inputs.md"
+    )

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from headsteer import models
-from headsteer.cli import commands
-from headsteer.cli import main
+from headsteer.cli import commands, main
 from headsteer.tasks import Pair, Task, load_task, split_task
 from tests.helpers import save_tiny_model
 
@@ -75,8 +74,23 @@ def test_eval_refuses_a_mismatched_model(tmp_path, capsys):
 
 def test_sweep_writes_a_resumable_csv(model_dir, tmp_path, capsys):
     out = tmp_path / "sweep.csv"
-    args = ["sweep", "--model", model_dir, "--task", "builtin/antonym", "--layers", "0-1", "--seeds", "2",
-            "--out", str(out), "--steps", "2", "--max-test", "4"]
+    args = [
+        "sweep",
+        "--model",
+        model_dir,
+        "--task",
+        "builtin/antonym",
+        "--layers",
+        "0-1",
+        "--seeds",
+        "2",
+        "--out",
+        str(out),
+        "--steps",
+        "2",
+        "--max-test",
+        "4",
+    ]
     assert main(args) == 0
     assert len(out.read_text().splitlines()) == 1 + 4
     assert main(args) == 0  # everything done: nothing refitted, same file
@@ -152,16 +166,29 @@ def test_bad_flags_are_refused_in_one_line_naming_the_flag(capsys, tmp_path, no_
 
 def test_a_missing_subcommand_or_flag_is_one_line(capsys):
     refused(capsys, [], "headsteer: error: the following arguments are required: command")
-    refused(capsys, ["fit", "--task", "builtin/antonym"], "headsteer fit: error: the following arguments are required: --out")
-    refused(capsys, ["fit", "--task", "t", "--out", "o", "--layers", "3"],
-            "headsteer fit: error: unrecognized arguments: --layers 3 (see headsteer fit --help)")
+    refused(
+        capsys,
+        ["fit", "--task", "builtin/antonym"],
+        "headsteer fit: error: the following arguments are required: --out",
+    )
+    refused(
+        capsys,
+        ["fit", "--task", "t", "--out", "o", "--layers", "3"],
+        "headsteer fit: error: unrecognized arguments: --layers 3 (see headsteer fit --help)",
+    )
 
 
 def test_table_flags_that_repeat_are_refused(capsys, tmp_path, no_weights):
-    refused(capsys, ["table", "--tasks", "antonym", "antonym", "--out", str(tmp_path / "t.csv")],
-            "argument --tasks: antonym is given twice")
-    refused(capsys, ["compose", "--compose", "a", "b", "--compose", "a", "b", "--out", str(tmp_path / "c.csv")],
-            "argument --compose: a b is given twice")
+    refused(
+        capsys,
+        ["table", "--tasks", "antonym", "antonym", "--out", str(tmp_path / "t.csv")],
+        "argument --tasks: antonym is given twice",
+    )
+    refused(
+        capsys,
+        ["compose", "--compose", "a", "b", "--compose", "a", "b", "--out", str(tmp_path / "c.csv")],
+        "argument --compose: a b is given twice",
+    )
 
 
 @pytest.mark.parametrize(
@@ -174,8 +201,9 @@ def test_table_flags_that_repeat_are_refused(capsys, tmp_path, no_weights):
         ("heads", ["--layer", "3"], "--layer 3 is out of range"),
     ],
 )
-def test_checks_against_the_model_come_before_its_weights(capsys, tmp_path, model_dir, no_weights, command, extra,
-                                                          expected):
+def test_checks_against_the_model_come_before_its_weights(
+    capsys, tmp_path, model_dir, no_weights, command, extra, expected
+):
     out = tmp_path / "out"
     argv = [command, "--model", model_dir, "--task", "builtin/antonym", "--out", str(out), *extra]
     refused(capsys, argv, expected.format(model=model_dir))
@@ -183,10 +211,17 @@ def test_checks_against_the_model_come_before_its_weights(capsys, tmp_path, mode
 
 
 def test_table_checks_its_config_before_the_model(capsys, tmp_path, no_weights):
-    refused(capsys, ["table", "--tasks", "builtin/antonym", "--n-train", "4", "--out", str(tmp_path / "t.csv")],
-            "n_train must be >= 5 for 'Δ tuned (CV)'", "--n-train")
-    refused(capsys, ["table", "--tasks", "builtin/antonym", "--methods", "0-shot", "bogus", "--out", str(tmp_path / "t.csv")],
-            "unknown methods ['bogus'] (--methods)")
+    refused(
+        capsys,
+        ["table", "--tasks", "builtin/antonym", "--n-train", "4", "--out", str(tmp_path / "t.csv")],
+        "n_train must be >= 5 for 'Δ tuned (CV)'",
+        "--n-train",
+    )
+    refused(
+        capsys,
+        ["table", "--tasks", "builtin/antonym", "--methods", "0-shot", "bogus", "--out", str(tmp_path / "t.csv")],
+        "unknown methods ['bogus'] (--methods)",
+    )
     assert not list(tmp_path.iterdir())
 
 
@@ -213,10 +248,16 @@ def test_output_locations_are_checked_before_the_model(capsys, tmp_path, no_weig
 
 def test_table_outputs_are_checked_with_their_siblings(capsys, tmp_path, no_weights):
     (tmp_path / "t.predictions.csv").mkdir()
-    refused(capsys, ["table", "--tasks", "builtin/antonym", "--out", str(tmp_path / "t.csv")],
-            f"--out {tmp_path}/t.predictions.csv: is a directory")
-    refused(capsys, ["table", "--tasks", "builtin/antonym", "--out", str(tmp_path / "u.md")],
-            "the summary file would be the results file itself")
+    refused(
+        capsys,
+        ["table", "--tasks", "builtin/antonym", "--out", str(tmp_path / "t.csv")],
+        f"--out {tmp_path}/t.predictions.csv: is a directory",
+    )
+    refused(
+        capsys,
+        ["table", "--tasks", "builtin/antonym", "--out", str(tmp_path / "u.md")],
+        "the summary file would be the results file itself",
+    )
 
 
 def test_eval_checks_its_out_and_the_model_before_the_weights(capsys, tmp_path, model_dir, no_weights):
@@ -233,29 +274,50 @@ def test_eval_checks_its_out_and_the_model_before_the_weights(capsys, tmp_path, 
     capsys.readouterr()
     args = ["eval", "--model", model_dir, "--task", "builtin/antonym", "--intervention", str(stem)]
     refused(capsys, [*args, "--out", str(tmp_path / "scores")], "--out", "is a directory")
-    refused(capsys, [*args[:1], "--model", other, *args[3:]], "does not fit this model", f"name: trained on '{model_dir}'")
+    refused(
+        capsys, [*args[:1], "--model", other, *args[3:]], "does not fit this model", f"name: trained on '{model_dir}'"
+    )
 
 
 def test_an_unknown_model_is_one_line_naming_it(capsys, tmp_path, monkeypatch):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as here: no hub, and no retries
-    refused(capsys, ["fit", "--model", "nonexistent-name", "--task", "builtin/antonym", "--out", str(tmp_path / "x")],
-            "model 'nonexistent-name' is not a local folder", "names not on disk need the hub")
+    refused(
+        capsys,
+        ["fit", "--model", "nonexistent-name", "--task", "builtin/antonym", "--out", str(tmp_path / "x")],
+        "model 'nonexistent-name' is not a local folder",
+        "names not on disk need the hub",
+    )
     assert not list(tmp_path.iterdir())
 
 
 def test_a_task_file_that_is_not_utf8_is_named(capsys, tmp_path, no_weights):
     path = tmp_path / "t.json"
     path.write_bytes('[{"input": "caf\xe9", "output": "x"}]'.encode("latin-1"))
-    refused(capsys, ["fit", "--task", str(path), "--out", str(tmp_path / "x")], f"({path}) is not UTF-8 text: byte 0xe9")
+    refused(
+        capsys, ["fit", "--task", str(path), "--out", str(tmp_path / "x")], f"({path}) is not UTF-8 text: byte 0xe9"
+    )
 
 
-def test_a_long_pair_is_refused_by_name_before_the_model_and_the_limit_is_a_flag(capsys, tmp_path, model_dir,
-                                                                                 monkeypatch):
+def test_a_long_pair_is_refused_by_name_before_the_model_and_the_limit_is_a_flag(
+    capsys, tmp_path, model_dir, monkeypatch
+):
     long_input = " ".join(["hot"] * 300)
     task = write_task(tmp_path / "t.json", [*ANTONYMS, (long_input, "cold")])
-    argv = ["fit", "--model", model_dir, "--task", task, "--out", str(tmp_path / "x"), "--max-test", "0", "--layer", "1"]
+    argv = [
+        "fit",
+        "--model",
+        model_dir,
+        "--task",
+        task,
+        "--out",
+        str(tmp_path / "x"),
+        "--max-test",
+        "0",
+        "--layer",
+        "1",
+    ]
     monkeypatch.setattr(models, "load_weights", lambda *a, **k: pytest.fail("the model's weights were loaded"))
     refused(capsys, argv, "task 't': pair 'hot hot", "is 306 tokens long", "limit of 256", "--max-tokens")
     monkeypatch.setattr(models, "load_weights", lambda *a, **k: (_ for _ in ()).throw(WeightsReached()))
@@ -267,12 +329,15 @@ def test_repeated_inputs_are_dropped_and_reported(capsys, tmp_path, model_dir, s
     task = write_task(tmp_path / "t.json", ANTONYMS + ANTONYMS[:3])
     with pytest.raises(WeightsReached):
         main(["fit", "--model", model_dir, "--task", task, "--out", str(tmp_path / "x"), "--layer", "1"])
-    assert f"task 't': dropped 3 pairs whose input repeats an earlier pair's (the first is kept); " \
-           f"{len(ANTONYMS)} pairs remain" in capsys.readouterr().err
+    assert (
+        f"task 't': dropped 3 pairs whose input repeats an earlier pair's (the first is kept); "
+        f"{len(ANTONYMS)} pairs remain" in capsys.readouterr().err
+    )
 
 
-def test_a_test_pair_that_breaks_the_prompt_boundary_is_refused_before_the_fit(capsys, tmp_path, model_dir,
-                                                                               monkeypatch, no_weights):
+def test_a_test_pair_that_breaks_the_prompt_boundary_is_refused_before_the_fit(
+    capsys, tmp_path, model_dir, monkeypatch, no_weights
+):
     from headsteer import prompts
 
     # "hot" + "ter" is the one word "hotter": the answer would merge with the prompt's last token.
@@ -281,8 +346,21 @@ def test_a_test_pair_that_breaks_the_prompt_boundary_is_refused_before_the_fit(c
     train, _ = split_task(Task("t", tuple(Pair(*p) for p in pairs), "memory"), n_train=10, seed=0)
     assert "hot" not in {p.input for p in train}  # the fit itself would run: only scoring "hot" fails
     task = write_task(tmp_path / "t.json", pairs)
-    argv = ["fit", "--model", model_dir, "--task", task, "--template", "glued", "--out", str(tmp_path / "x"),
-            "--max-test", "0", "--layer", "1"]
+    argv = [
+        "fit",
+        "--model",
+        model_dir,
+        "--task",
+        task,
+        "--template",
+        "glued",
+        "--out",
+        str(tmp_path / "x"),
+        "--max-test",
+        "0",
+        "--layer",
+        "1",
+    ]
     refused(capsys, argv, "task 't': prompt 'hot' with answer 'ter'", "not a strict prefix")
 
 
@@ -293,7 +371,9 @@ def test_a_bug_keeps_its_traceback(model_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(sys.modules["headsteer.fitting.loop"], "optimize", broken)
     with pytest.raises(RuntimeError, match="a bug deep inside"):
         main(["fit", "--model", model_dir, "--task", "builtin/antonym", "--out", str(tmp_path / "x"), *FAST])
-    monkeypatch.setattr(sys.modules["headsteer.fitting.loop"], "optimize", lambda *a, **k: (_ for _ in ()).throw(ValueError("x")))
+    monkeypatch.setattr(
+        sys.modules["headsteer.fitting.loop"], "optimize", lambda *a, **k: (_ for _ in ()).throw(ValueError("x"))
+    )
     with pytest.raises(ValueError):
         main(["fit", "--model", model_dir, "--task", "builtin/antonym", "--out", str(tmp_path / "x"), *FAST])
 
@@ -308,10 +388,15 @@ def test_ctrl_c_is_a_clean_exit(capsys, monkeypatch):
 
 
 def test_figures_checks_its_folders(capsys, tmp_path):
-    refused(capsys, ["figures", "--results", str(tmp_path / "none"), "--out", str(tmp_path / "f")],
-            f"--results {tmp_path / 'none'}: no such folder")
+    refused(
+        capsys,
+        ["figures", "--results", str(tmp_path / "none"), "--out", str(tmp_path / "f")],
+        f"--results {tmp_path / 'none'}: no such folder",
+    )
     (tmp_path / "f").write_text("")
-    refused(capsys, ["figures", "--results", str(tmp_path), "--out", str(tmp_path / "f")], "is a file, expected a folder")
+    refused(
+        capsys, ["figures", "--results", str(tmp_path), "--out", str(tmp_path / "f")], "is a file, expected a folder"
+    )
 
 
 def test_demo_checks_its_layer_before_the_weights(capsys, model_dir, no_weights):
@@ -323,8 +408,11 @@ def test_a_folder_without_write_permission_is_refused_before_the_model(capsys, t
 
     real = os.access
     monkeypatch.setattr(os, "access", lambda path, mode: False if str(path) == str(tmp_path) else real(path, mode))
-    refused(capsys, ["sweep", "--model", "unused", "--task", "builtin/antonym", "--out", str(tmp_path / "s.csv")],
-            f"--out {tmp_path}/s.csv: no permission to write in {tmp_path}")
+    refused(
+        capsys,
+        ["sweep", "--model", "unused", "--task", "builtin/antonym", "--out", str(tmp_path / "s.csv")],
+        f"--out {tmp_path}/s.csv: no permission to write in {tmp_path}",
+    )
 
 
 def test_a_soft_capped_model_needs_the_full_forward(capsys, tmp_path, model_dir, monkeypatch, stop_at_weights):

@@ -6,6 +6,7 @@ import torch
 
 import headsteer as hs
 from headsteer.cli import main
+from headsteer.errors import ResultsFileError
 from headsteer.paper.composition import (
     METHODS,
     ComposeConfig,
@@ -14,7 +15,6 @@ from headsteer.paper.composition import (
     compose_tasks,
     single_task_train,
 )
-from headsteer.errors import ResultsFileError
 from headsteer.tasks import Pair, Task, TaskError
 from tests.helpers import save_tiny_model
 
@@ -48,7 +48,7 @@ def test_chains_go_through_an_intermediate_word_case_insensitively():
 def test_single_task_training_pairs_never_touch_a_held_out_chain():
     outer, inner = chain_tasks()
     composed = compose_tasks(outer, inner)
-    train, test = hs.split_task(composed.task, n_train=4, seed=0, max_test=20)
+    _train, test = hs.split_task(composed.task, n_train=4, seed=0, max_test=20)
     inner_train, outer_train = single_task_train(composed, test, n_train=4, seed=0)
     held_inputs = {p.input for p in test}
     held_middles = {c.middle.casefold() for c in composed.chains if c.input in held_inputs}
@@ -98,11 +98,32 @@ def test_cli_compose_writes_the_table(tmp_path, capsys):
     data.mkdir()
     for task in (outer, inner):
         pd.DataFrame([{"input": p.input, "output": p.output} for p in task.pairs]).to_json(
-            data / f"{task.name.split('/')[-1]}.json", orient="records", force_ascii=False)
+            data / f"{task.name.split('/')[-1]}.json", orient="records", force_ascii=False
+        )
     model = save_tiny_model("gemma3", tmp_path / "model")
     out = tmp_path / "compose.csv"
-    code = main(["compose", "--model", str(model), "--data-dir", str(data), "--compose", "outer", "antonym",
-                 "--seeds", "1", "--n-train", "4", "--max-test", "3", "--layer", "1", "--out", str(out)])
+    code = main(
+        [
+            "compose",
+            "--model",
+            str(model),
+            "--data-dir",
+            str(data),
+            "--compose",
+            "outer",
+            "antonym",
+            "--seeds",
+            "1",
+            "--n-train",
+            "4",
+            "--max-test",
+            "3",
+            "--layer",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "outer∘antonym: 60 chained pairs" in printed and "Ours (Re-optimized)" in printed

@@ -15,7 +15,9 @@ def test_evaluate_pairs_scores_each_pair(gemma_tiny):
     scores = hs.evaluate_pairs(gemma_tiny, pairs, QA, progress=False)
     assert list(scores.columns) == ["input", "target", "prediction", "first_token", "exact_match"]
     assert scores["input"].tolist() == ["hot", "big"]
-    assert scores["exact_match"].tolist() == [normalize(p) == normalize(t) for p, t in zip(scores.prediction, scores.target)]
+    assert scores["exact_match"].tolist() == [
+        normalize(p) == normalize(t) for p, t in zip(scores.prediction, scores.target)
+    ]
     summary = hs.summarize(scores)
     assert summary["n"] == 2 and 0 <= summary["first_token"] <= 1
 
@@ -38,7 +40,12 @@ def test_normalisation_and_stop():
 
 def test_mean_std_across_seeds():
     runs = pd.DataFrame(
-        {"method": ["a", "a", "a", "b"], "seed": [0, 1, 2, 0], "first_token": [0.1, 0.2, 0.3, 0.5], "exact_match": [0.0, 0.0, 0.3, 1.0]}
+        {
+            "method": ["a", "a", "a", "b"],
+            "seed": [0, 1, 2, 0],
+            "first_token": [0.1, 0.2, 0.3, 0.5],
+            "exact_match": [0.0, 0.0, 0.3, 1.0],
+        }
     )
     table = hs.mean_std(runs, by=["method"])
     row = table.set_index("method").loc["a"]
@@ -59,4 +66,7 @@ def test_row_deltas_score_like_separate_interventions(gemma_tiny):
     together = hs.evaluate_pairs(gemma_tiny, pairs * 2, QA, rows, batch_size=4, progress=False)
     separate = pd.concat([hs.evaluate_pairs(gemma_tiny, pairs, QA, [iv], progress=False) for iv in (a, b)])
     pd.testing.assert_frame_equal(together, separate.reset_index(drop=True))
-    assert together["prediction"].tolist() != hs.evaluate_pairs(gemma_tiny, pairs * 2, QA, progress=False)["prediction"].tolist()
+    assert (
+        together["prediction"].tolist()
+        != hs.evaluate_pairs(gemma_tiny, pairs * 2, QA, progress=False)["prediction"].tolist()
+    )

@@ -4,14 +4,18 @@ import pytest
 import torch
 
 import headsteer as hs
-from headsteer.fitting.forward import PrefixCachedForward
-from headsteer.fitting.forward import naive_scored_logits
+from headsteer.fitting.forward import PrefixCachedForward, naive_scored_logits
 from headsteer.fitting.losses import scored_positions, task_loss
 from headsteer.prompts import encode_targets
 
 QA = hs.get_template("qa")
 # Prompts and answers of different lengths, so both sides of the batch are padded.
-PAIRS = [hs.Pair("hot", "cold"), hs.Pair("good morning", "bonjour madame"), hs.Pair("big", "small"), hs.Pair("up", "down")]
+PAIRS = [
+    hs.Pair("hot", "cold"),
+    hs.Pair("good morning", "bonjour madame"),
+    hs.Pair("big", "small"),
+    hs.Pair("up", "down"),
+]
 
 
 def loss_and_grad(forward, model, loss, layer=1, seed=0):
@@ -38,7 +42,10 @@ def test_same_fit_history_as_the_naive_forward(any_model):
     naive = hs.fit(any_model, PAIRS, QA, config, forward=naive_scored_logits, progress=False)
     fast = hs.fit(any_model, PAIRS, QA, config, progress=False)  # the default forward is the fast one
     torch.testing.assert_close(
-        torch.tensor(fast.history["objective"].values), torch.tensor(naive.history["objective"].values), rtol=1e-4, atol=1e-5
+        torch.tensor(fast.history["objective"].values),
+        torch.tensor(naive.history["objective"].values),
+        rtol=1e-4,
+        atol=1e-5,
     )
     torch.testing.assert_close(fast.intervention.delta, naive.intervention.delta, rtol=1e-3, atol=1e-5)
 

@@ -20,20 +20,51 @@ HAS_BROWSER = any(shutil.which(b) for b in ("chromium", "chromium-browser", "goo
 def results(gemma_tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
     task = hs.load_task("builtin/antonym")
-    head_study(gemma_tiny, task, QA, hs.FitConfig(layer=1, steps=4, lr=0.5), root / "heads" / "antonym",
-               n_train=6, strengths=(1.0, 0.05, 0.0), fv_top_k=2, progress=False)
-    sweep = pd.DataFrame([
-        {"task": "antonym", "layer": layer, "seed": seed, "first_token": 0.1 * layer + 0.01 * seed,
-         "exact_match": 0.1 * layer, "zero_shot_first_token": 0.0, "zero_shot_exact_match": 0.0}
-        for layer in range(3) for seed in range(2)
-    ])
+    head_study(
+        gemma_tiny,
+        task,
+        QA,
+        hs.FitConfig(layer=1, steps=4, lr=0.5),
+        root / "heads" / "antonym",
+        n_train=6,
+        strengths=(1.0, 0.05, 0.0),
+        fv_top_k=2,
+        progress=False,
+    )
+    sweep = pd.DataFrame(
+        [
+            {
+                "task": "antonym",
+                "layer": layer,
+                "seed": seed,
+                "first_token": 0.1 * layer + 0.01 * seed,
+                "exact_match": 0.1 * layer,
+                "zero_shot_first_token": 0.0,
+                "zero_shot_exact_match": 0.0,
+            }
+            for layer in range(3)
+            for seed in range(2)
+        ]
+    )
     sweep.to_csv(root / "sweep_antonym.csv", index=False)
-    table = pd.DataFrame([{"task": t, "method": m, "seed": s, "first_token": 0.2, "exact_match": 0.1 + 0.1 * s}
-                          for t in ("antonym", "synonym") for m in ("0-shot", "Δ (ours)") for s in (0, 1)])
+    table = pd.DataFrame(
+        [
+            {"task": t, "method": m, "seed": s, "first_token": 0.2, "exact_match": 0.1 + 0.1 * s}
+            for t in ("antonym", "synonym")
+            for m in ("0-shot", "Δ (ours)")
+            for s in (0, 1)
+        ]
+    )
     table.to_csv(root / "table.csv", index=False)
     table.assign(task="fr∘antonym", method="Ours (Add)").to_csv(root / "compose.csv", index=False)
-    opinions = pd.DataFrame([{"task": g, "method": m, "seed": s, "kl": 0.1 * (1 + s) + (0.2 if g == "South" else 0)}
-                             for g in ("Northeast", "South") for m in ("uniform", "Δ (ours)") for s in (0, 1)])
+    opinions = pd.DataFrame(
+        [
+            {"task": g, "method": m, "seed": s, "kl": 0.1 * (1 + s) + (0.2 if g == "South" else 0)}
+            for g in ("Northeast", "South")
+            for m in ("uniform", "Δ (ours)")
+            for s in (0, 1)
+        ]
+    )
     opinions.to_csv(root / "opinion.csv", index=False)
     return root
 
@@ -63,7 +94,9 @@ def test_figures_have_titles_axis_labels_and_the_data(results):
     fitted = next(tr for tr in sweep.data if tr.name == "antonym: fitted Δ")
     assert list(fitted.y) == pytest.approx([0.005, 0.105, 0.205]) and "2 seeds" in sweep.layout.title.text
     bars = plots.method_bars(pd.read_csv(results / "table.csv"), ["0-shot", "Δ (ours)"])
-    assert [b.name for b in bars.data] == ["0-shot", "Δ (ours)"] and list(bars.data[0].error_y.array) == pytest.approx([0.0707, 0.0707], abs=1e-4)
+    assert [b.name for b in bars.data] == ["0-shot", "Δ (ours)"] and list(bars.data[0].error_y.array) == pytest.approx(
+        [0.0707, 0.0707], abs=1e-4
+    )
     for fig in [*figs.values(), sweep, bars]:
         assert fig.layout.title.text and fig.layout.yaxis.title.text
 
@@ -114,9 +147,13 @@ def test_heatmap_grows_with_the_head_count():
 
 
 def test_head_share_by_task_has_one_row_per_task_in_shares():
-    heads = pd.DataFrame([{"task": t, "layer": 4, "head": h, "share": share}
-                          for t, shares in {"antonym": [0.1, 0.9], "french": [0.5, 0.5]}.items()
-                          for h, share in enumerate(shares)])
+    heads = pd.DataFrame(
+        [
+            {"task": t, "layer": 4, "head": h, "share": share}
+            for t, shares in {"antonym": [0.1, 0.9], "french": [0.5, 0.5]}.items()
+            for h, share in enumerate(shares)
+        ]
+    )
     fig = plots.head_share_by_task(heads)
     assert list(fig.data[0].y) == ["antonym", "french"] and list(fig.data[0].x) == ["L4.H0", "L4.H1"]
     assert fig.data[0].z.tolist() == [[0.1, 0.9], [0.5, 0.5]] and fig.layout.xaxis.title.text

@@ -5,8 +5,7 @@ import pytest
 import torch
 
 import headsteer as hs
-from headsteer.prompts import AnswerTargets, OptionTargets
-from headsteer.prompts import encode_prompts, encode_targets
+from headsteer.prompts import AnswerTargets, OptionTargets, encode_prompts, encode_targets
 from headsteer.tasks import pairs_sha256
 from headsteer.training_record import TrainingRecord
 
@@ -80,9 +79,15 @@ def test_option_kl_fit_moves_the_option_distribution_to_the_target(gemma_tiny):
         torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.9, 0.0]]),
     )
     config = hs.FitConfig(layer=1, loss="option_kl", steps=60, lr=0.1, gamma=0.0, lam=0.0)
-    result = hs.fit_encoded(gemma_tiny, tokens, options, config, task="opinions", prompt_format={"kind": "test"}, progress=False)
+    result = hs.fit_encoded(
+        gemma_tiny, tokens, options, config, task="opinions", prompt_format={"kind": "test"}, progress=False
+    )
     assert result.history["task_loss"].iloc[-1] < 0.3 * result.history["task_loss"].iloc[0]
-    assert (result.intervention.task, result.intervention.template, result.config) == ("opinions", {"kind": "test"}, config)
+    assert (result.intervention.task, result.intervention.template, result.config) == (
+        "opinions",
+        {"kind": "test"},
+        config,
+    )
     assert result.intervention.training == TrainingRecord(n_examples=2)  # pre-tokenised: no inputs to record
 
 

@@ -15,7 +15,9 @@ def jobs():
     out = []
     for k, (layer, seed, reg, lr) in enumerate([(0, 0, 0.01, 0.5), (2, 1, 0.05, 0.3), (1, 2, 0.0, 0.5)]):
         train, _ = hs.split_task(TASK, n_train=4 + k, seed=seed)  # different sizes too
-        out.append(FitJob(tuple(train), hs.FitConfig(layer=layer, seed=seed, gamma=reg, lam=reg, lr=lr, steps=6), f"job{k}"))
+        out.append(
+            FitJob(tuple(train), hs.FitConfig(layer=layer, seed=seed, gamma=reg, lam=reg, lr=lr, steps=6), f"job{k}")
+        )
     return out
 
 

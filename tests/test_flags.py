@@ -5,8 +5,8 @@ import re
 
 import pytest
 
-from headsteer.errors import ConfigError
 from headsteer.cli.flags import LayerSelection, count, non_negative_float, non_negative_int, positive_float
+from headsteer.errors import ConfigError
 
 
 @pytest.mark.parametrize(

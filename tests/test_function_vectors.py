@@ -18,7 +18,9 @@ from headsteer.prompts import encode_texts
 from tests.helpers import tiny_bridge
 
 QA = hs.get_template("qa")
-PAIRS = [hs.Pair(a, b) for a, b in [("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"), ("old", "new")]]
+PAIRS = [
+    hs.Pair(a, b) for a, b in [("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow"), ("old", "new")]
+]
 
 
 def test_prompts_leave_the_query_out_and_corruption_moves_every_answer():
@@ -38,6 +40,7 @@ def test_prompts_leave_the_query_out_and_corruption_moves_every_answer():
 
 def brute_force_effects(model, tokens, mean_z, targets):
     """Patch one head at a time in a full forward (TransformerLens-style replace hook)."""
+
     def probs(hooks):
         with model.hooks(fwd_hooks=hooks):
             logits = model(tokens.input_ids, attention_mask=tokens.attention_mask)[:, -1]
@@ -47,10 +50,12 @@ def brute_force_effects(model, tokens, mean_z, targets):
     out = torch.zeros(mean_z.shape[:2])
     for layer in range(mean_z.shape[0]):
         for head in range(mean_z.shape[1]):
+
             def patch(act, hook, layer=layer, head=head):
                 act = act.clone()
                 act[:, -1, head] = mean_z[layer, head]
                 return act
+
             out[layer, head] = (probs([(f"blocks.{layer}.attn.hook_z", patch)]) - base).mean()
     return out
 
@@ -78,7 +83,7 @@ def test_a_planted_head_is_the_only_one_with_an_effect(kind):
             w.zero_()
             if layer == 1:
                 w[:, 2 * d_head : 3 * d_head] = keep
-    fv, table = fit_function_vector(model, PAIRS, QA, FVConfig(top_k=1, layer=1))
+    _fv, table = fit_function_vector(model, PAIRS, QA, FVConfig(top_k=1, layer=1))
     planted = table[(table["layer"] == 1) & (table["head"] == 2)]
     others = table.drop(planted.index)
     assert planted.aie.abs().item() > 1000 * others.aie.abs().max()  # the rest is fp32 rounding
@@ -106,7 +111,9 @@ def test_function_vector_steers_and_refuses_other_models(gemma_tiny):
     assert list(table["rank"][:3]) == [1, 2, 3] and fv.heads == tuple(zip(table["layer"][:3], table["head"][:3]))
     tokens = hs.encode_prompts(gemma_tiny.tokenizer, QA, ["up", "big"])
     strong = FunctionVector(10 * fv.vector, fv.layer, fv.heads, fv.model, fv.task)
-    assert not torch.allclose(hs.next_token_logits(gemma_tiny, tokens), hs.next_token_logits(gemma_tiny, tokens, [strong]))
+    assert not torch.allclose(
+        hs.next_token_logits(gemma_tiny, tokens), hs.next_token_logits(gemma_tiny, tokens, [strong])
+    )
     scores = hs.evaluate_pairs(gemma_tiny, PAIRS, QA, [fv], progress=False)
     assert len(scores) == len(PAIRS)
     with pytest.raises(ModelMismatchError):

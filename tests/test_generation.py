@@ -54,7 +54,7 @@ def test_cached_generation_equals_full_recomputation(any_model):
             logits = any_model(ids, attention_mask=mask)
         nxt = logits[:, -1].argmax(-1, keepdim=True)
         ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
-    assert torch.equal(fast, ids[:, tokens.input_ids.shape[1]:])
+    assert torch.equal(fast, ids[:, tokens.input_ids.shape[1] :])
 
 
 def test_generation_with_delta_changes_the_first_logits(gemma_tiny):
@@ -98,9 +98,15 @@ def test_model_generate_under_applied_adds_delta_once_with_or_without_a_kv_cache
         runs = {}
         for cached in (True, False):
             with iv.applied(any_model):
-                out = any_model.generate(tokens.input_ids, max_new_tokens=4, use_past_kv_cache=cached,
-                                         do_sample=False, stop_at_eos=False, verbose=False)
-            runs[cached] = out[0, tokens.input_ids.shape[1]:].tolist()
+                out = any_model.generate(
+                    tokens.input_ids,
+                    max_new_tokens=4,
+                    use_past_kv_cache=cached,
+                    do_sample=False,
+                    stop_at_eos=False,
+                    verbose=False,
+                )
+            runs[cached] = out[0, tokens.input_ids.shape[1] :].tolist()
         assert runs[True] == runs[False] == ours, word
 
 
@@ -111,7 +117,8 @@ def test_generate_renders_inputs_with_the_template_and_steers(gemma_tiny):
     assert hs.generate(gemma_tiny, INPUTS, [iv], max_new_tokens=4) == hs.greedy_generate(gemma_tiny, tokens, [iv], 4)
     assert hs.generate(gemma_tiny, INPUTS, [iv], max_new_tokens=4) != hs.generate(gemma_tiny, INPUTS, max_new_tokens=4)
     assert hs.generate(gemma_tiny, "Q: hot\nA:", template=None, max_new_tokens=4) == hs.generate(
-        gemma_tiny, ["hot"], max_new_tokens=4)
+        gemma_tiny, ["hot"], max_new_tokens=4
+    )
 
 
 def test_an_in_context_vector_acts_at_every_position_through_the_same_protocol(gemma_tiny, monkeypatch):

@@ -27,8 +27,9 @@ def test_head_table_ranks_norms_and_shares():
 
 def test_path_from_strong_to_no_penalty(gemma_tiny):
     train, _ = hs.split_task(hs.load_task("builtin/antonym"), n_train=6, seed=0)
-    path = regularization_path(gemma_tiny, train, QA, hs.FitConfig(layer=1, steps=5, lr=0.5), (1e4, 0.0), "antonym",
-                               progress=False)
+    path = regularization_path(
+        gemma_tiny, train, QA, hs.FitConfig(layer=1, steps=5, lr=0.5), (1e4, 0.0), "antonym", progress=False
+    )
     n_heads = gemma_tiny.cfg.n_heads
     assert len(path) == 2 * n_heads and list(path.columns[:4]) == ["task", "layer", "strength", "head"]
     assert not path[path["strength"] == 1e4]["active"].any()  # everything shrunk to zero
@@ -38,8 +39,15 @@ def test_path_from_strong_to_no_penalty(gemma_tiny):
 
 
 def test_switch_on_orders_heads_by_the_strength_they_appear_at():
-    path = pd.DataFrame({"task": "t", "layer": 4, "strength": [0.3] * 3 + [0.1] * 3 + [0.0] * 3, "head": [0, 1, 2] * 3,
-                         "active": [False, True, False, True, True, False, True, True, False]})
+    path = pd.DataFrame(
+        {
+            "task": "t",
+            "layer": 4,
+            "strength": [0.3] * 3 + [0.1] * 3 + [0.0] * 3,
+            "head": [0, 1, 2] * 3,
+            "active": [False, True, False, True, True, False, True, True, False],
+        }
+    )
     order = switch_on(path)
     assert order["head"].tolist() == [1, 0, 2] and order["order"].tolist()[:2] == [1.0, 2.0]
     assert order["switch_on_strength"].tolist()[:2] == [0.3, 0.1] and math.isnan(order["order"].iloc[2])

@@ -41,8 +41,11 @@ def test_another_seed_or_data_file_never_lets_a_training_input_through(gemma_tin
     reseeded = heldout_pairs(TASK, iv, seed=0)
     assert reseeded.split_seed == 0 and reseeded.excluded > 0 and not trained & {p.input for p in reseeded.pairs}
     other_file = tmp_path / "antonym.json"  # the same pairs in another order, plus one: another hash
-    other_file.write_text(json.dumps([{"input": p.input, "output": p.output} for p in TASK.pairs[::-1]]
-                                     + [{"input": "wet", "output": "dry"}]))
+    other_file.write_text(
+        json.dumps(
+            [{"input": p.input, "output": p.output} for p in TASK.pairs[::-1]] + [{"input": "wet", "output": "dry"}]
+        )
+    )
     other = hs.load_task(str(other_file))
     held = heldout_pairs(other, iv)
     assert not trained & {p.input for p in held.pairs} and held.excluded > 0
@@ -67,7 +70,9 @@ def test_an_intervention_without_training_inputs_cannot_be_scored(gemma_tiny):
 
 def test_a_record_must_be_the_split_it_claims():
     train, _ = hs.split_task(TASK, n_train=10, seed=0)
-    with pytest.raises(ArtifactError, match="not the training part of task 'builtin/antonym' split with n_train=10, seed=1"):
+    with pytest.raises(
+        ArtifactError, match="not the training part of task 'builtin/antonym' split with n_train=10, seed=1"
+    ):
         TrainingRecord.of_pairs(train).with_split(TASK, n_train=10, seed=1)
 
 
@@ -114,14 +119,40 @@ def model_dir(tmp_path_factory):
 
 def test_cli_eval_after_fit_with_20_training_pairs_scores_no_training_input(model_dir, tmp_path, capsys):
     out = tmp_path / "iv"
-    fit = ["fit", "--model", model_dir, "--task", "builtin/antonym", "--out", str(out), "--n-train", "20",
-           "--layer", "1", "--steps", "1", "--max-test", "3"]
+    fit = [
+        "fit",
+        "--model",
+        model_dir,
+        "--task",
+        "builtin/antonym",
+        "--out",
+        str(out),
+        "--n-train",
+        "20",
+        "--layer",
+        "1",
+        "--steps",
+        "1",
+        "--max-test",
+        "3",
+    ]
     assert main(fit) == 0
     train_inputs = set(json.loads((tmp_path / "iv.metrics.json").read_text())["train_inputs"])
     assert len(train_inputs) == 20
     scores = tmp_path / "scores.csv"
-    evaluate = ["eval", "--model", model_dir, "--task", "builtin/antonym", "--intervention", str(out),
-                "--max-test", "0", "--out", str(scores)]  # eval's --n-train defaults to 10
+    evaluate = [
+        "eval",
+        "--model",
+        model_dir,
+        "--task",
+        "builtin/antonym",
+        "--intervention",
+        str(out),
+        "--max-test",
+        "0",
+        "--out",
+        str(scores),
+    ]  # eval's --n-train defaults to 10
     assert main(evaluate) == 0
     scored = set(pd.read_csv(scores, keep_default_na=False)["input"])
     assert scored and not scored & train_inputs

@@ -98,10 +98,9 @@ def test_no_hook_survives_an_exception_and_user_hooks_stay(gemma_tiny):
     model.add_hook(name, user_hook)
     try:
         before = _n_hooks(model, name)
-        with pytest.raises(RuntimeError, match="boom"):
-            with make_iv(model).applied(model):
-                assert _n_hooks(model, name) == before + 1
-                raise RuntimeError("boom")
+        with pytest.raises(RuntimeError, match="boom"), make_iv(model).applied(model):
+            assert _n_hooks(model, name) == before + 1
+            raise RuntimeError("boom")
         assert _n_hooks(model, name) == before
         assert model.hook_dict[name].fwd_hooks[-1].user_hook is user_hook
     finally:

@@ -15,7 +15,9 @@ QA = hs.get_template("qa")
 def test_icv_has_one_vector_per_layer_along_the_main_difference(any_model):
     icv = fit_icv(any_model, PAIRS, strength=0.5, task="antonym")
     assert icv.vectors.shape == (any_model.cfg.n_layers, any_model.cfg.d_model)
-    diffs = (last_token_states(any_model, [p.output for p in PAIRS]) - last_token_states(any_model, [p.input for p in PAIRS])).flatten(1)
+    diffs = (
+        last_token_states(any_model, [p.output for p in PAIRS]) - last_token_states(any_model, [p.input for p in PAIRS])
+    ).flatten(1)
     v = icv.vectors.flatten()
     assert torch.isclose(v.norm(), diffs.norm(dim=1).mean(), rtol=1e-4)
     assert v @ diffs.mean(0) > 0
@@ -45,10 +47,9 @@ def test_icv_applies_to_prompt_and_generated_tokens_alike(gemma_tiny):
         for _ in range(3):
             nxt = gemma_tiny(ids, attention_mask=mask)[:, -1].argmax(-1, keepdim=True)
             ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
-    assert torch.equal(cached, ids[:, tokens.input_ids.shape[1]:])
+    assert torch.equal(cached, ids[:, tokens.input_ids.shape[1] :])
     plain = hs.greedy_ids(gemma_tiny, tokens, max_new_tokens=3, stop=None)
     assert not torch.equal(plain, cached)  # it did something, and it was removed on exit
     assert torch.equal(plain, hs.greedy_ids(gemma_tiny, tokens, max_new_tokens=3, stop=None))
-    with pytest.raises(ModelMismatchError):
-        with icv.applied(tiny_bridge("llama")):
-            pass
+    with pytest.raises(ModelMismatchError), icv.applied(tiny_bridge("llama")):
+        pass

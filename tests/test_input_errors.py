@@ -36,7 +36,9 @@ def test_a_layer_out_of_range_is_a_config_error(gemma_tiny):
 
 
 def test_option_kl_on_pairs_is_refused_before_any_forward(gemma_tiny, monkeypatch):
-    monkeypatch.setattr(sys.modules["headsteer.fitting.loop"], "optimize", lambda *a, **k: pytest.fail("the fit started"))
+    monkeypatch.setattr(
+        sys.modules["headsteer.fitting.loop"], "optimize", lambda *a, **k: pytest.fail("the fit started")
+    )
     pairs = hs.load_task("builtin/antonym").pairs[:3]
     with pytest.raises(ConfigError, match="loss 'option_kl' needs option targets .* as headsteer opinion does"):
         hs.fit(gemma_tiny, pairs, hs.get_template("qa"), hs.FitConfig(layer=1, loss="option_kl"))

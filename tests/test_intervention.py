@@ -25,8 +25,11 @@ def trained_iv(model, seed=0):
     task = hs.load_task("builtin/antonym")
     train, _ = hs.split_task(task, n_train=10, seed=seed)
     return hs.Intervention(
-        torch.randn(model.cfg.n_heads, model.cfg.d_head, generator=torch.Generator().manual_seed(seed)), LAYER,
-        ModelSignature.of(model), task="antonym", template=hs.get_template("qa").to_dict(),
+        torch.randn(model.cfg.n_heads, model.cfg.d_head, generator=torch.Generator().manual_seed(seed)),
+        LAYER,
+        ModelSignature.of(model),
+        task="antonym",
+        template=hs.get_template("qa").to_dict(),
         fit_config=hs.FitConfig(layer=LAYER, seed=seed).to_dict(),
         training=TrainingRecord.of_pairs(train).with_split(task, n_train=10, seed=seed),
     )
@@ -64,9 +67,8 @@ def test_load_refuses_a_model_of_another_shape_or_name(gemma_tiny, tmp_path):
     other.cfg.model_name = "some-other-gemma"
     with pytest.raises(hs.ModelMismatchError, match="name: trained on 'tiny-gemma3'"):
         hs.Intervention.load(tmp_path / "iv", model=other)
-    with pytest.raises(hs.ModelMismatchError):
-        with make_iv(gemma_tiny).applied(tiny_bridge("gpt2")):
-            pass
+    with pytest.raises(hs.ModelMismatchError), make_iv(gemma_tiny).applied(tiny_bridge("gpt2")):
+        pass
 
 
 def test_missing_file_and_wrong_shape_are_named(gemma_tiny, tmp_path):
@@ -83,7 +85,11 @@ def test_missing_file_and_wrong_shape_are_named(gemma_tiny, tmp_path):
 
 
 def test_artifact_paths_accept_either_suffix(tmp_path):
-    assert ArtifactPaths.of(tmp_path / "a.json") == ArtifactPaths.of(tmp_path / "a") == ArtifactPaths.of(tmp_path / "a.safetensors")
+    assert (
+        ArtifactPaths.of(tmp_path / "a.json")
+        == ArtifactPaths.of(tmp_path / "a")
+        == ArtifactPaths.of(tmp_path / "a.safetensors")
+    )
 
 
 def test_sum_and_scale_act_like_their_deltas(gemma_tiny):
@@ -121,6 +127,7 @@ def _edit_json(change):
         meta = json.loads(stem.with_suffix(".json").read_text())
         change(meta)
         stem.with_suffix(".json").write_text(json.dumps(meta))
+
     return edit
 
 
@@ -136,49 +143,85 @@ def _truncate(suffix, keep):
     def edit(stem):
         path = stem.with_suffix(suffix)
         path.write_bytes(path.read_bytes()[:keep])
+
     return edit
 
 
 JSON_CASES = {
-    "layer moved away from its hook": (_set("layer", 2), "field 'layer' is 2 but field 'hook_name' is 'blocks.1.attn.hook_z'"),
+    "layer moved away from its hook": (
+        _set("layer", 2),
+        "field 'layer' is 2 but field 'hook_name' is 'blocks.1.attn.hook_z'",
+    ),
     "layer as a string": (_set("layer", "1"), "field 'layer' must be an integer, got \"1\""),
     "layer as a float": (_set("layer", 1.0), "field 'layer' must be an integer, got 1.0"),
     "layer as a bool": (_set("layer", True), "field 'layer' must be an integer, got true"),
-    "layer out of range": (_edit_json(lambda m: m.update(layer=7, hook_name="blocks.7.attn.hook_z")),
-                           "field 'layer': layer 7 is out of range"),
-    "fit_config at another layer": (_edit_json(lambda m: m["fit_config"].update(layer=2)),
-                                    "field 'fit_config.layer' is 2 but field 'layer' is 1"),
-    "fit_config with a string": (_edit_json(lambda m: m["fit_config"].update(steps="50")),
-                                 "field 'fit_config.steps' must be an integer"),
+    "layer out of range": (
+        _edit_json(lambda m: m.update(layer=7, hook_name="blocks.7.attn.hook_z")),
+        "field 'layer': layer 7 is out of range",
+    ),
+    "fit_config at another layer": (
+        _edit_json(lambda m: m["fit_config"].update(layer=2)),
+        "field 'fit_config.layer' is 2 but field 'layer' is 1",
+    ),
+    "fit_config with a string": (
+        _edit_json(lambda m: m["fit_config"].update(steps="50")),
+        "field 'fit_config.steps' must be an integer",
+    ),
     "extra JSON key": (_set("note", "hi"), "unexpected key(s) ['note']"),
     "missing JSON key": (_edit_json(lambda m: m.pop("task")), "missing key(s) ['task']"),
-    "extra key in template": (_edit_json(lambda m: m["template"].update(foo="x")),
-                              "field 'template': unexpected key(s) ['foo']"),
-    "template without its input": (_edit_json(lambda m: m["template"].update(prompt="Q:")),
-                                   "field 'template': template 'qa': prompt must contain"),
-    "extra key in model": (_edit_json(lambda m: m["model"].update(d_vocab=512)), "field 'model': unexpected key(s) ['d_vocab']"),
-    "model shape as a float": (_edit_json(lambda m: m["model"].update(n_heads=4.0)),
-                               "field 'model.n_heads' must be an integer, got 4.0"),
-    "edited training pair": (_edit_json(lambda m: m["training"]["pairs"][0].update(input="zzz")),
-                             "field 'training.pairs_sha256'"),
-    "training pair with an extra key": (_edit_json(lambda m: m["training"]["pairs"][3].update(note="x")),
-                                        "field 'training.pairs[3]': unexpected key(s) ['note']"),
-    "n_train not the number of pairs": (_edit_json(lambda m: m["training"].update(n_train=20)), "field 'training.n_train' is 20"),
+    "extra key in template": (
+        _edit_json(lambda m: m["template"].update(foo="x")),
+        "field 'template': unexpected key(s) ['foo']",
+    ),
+    "template without its input": (
+        _edit_json(lambda m: m["template"].update(prompt="Q:")),
+        "field 'template': template 'qa': prompt must contain",
+    ),
+    "extra key in model": (
+        _edit_json(lambda m: m["model"].update(d_vocab=512)),
+        "field 'model': unexpected key(s) ['d_vocab']",
+    ),
+    "model shape as a float": (
+        _edit_json(lambda m: m["model"].update(n_heads=4.0)),
+        "field 'model.n_heads' must be an integer, got 4.0",
+    ),
+    "edited training pair": (
+        _edit_json(lambda m: m["training"]["pairs"][0].update(input="zzz")),
+        "field 'training.pairs_sha256'",
+    ),
+    "training pair with an extra key": (
+        _edit_json(lambda m: m["training"]["pairs"][3].update(note="x")),
+        "field 'training.pairs[3]': unexpected key(s) ['note']",
+    ),
+    "n_train not the number of pairs": (
+        _edit_json(lambda m: m["training"].update(n_train=20)),
+        "field 'training.n_train' is 20",
+    ),
     "unknown format version": (_set("format_version", 3), "field 'format_version' must be one of [1, 2], got 3"),
     "tensor hash edited": (_set("tensors_sha256", "0" * 64), "iv.safetensors does not match"),
     "bad JSON": (_truncate(".json", 40), "not valid JSON"),
     "not an object": (lambda stem: stem.with_suffix(".json").write_text("[1, 2]"), "must hold a JSON object"),
 }
 TENSOR_CASES = {
-    "extra tensor": (_write_tensors({"delta": torch.zeros(4, 12), "extra": torch.zeros(1)}),
-                     "must hold exactly one tensor 'delta', holds ['delta', 'extra']"),
-    "missing delta": (_write_tensors({"Delta": torch.zeros(4, 12)}), "must hold exactly one tensor 'delta', holds ['Delta']"),
-    "integer delta": (_write_tensors({"delta": torch.zeros(4, 12, dtype=torch.int64)}), "tensor 'delta': Δ must be a tensor of a float dtype"),
+    "extra tensor": (
+        _write_tensors({"delta": torch.zeros(4, 12), "extra": torch.zeros(1)}),
+        "must hold exactly one tensor 'delta', holds ['delta', 'extra']",
+    ),
+    "missing delta": (
+        _write_tensors({"Delta": torch.zeros(4, 12)}),
+        "must hold exactly one tensor 'delta', holds ['Delta']",
+    ),
+    "integer delta": (
+        _write_tensors({"delta": torch.zeros(4, 12, dtype=torch.int64)}),
+        "tensor 'delta': Δ must be a tensor of a float dtype",
+    ),
     "wrong shape": (_write_tensors({"delta": torch.zeros(3, 12)}), r"tensor 'delta': Δ has shape (3, 12)"),
     "NaN in the file": (_write_tensors({"delta": torch.full((4, 12), float("nan"))}), "tensor 'delta': Δ contains NaN"),
     "truncated": (_truncate(".safetensors", 100), "not a readable safetensors file"),
-    "another Δ (no matching hash)": (_write_tensors({"delta": torch.ones(4, 12)}),
-                                     "iv.safetensors does not match .*iv.json .*'tensors_sha256'.*interrupted or concurrent save"),
+    "another Δ (no matching hash)": (
+        _write_tensors({"delta": torch.ones(4, 12)}),
+        "iv.safetensors does not match .*iv.json .*'tensors_sha256'.*interrupted or concurrent save",
+    ),
 }
 
 
@@ -240,7 +283,7 @@ def test_a_json_path_that_is_a_directory_writes_nothing(gemma_tiny, tmp_path):
 def test_a_save_that_fails_midway_leaves_the_old_artifact(gemma_tiny, tmp_path, monkeypatch, fail_at):
     trained_iv(gemma_tiny, seed=0).save(tmp_path / "iv")
     before = _snapshot(tmp_path)
-    name, real = {"write": ("_write_temp", files._write_temp), "rename": ("os.replace", os.replace)}[fail_at]
+    _name, real = {"write": ("_write_temp", files._write_temp), "rename": ("os.replace", os.replace)}[fail_at]
     calls = []
 
     def second_call_fails(*args):
@@ -302,7 +345,9 @@ def test_check_artifact_output_refuses_unwritable_stems_and_creates_nothing(tmp_
     assert paths.meta == tmp_path / "new" / "deeper" / "x.json" and not (tmp_path / "new").exists()
 
 
-@pytest.mark.parametrize("meta", sorted(Path(__file__).parents[1].glob("results/heads/*/*.json")), ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize(
+    "meta", sorted(Path(__file__).parents[1].glob("results/heads/*/*.json")), ids=lambda p: f"{p.parent.name}/{p.stem}"
+)
 def test_committed_head_study_interventions_record_their_split(meta):
     iv = hs.Intervention.load(meta)
     assert iv.training is not None and (iv.training.split_seed, iv.training.n_train) == (0, 10)

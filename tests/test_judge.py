@@ -4,12 +4,13 @@ import json
 import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import ClassVar
 
 import pandas as pd
 import pytest
 
-from headsteer.paper import judge
 from headsteer.cli import main
+from headsteer.paper import judge
 
 # Replies per prediction, in order: "cool" gets 3 yes of 5 (accepted), "warm" 2 (rejected).
 SCRIPT = {
@@ -21,18 +22,19 @@ SCRIPT = {
 
 
 class FakeChat(BaseHTTPRequestHandler):
-    calls: list[dict] = []
-    fail_first: list[int] = []  # HTTP codes to answer before serving normally
+    calls: ClassVar[list[dict]] = []
+    fail_first: ClassVar[list[int]] = []  # HTTP codes to answer before serving normally
     lock = threading.Lock()
 
-    def do_POST(self):  # noqa: N802 - the http.server protocol
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         with self.lock:
             code = self.fail_first.pop(0) if self.fail_first else 200
             prediction = re.search(r"Is “(.*?)”", body["messages"][1]["content"]).group(1)
             seen = sum(c["prediction"] == prediction for c in self.calls)
-            self.calls.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                               "prediction": prediction, "body": body})
+            self.calls.append(
+                {"path": self.path, "auth": self.headers.get("Authorization"), "prediction": prediction, "body": body}
+            )
         if code != 200:
             self.send_response(code), self.end_headers(), self.wfile.write(b'{"error": "nope"}')
             return
@@ -58,8 +60,16 @@ def server(monkeypatch):
 
 
 def predictions(words=("cold", "cool", "warm", "tepid", "")) -> pd.DataFrame:
-    return pd.DataFrame({"task": "antonym", "method": "Δ (ours)", "seed": 0, "input": "hot", "target": "cold",
-                         "prediction": list(words)})
+    return pd.DataFrame(
+        {
+            "task": "antonym",
+            "method": "Δ (ours)",
+            "seed": 0,
+            "input": "hot",
+            "target": "cold",
+            "prediction": list(words),
+        }
+    )
 
 
 def test_more_than_two_of_five_yes_accepts(server):
@@ -136,7 +146,7 @@ class Redirector(BaseHTTPRequestHandler):
 
     target = ""
 
-    def do_POST(self):  # noqa: N802 - the http.server protocol
+    def do_POST(self):
         self.send_response(307), self.send_header("Location", self.target), self.end_headers()
 
     def log_message(self, *args):
@@ -168,7 +178,7 @@ class Malformed(BaseHTTPRequestHandler):
     bad, good, served = b"", 0, 0
     lock = threading.Lock()
 
-    def do_POST(self):  # noqa: N802 - the http.server protocol
+    def do_POST(self):
         self.rfile.read(int(self.headers["Content-Length"]))
         with self.lock:
             Malformed.served += 1
@@ -180,13 +190,19 @@ class Malformed(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("body, message", [
-    (b'{"error": {"message": "bad key sk-test", "type": "invalid_request_error"}}', "error object (invalid_request_error)"),
-    (b'{"choices": []}', "no 'choices'"),
-    (b'{"choices": [{"message": {"content": 3}}]}', "not a string"),
-    (b"<html><body>Login</body></html>", "an HTML page"),
-    (b"[1, 2]", "no 'choices'"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (
+            b'{"error": {"message": "bad key sk-test", "type": "invalid_request_error"}}',
+            "error object (invalid_request_error)",
+        ),
+        (b'{"choices": []}', "no 'choices'"),
+        (b'{"choices": [{"message": {"content": 3}}]}', "not a string"),
+        (b"<html><body>Login</body></html>", "an HTML page"),
+        (b"[1, 2]", "no 'choices'"),
+    ],
+)
 def test_malformed_replies_stop_with_a_clear_error_and_keep_the_votes_received(monkeypatch, tmp_path, body, message):
     Malformed.bad, Malformed.good, Malformed.served = body, 5, 0  # the first prediction's 5 queries succeed
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Malformed)

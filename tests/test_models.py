@@ -77,8 +77,11 @@ def offline(monkeypatch):
 @pytest.mark.parametrize(
     "name, message",
     [
-        ("no-such-model-xyz", r"model 'no-such-model-xyz' is not a local folder and could not be fetched from the "
-                              r"Hugging Face hub .*names not on disk need the hub"),
+        (
+            "no-such-model-xyz",
+            r"model 'no-such-model-xyz' is not a local folder and could not be fetched from the "
+            r"Hugging Face hub .*names not on disk need the hub",
+        ),
         ("./no/such/dir", r"model './no/such/dir': no such folder"),
     ],
 )

@@ -15,8 +15,8 @@ from headsteer.paper.opinion import (
     METHODS,
     OpinionConfig,
     build_opinion_table,
-    fit_opinion,
     few_shot_prompt,
+    fit_opinion,
     modal_letter,
     option_token_ids,
     question_block,
@@ -93,7 +93,10 @@ def test_fitting_delta_moves_the_training_answers_toward_the_group(gemma_tiny, g
     before = score_questions(gemma_tiny, train, [question_block(q) for q in train])["kl"].mean()
     after = score_questions(gemma_tiny, train, [question_block(q) for q in train], result.intervention)["kl"].mean()
     assert after < 0.5 * before
-    assert result.intervention.task == "opinionqa/CREGION/Northeast" and result.intervention.template["kind"] == "opinionqa"
+    assert (
+        result.intervention.task == "opinionqa/CREGION/Northeast"
+        and result.intervention.template["kind"] == "opinionqa"
+    )
 
 
 def test_the_table_has_every_method_per_group_and_seed_and_resumes(gemma_tiny, tmp_path, group):
@@ -102,26 +105,55 @@ def test_the_table_has_every_method_per_group_and_seed_and_resumes(gemma_tiny, t
     rows = build_opinion_table(gemma_tiny, {"Northeast": group}, [0, 1], config, out, progress=False)
     assert len(rows) == 2 * len(METHODS) and rows["n_test"].eq(3).all() and (rows["kl"] >= 0).all()
     predictions = pd.read_csv(out.with_name("o.predictions.csv"))
-    assert len(predictions) == 2 * len(METHODS) * 3 and set(predictions.columns) >= {"key", "target", "prediction", "kl"}
+    assert len(predictions) == 2 * len(METHODS) * 3 and set(predictions.columns) >= {
+        "key",
+        "target",
+        "prediction",
+        "kl",
+    }
     again = build_opinion_table(gemma_tiny, {"Northeast": group}, [0, 1], config, out, progress=False)
     pd.testing.assert_frame_equal(rows, again, check_dtype=False)
     averaged = with_average(pd.concat([rows, rows.assign(task="South", kl=rows["kl"] + 1)]))
     average = averaged[averaged["task"] == "average"].set_index(["method", "seed"])["kl"]
-    assert average.sort_index().tolist() == pytest.approx((rows.set_index(["method", "seed"])["kl"] + 0.5).sort_index().tolist())
+    assert average.sort_index().tolist() == pytest.approx(
+        (rows.set_index(["method", "seed"])["kl"] + 0.5).sort_index().tolist()
+    )
 
 
 def test_cli_opinion_writes_the_table(tmp_path, capsys):
     data = write_opinion_dir(tmp_path / "opinionqa")
     model = save_tiny_model("gemma3", tmp_path / "model")
     out = tmp_path / "opinion.csv"
-    code = main(["opinion", "--model", str(model), "--data-dir", str(data), "--group", "Northeast",
-                 "--group", "INCOME:Refused", "--seeds", "1", "--n-train", "4", "--max-test", "3", "--layer", "1",
-                 "--out", str(out)])
+    code = main(
+        [
+            "opinion",
+            "--model",
+            str(model),
+            "--data-dir",
+            str(data),
+            "--group",
+            "Northeast",
+            "--group",
+            "INCOME:Refused",
+            "--seeds",
+            "1",
+            "--n-train",
+            "4",
+            "--max-test",
+            "3",
+            "--layer",
+            "1",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "INCOME:Refused (INCOME): 16 questions" in printed and "| Δ (ours)" in printed and "average" in printed
     assert set(pd.read_csv(out)["task"]) == {"Northeast", "INCOME:Refused"}
-    assert main(["opinion", "--model", str(model), "--data-dir", str(data), "--group", "Refused", "--out", str(out)]) == 2
+    assert (
+        main(["opinion", "--model", str(model), "--data-dir", str(data), "--group", "Refused", "--out", str(out)]) == 2
+    )
 
 
 def test_another_groups_data_under_the_same_name_is_refused(gemma_tiny, tmp_path, group):

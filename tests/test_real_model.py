@@ -52,8 +52,9 @@ def test_committed_sweep_cells_reproduce(gemma):
     from headsteer.paper.sweep import sweep
 
     saved = pd.read_csv(RESULTS / "sweep_antonym.csv").query("seed == 0 and layer in (2, 4)").reset_index(drop=True)
-    table = sweep(gemma, hs.load_task("antonym"), hs.get_template("qa"), [2, 4], [0], hs.FitConfig(), 10, 100,
-                  progress=False)
+    table = sweep(
+        gemma, hs.load_task("antonym"), hs.get_template("qa"), [2, 4], [0], hs.FitConfig(), 10, 100, progress=False
+    )
     for column in ("first_token", "exact_match", "zero_shot_first_token", "active_heads"):
         assert table[column].tolist() == saved[column].tolist(), column
     # the batch differs in size (2 layers, not 18), so only fp32 summation order may differ
@@ -66,7 +67,10 @@ def test_committed_layer4_fit_reproduces(gemma):
     from headsteer.paper.compare import zero_shot_vs_fitted
 
     saved = pd.read_csv(RESULTS / "antonym_layer4.csv").query("seed == 0").reset_index(drop=True)
-    rows = zero_shot_vs_fitted(gemma, hs.load_task("antonym"), hs.get_template("qa"), hs.FitConfig(layer=4), [0],
-                               10, 200, progress=False)
-    assert rows[["method", "first_token", "exact_match", "n"]].values.tolist() == \
-        saved[["method", "first_token", "exact_match", "n"]].values.tolist()
+    rows = zero_shot_vs_fitted(
+        gemma, hs.load_task("antonym"), hs.get_template("qa"), hs.FitConfig(layer=4), [0], 10, 200, progress=False
+    )
+    assert (
+        rows[["method", "first_token", "exact_match", "n"]].values.tolist()
+        == saved[["method", "first_token", "exact_match", "n"]].values.tolist()
+    )

@@ -58,8 +58,15 @@ for b in range(batches):
 
 def test_concurrent_writer_processes_lose_nothing_and_duplicate_nothing(tmp_path):
     out, go, workers, batches = tmp_path / "r.csv", tmp_path / "go", ["w0", "w1", "w2"], 5
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(out), w, str(batches), str(go)], env=subprocess_env(),
-                              stderr=subprocess.PIPE, text=True) for w in workers]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(out), w, str(batches), str(go)],
+            env=subprocess_env(),
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for w in workers
+    ]
     while not all(Path(f"{go}.{w}").exists() for w in workers):
         assert all(p.poll() is None for p in procs), [p.stderr.read() for p in procs]
         time.sleep(0.05)
@@ -99,8 +106,13 @@ results.add(rows("antonym", [1]), predictions("antonym", [1], "killed"))
 @pytest.mark.parametrize("fsync_call, what", [(1, "predictions"), (2, "results")])
 def test_a_writer_killed_mid_write_leaves_complete_files_and_the_next_writer_cleans_up(tmp_path, fsync_call, what):
     out = tmp_path / "r.csv"
-    proc = subprocess.run([sys.executable, "-c", DIES_WRITING, str(out), str(fsync_call)], env=subprocess_env(),
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", DIES_WRITING, str(out), str(fsync_call)],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     temps = sorted(p.name for p in tmp_path.glob(".*.tmp"))
     assert len(temps) == 1 and temps[0].startswith(f".{out.name}." if what == "results" else ".r.predictions.csv.")
@@ -200,11 +212,16 @@ def test_other_settings_and_other_data_are_refused_naming_what_differs(tmp_path)
     out = tmp_path / "r.csv"
     store(out).open()
     other_config = Settings({"config": {"steps": 4}}, SETTINGS.inputs)
-    with pytest.raises(ResultsFileError, match=r"other settings \(config\): config differs \(steps: 4 here, 3 in the file\)"):
+    with pytest.raises(
+        ResultsFileError, match=r"other settings \(config\): config differs \(steps: 4 here, 3 in the file\)"
+    ):
         store(out, other_config).open()
     other_data = Settings(SETTINGS.values, {"antonym": InputHash("task data", "b" * 64, "/french/antonym.json")})
-    with pytest.raises(ResultsFileError, match=r"task data for 'antonym' differs \(read from /french/antonym.json, "
-                                               r"sha256 bbbbbbbbbbbb… here; aaaaaaaaaaaa… in the file"):
+    with pytest.raises(
+        ResultsFileError,
+        match=r"task data for 'antonym' differs \(read from /french/antonym.json, "
+        r"sha256 bbbbbbbbbbbb… here; aaaaaaaaaaaa… in the file",
+    ):
         store(out, other_data).open()
 
 

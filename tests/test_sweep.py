@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 import headsteer as hs
-from headsteer.paper import sweep as sweep_module
 from headsteer.errors import ConfigError, ResultsFileError
 from headsteer.files import settings_path
+from headsteer.paper import sweep as sweep_module
 from headsteer.paper.results import MalformedRowWarning
 from headsteer.paper.sweep import COLUMNS, sweep
 from tests.helpers import save_tiny_model, tiny_bridge
@@ -60,7 +60,17 @@ def test_resuming_with_other_settings_is_refused(gemma_tiny, tmp_path):
     out = tmp_path / "sweep.csv"
     sweep(gemma_tiny, TASK, QA, layers=[0], seeds=[0], config=CONFIG, max_test=4, out=out, progress=False)
     with pytest.raises(ValueError, match=r"other settings \(config\)"):
-        sweep(gemma_tiny, TASK, QA, layers=[0], seeds=[0], config=hs.FitConfig(steps=4), max_test=4, out=out, progress=False)
+        sweep(
+            gemma_tiny,
+            TASK,
+            QA,
+            layers=[0],
+            seeds=[0],
+            config=hs.FitConfig(steps=4),
+            max_test=4,
+            out=out,
+            progress=False,
+        )
 
 
 def test_sweep_can_fit_with_the_naive_reference(gemma_tiny, monkeypatch):
@@ -73,15 +83,19 @@ def test_sweep_can_fit_with_the_naive_reference(gemma_tiny, monkeypatch):
     assert naive.final_task_loss.tolist() == pytest.approx(fast.final_task_loss.tolist(), rel=1e-4, abs=1e-5)
 
 
-@pytest.mark.parametrize("layers, seeds, message", [
-    ([0, 0], [0], r"layers \[0, 0\] name \[0\] more than once"),
-    ([0], [1, 2, 1], r"seeds \[1, 2, 1\] name \[1\] more than once"),
-    ([], [0], "no layers given"),
-    ([0], range(0), "no seeds given"),
-    ([1, 3], [0], r"layers \[3\] are out of range; the model has layers 0..2"),
-])
-def test_empty_repeated_or_missing_layers_and_seeds_are_refused_before_any_work(gemma_tiny, tmp_path, layers, seeds,
-                                                                                message):
+@pytest.mark.parametrize(
+    "layers, seeds, message",
+    [
+        ([0, 0], [0], r"layers \[0, 0\] name \[0\] more than once"),
+        ([0], [1, 2, 1], r"seeds \[1, 2, 1\] name \[1\] more than once"),
+        ([], [0], "no layers given"),
+        ([0], range(0), "no seeds given"),
+        ([1, 3], [0], r"layers \[3\] are out of range; the model has layers 0..2"),
+    ],
+)
+def test_empty_repeated_or_missing_layers_and_seeds_are_refused_before_any_work(
+    gemma_tiny, tmp_path, layers, seeds, message
+):
     out = tmp_path / "sweep.csv"
     with pytest.raises(ConfigError, match=message):
         sweep(gemma_tiny, TASK, QA, layers=layers, seeds=seeds, config=CONFIG, max_test=4, out=out, progress=False)
@@ -96,7 +110,9 @@ def test_a_truncated_last_row_is_not_done_and_is_recomputed(gemma_tiny, tmp_path
     calls, real = [], sweep_module._run_seed
     monkeypatch.setattr(sweep_module, "_run_seed", lambda *a: calls.append(a[5]) or real(*a))
     with pytest.warns(MalformedRowWarning, match=f"{out}: line 3 is not a complete row"):
-        table = sweep(gemma_tiny, TASK, QA, layers=[0], seeds=[0, 1], config=CONFIG, max_test=4, out=out, progress=False)
+        table = sweep(
+            gemma_tiny, TASK, QA, layers=[0], seeds=[0, 1], config=CONFIG, max_test=4, out=out, progress=False
+        )
     assert calls == [1] and len(table) == 2
     assert out.read_text() == complete  # the same cell, recomputed the same way
 
@@ -119,8 +135,17 @@ def test_a_csv_without_its_settings_is_refused_not_relabelled(gemma_tiny, tmp_pa
     sweep(gemma_tiny, TASK, QA, layers=[0], seeds=[0], config=CONFIG, max_test=4, out=out, progress=False)
     settings_path(out).unlink()
     with pytest.raises(ResultsFileError, match="exists without its settings file"):
-        sweep(gemma_tiny, TASK, QA, layers=[0], seeds=[0], config=hs.FitConfig(steps=5), max_test=4, out=out,
-              progress=False)
+        sweep(
+            gemma_tiny,
+            TASK,
+            QA,
+            layers=[0],
+            seeds=[0],
+            config=hs.FitConfig(steps=5),
+            max_test=4,
+            out=out,
+            progress=False,
+        )
     assert not settings_path(out).exists()
 
 
@@ -138,8 +163,17 @@ def test_the_configs_own_layer_and_seed_are_not_settings(gemma_tiny, tmp_path):
 
     out = tmp_path / "sweep.csv"
     sweep(gemma_tiny, TASK, QA, layers=[0], seeds=[0], config=CONFIG, max_test=4, out=out, progress=False)
-    table = sweep(gemma_tiny, TASK, QA, layers=[1], seeds=[0], config=replace(CONFIG, layer=2, seed=7), max_test=4,
-                  out=out, progress=False)
+    table = sweep(
+        gemma_tiny,
+        TASK,
+        QA,
+        layers=[1],
+        seeds=[0],
+        config=replace(CONFIG, layer=2, seed=7),
+        max_test=4,
+        out=out,
+        progress=False,
+    )
     assert list(table["layer"]) == [1] and len(pd.read_csv(out)) == 2
 
 
@@ -167,16 +201,36 @@ sys.exit(cli.main(sys.argv[3:]))
 def test_two_sweep_processes_on_one_out_keep_every_cell(tmp_path):
     model, out = save_tiny_model("gemma3", tmp_path / "model"), tmp_path / "sweep.csv"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    args = ["sweep", "--model", str(model), "--task", "builtin/antonym", "--seeds", "3", "--steps", "2", "--max-test", "3",
-            "--out", str(out)]
+    args = [
+        "sweep",
+        "--model",
+        str(model),
+        "--task",
+        "builtin/antonym",
+        "--seeds",
+        "3",
+        "--steps",
+        "2",
+        "--max-test",
+        "3",
+        "--out",
+        str(out),
+    ]
     started = [tmp_path / f"started{layer}" for layer in ("0", "1")]
-    procs = [subprocess.Popen([sys.executable, "-c", CLI_AFTER_BARRIER, str(mine), ",".join(map(str, started)), *args,
-                               "--layers", layer], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for mine, layer in zip(started, ("0", "1"))]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", CLI_AFTER_BARRIER, str(mine), ",".join(map(str, started)), *args, "--layers", layer],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for mine, layer in zip(started, ("0", "1"))
+    ]
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err for _, err in results]
     saved = pd.read_csv(out)
-    assert sorted(zip(saved["layer"], saved["seed"])) == [(l, s) for l in (0, 1) for s in (0, 1, 2)]
+    assert sorted(zip(saved["layer"], saved["seed"])) == [(layer, s) for layer in (0, 1) for s in (0, 1, 2)]
     sibling = tmp_path / "sibling"
     sibling.write_text("")
     for path in (out, settings_path(out)):

@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 
 import headsteer as hs
-from headsteer.paper import runner
 from headsteer.cli import main
 from headsteer.errors import ResultsFileError
 from headsteer.files import predictions_path, settings_path
+from headsteer.paper import runner
 from headsteer.paper.runner import summary_markdown
 from headsteer.paper.table import METHODS, TableConfig, build_table
 from headsteer.tasks import Task
@@ -73,8 +73,24 @@ def test_table_config_is_validated_and_round_trips():
 def test_cli_table_writes_csv_and_markdown(tmp_path, capsys):
     model = str(save_tiny_model("gemma3", tmp_path / "m"))
     out = tmp_path / "table.csv"
-    args = ["table", "--model", model, "--tasks", "builtin/antonym", "--seeds", "1", "--methods", "0-shot", "10-shot",
-            "--max-test", "3", "--layer", "1", "--out", str(out)]
+    args = [
+        "table",
+        "--model",
+        model,
+        "--tasks",
+        "builtin/antonym",
+        "--seeds",
+        "1",
+        "--methods",
+        "0-shot",
+        "10-shot",
+        "--max-test",
+        "3",
+        "--layer",
+        "1",
+        "--out",
+        str(out),
+    ]
     assert main(args) == 0
     assert len(pd.read_csv(out)) == 2 and "10-shot" in out.with_suffix(".md").read_text()
 
@@ -85,10 +101,20 @@ def test_runs_on_fewer_or_other_tasks_share_the_file_when_their_data_match(gemma
     build_table(gemma_tiny, [antonym], QA, [0], config, out, progress=False)
     build_table(gemma_tiny, [french], QA, [0], config, out, progress=False)  # another task joins the file
     rows = build_table(gemma_tiny, [antonym, french], QA, [0, 1], config, out, progress=False)
-    assert sorted(zip(rows["task"], rows["seed"])) == [(antonym.name, 0), (antonym.name, 1), (french.name, 0), (french.name, 1)]
+    assert sorted(zip(rows["task"], rows["seed"])) == [
+        (antonym.name, 0),
+        (antonym.name, 1),
+        (french.name, 0),
+        (french.name, 1),
+    ]
     recorded = json.loads(settings_path(out).read_text())["inputs"]
-    assert {name: r["sha256"] for name, r in recorded.items()} == {antonym.name: antonym.sha256, french.name: french.sha256}
+    assert {name: r["sha256"] for name, r in recorded.items()} == {
+        antonym.name: antonym.sha256,
+        french.name: french.sha256,
+    }
     relabelled = Task(antonym.name, french.pairs, "elsewhere/antonym.json")
-    with pytest.raises(ResultsFileError, match=r"task data for 'builtin/antonym' differs \(read from elsewhere/antonym.json"):
+    with pytest.raises(
+        ResultsFileError, match=r"task data for 'builtin/antonym' differs \(read from elsewhere/antonym.json"
+    ):
         build_table(gemma_tiny, [relabelled], QA, [0], config, out, progress=False)
     assert len(pd.read_csv(out)) == 4

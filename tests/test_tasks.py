@@ -110,8 +110,11 @@ def test_repeated_inputs_are_dropped_at_load_keeping_the_first(tmp_path):
 
 @pytest.mark.parametrize(
     "n_train, max_test, message",
-    [(0, None, "n_train must be an int >= 1, got 0"), (2, -1, "max_test must be None .* got -1"),
-     (2, 0, "max_test must be None .* got 0")],
+    [
+        (0, None, "n_train must be an int >= 1, got 0"),
+        (2, -1, "max_test must be None .* got -1"),
+        (2, 0, "max_test must be None .* got 0"),
+    ],
 )
 def test_split_sizes_are_validated(n_train, max_test, message):
     with pytest.raises(ConfigError, match=message):
@@ -129,9 +132,12 @@ LONG = hs.Pair(" ".join(["hot"] * 300), "cold")
 
 def test_a_pair_over_the_token_limit_is_refused_by_name_and_count(gemma_tiny):
     qa = hs.get_template("qa")
-    with pytest.raises(PromptTooLongError, match=r"pair 'hot hot .*…' → 'cold' is 306 tokens long "
-                                                    r"\(prompt \+ answer, template 'qa'\), more than the limit "
-                                                    r"of 256; .*--max-tokens"):
+    with pytest.raises(
+        PromptTooLongError,
+        match=r"pair 'hot hot .*…' → 'cold' is 306 tokens long "
+        r"\(prompt \+ answer, template 'qa'\), more than the limit "
+        r"of 256; .*--max-tokens",
+    ):
         encode_targets(gemma_tiny.tokenizer, qa, [hs.Pair("hot", "cold"), LONG])
     with pytest.raises(PromptTooLongError, match=r"the prompt of input 'hot hot .*' is 305 tokens long"):
         hs.encode_prompts(gemma_tiny.tokenizer, qa, [LONG.input])
@@ -146,6 +152,5 @@ def test_the_token_limit_is_configurable(gemma_tiny):
         encode_targets(gemma_tiny.tokenizer, qa, [LONG])
     with token_limit(5), pytest.raises(PromptTooLongError, match="'hot' → 'cold' is 7 tokens long .* limit of 5"):
         encode_targets(gemma_tiny.tokenizer, qa, [hs.Pair("hot", "cold")])
-    with pytest.raises(ConfigError, match="token limit must be None or an int >= 1"):
-        with token_limit(0):
-            pass
+    with pytest.raises(ConfigError, match="token limit must be None or an int >= 1"), token_limit(0):
+        pass

@@ -26,8 +26,14 @@ def test_folds_partition_the_pairs_evenly():
 
 
 def test_best_strength_weights_folds_by_size_and_breaks_ties_upwards():
-    cv = pd.DataFrame({"strength": [0.0, 0.0, 0.1, 0.1], "fold": [0, 1, 0, 1],
-                       "n_heldout": [3, 1, 3, 1], "heldout_loss": [1.0, 0.0, 0.5, 2.0]})
+    cv = pd.DataFrame(
+        {
+            "strength": [0.0, 0.0, 0.1, 0.1],
+            "fold": [0, 1, 0, 1],
+            "n_heldout": [3, 1, 3, 1],
+            "heldout_loss": [1.0, 0.0, 0.5, 2.0],
+        }
+    )
     assert tuning.best_strength(cv) == 0.0  # 0.75 vs 0.875; an unweighted mean of folds would pick 0.1 (0.5 vs 1.25)
     tie = cv.assign(heldout_loss=1.0)
     assert tuning.best_strength(tie) == 0.1
@@ -64,5 +70,7 @@ def test_fit_tuned_refits_on_every_pair_at_the_chosen_strength(gemma_tiny):
     result, cv = tuning.fit_tuned(gemma_tiny, TRAIN, QA, BASE, grid=(0.0, 0.02, 5.0), k=2, progress=False)
     chosen = tuning.best_strength(cv)
     assert result.config.gamma == result.config.lam == chosen and len(cv) == 6
-    alone = hs.fit(gemma_tiny, TRAIN, QA, hs.FitConfig(**{**BASE.to_dict(), "gamma": chosen, "lam": chosen}), progress=False)
+    alone = hs.fit(
+        gemma_tiny, TRAIN, QA, hs.FitConfig(**{**BASE.to_dict(), "gamma": chosen, "lam": chosen}), progress=False
+    )
     torch.testing.assert_close(result.intervention.delta, alone.intervention.delta)

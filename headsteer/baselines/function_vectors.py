@@ -23,8 +23,9 @@ the same linear read-out Todd et al. use, not the head's exact contribution.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -33,13 +34,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from headsteer.baselines.prompting import few_shot_template
-from headsteer.errors import ConfigError
+from headsteer.errors import ConfigError, ModelMismatchError
 from headsteer.fitting.forward import build_prefix, run_suffix
 from headsteer.hooks import PromptEndAdd, PromptPositions, hook_z_name, last_token_activations
-from headsteer.errors import ModelMismatchError
 from headsteer.models import ModelSignature
-from headsteer.steering import Applies, Hook
 from headsteer.prompts import Template, TokenBatch, encode_texts, split_answer_tokens
+from headsteer.steering import Applies, Hook
 from headsteer.tasks import Pair
 
 
@@ -113,7 +113,10 @@ def last_token_z(model, tokens: TokenBatch) -> Float[Tensor, "batch n_layers n_h
 
 @torch.no_grad()
 def indirect_effects(
-    model, corrupted: TokenBatch, mean_z: Float[Tensor, "n_layers n_heads d_head"], targets: Int[Tensor, " batch"],
+    model,
+    corrupted: TokenBatch,
+    mean_z: Float[Tensor, "n_layers n_heads d_head"],
+    targets: Int[Tensor, " batch"],
     progress: bool = False,
 ) -> Float[Tensor, "n_layers n_heads"]:
     """AIE_{ℓh}: the mean gain in p(target) from setting head (ℓ, h) to its clean mean at the last token."""
@@ -129,7 +132,7 @@ def indirect_effects(
     base = target_probs(None, None)[:, :1]  # no patch: every repeat of a row is the same
     effects = torch.zeros(n_layers, n_heads)
     for layer in tqdm(range(n_layers), desc="head effects", disable=not progress, leave=False):
-        patch = (mean_z[layer][None] - corrupt_z[:, layer])  # [n, H, D]: what moves z to the clean mean
+        patch = mean_z[layer][None] - corrupt_z[:, layer]  # [n, H, D]: what moves z to the clean mean
         onehot = torch.eye(n_heads)[None, :, :, None]  # [1, H(patched), H, 1]
         deltas = (onehot * patch[:, None]).reshape(n * n_heads, n_heads, -1)
         effects[layer] = (target_probs(layer, deltas) - base).mean(0)
@@ -146,7 +149,11 @@ def head_output_vector(model, mean_z: Tensor, heads: Sequence[tuple[int, int]]) 
 
 
 def fit_function_vector(
-    model, pairs: Sequence[Pair], template: Template, config: FVConfig = FVConfig(), task: str = "",
+    model,
+    pairs: Sequence[Pair],
+    template: Template,
+    config: FVConfig = FVConfig(),
+    task: str = "",
     progress: bool = False,
 ) -> tuple[FunctionVector, pd.DataFrame]:
     """The FV and a table of every head's AIE (layer, head, aie, rank; rank 1 = largest)."""
@@ -170,12 +177,14 @@ def _first_answer_token(tokenizer, template: Template, pair: Pair) -> int:
 
 def _effects_table(aie: Tensor, task: str) -> pd.DataFrame:
     n_layers, n_heads = aie.shape
-    table = pd.DataFrame({
-        "task": task,
-        "layer": torch.arange(n_layers).repeat_interleave(n_heads).tolist(),
-        "head": torch.arange(n_heads).repeat(n_layers).tolist(),
-        "aie": aie.flatten().tolist(),
-    })
+    table = pd.DataFrame(
+        {
+            "task": task,
+            "layer": torch.arange(n_layers).repeat_interleave(n_heads).tolist(),
+            "head": torch.arange(n_heads).repeat(n_layers).tolist(),
+            "aie": aie.flatten().tolist(),
+        }
+    )
     table = table.sort_values("aie", ascending=False, kind="stable").reset_index(drop=True)
     table["rank"] = range(1, len(table) + 1)
     return table

@@ -19,18 +19,18 @@ al. encode a demonstration's source and target texts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from headsteer.hooks import PromptPositions, last_token_activations
 from headsteer.errors import ModelMismatchError
+from headsteer.hooks import PromptPositions, last_token_activations
 from headsteer.models import ModelSignature
-from headsteer.steering import Applies, Hook
 from headsteer.prompts import encode_texts
+from headsteer.steering import Applies, Hook
 from headsteer.tasks import Pair
 
 
@@ -53,7 +53,7 @@ class InContextVector(Applies):
             raise ModelMismatchError(f"in-context vector for {self.task!r} does not fit this model: {problems}")
 
     def hooks(self, positions: PromptPositions) -> list[Hook]:
-        """Every layer's v_ℓ at every position (prompt, cache and generated tokens alike): ``positions`` is not needed."""
+        """Every layer's v_ℓ at every position (prompt, cache and generated tokens alike); ``positions`` unused."""
         return [(resid_name(layer), NormPreservingAdd(self.strength * v)) for layer, v in enumerate(self.vectors)]
 
 

@@ -15,8 +15,9 @@ as every other method.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -71,9 +72,13 @@ def peft_model(model, config: PEFTConfig, task: str = ""):
     names = {name.rsplit(".", 1)[-1] for name, _ in hf.named_modules()}
     needed = {"lora": {"q_proj", "v_proj"}, "ia3": {"k_proj", "v_proj", "down_proj"}}.get(config.method, set())
     if not needed <= names:
-        raise ConfigError(f"{config.method} needs modules {sorted(needed)}; this model has none named {sorted(needed - names)}")
+        raise ConfigError(
+            f"{config.method} needs modules {sorted(needed)}; this model has none named {sorted(needed - names)}"
+        )
     if config.method == "lora":
-        spec = peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=sorted(needed), task_type="CAUSAL_LM")
+        spec = peft.LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.0, target_modules=sorted(needed), task_type="CAUSAL_LM"
+        )
     elif config.method == "ia3":
         spec = peft.IA3Config(target_modules=sorted(needed), feedforward_modules=["down_proj"], task_type="CAUSAL_LM")
     else:
@@ -113,10 +118,12 @@ def _prompt_tuning_model(hf, spec, tokenizer, description: str):
 def first_token_loss(trained, tokenizer, template: Template, pairs: Sequence[Pair]) -> torch.Tensor:
     """(1/N) Σ_i −log p(y_i¹ | prompt_i) under ``trained`` (a Hugging Face causal LM)."""
     tokens = encode_prompts(tokenizer, template, [p.input for p in pairs])
-    targets = torch.tensor([
-        split_answer_tokens(tokenizer, template.format_prompt(p.input), template.format_answer(p.output))[1][0]
-        for p in pairs
-    ])
+    targets = torch.tensor(
+        [
+            split_answer_tokens(tokenizer, template.format_prompt(p.input), template.format_answer(p.output))[1][0]
+            for p in pairs
+        ]
+    )
     device = next(trained.parameters()).device
     ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
     logits = trained(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits  # the last position only
@@ -143,7 +150,9 @@ def train_peft(
         history.append({"step": step, "task_loss": float(loss.detach())})
     trained.eval()
     with torch.no_grad():
-        history.append({"step": config.steps, "task_loss": float(first_token_loss(trained, model.tokenizer, template, pairs))})
+        history.append(
+            {"step": config.steps, "task_loss": float(first_token_loss(trained, model.tokenizer, template, pairs))}
+        )
     return trained, pd.DataFrame(history)
 
 
@@ -158,8 +167,11 @@ def evaluate_hf(
         chunk = list(pairs[start : start + batch_size])
         tokens = encode_prompts(tokenizer, template, [p.input for p in chunk])
         out = trained.generate(
-            input_ids=tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device),
-            max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
+            input_ids=tokens.input_ids.to(device),
+            attention_mask=tokens.attention_mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
             eos_token_id=tokenizer.eos_token_id,
         )
         new = out[:, tokens.input_ids.shape[1] :].cpu()

@@ -11,7 +11,7 @@ template. One fixed format for every task; nothing is tuned.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from headsteer.prompts import Template
 from headsteer.tasks import Pair

@@ -13,15 +13,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from headsteer.config import FitConfig
 from headsteer.cli.demo import run_demo
-from headsteer.errors import ConfigError
-from headsteer.evaluate import evaluate_pairs, format_mean_std, mean_std, summarize
-from headsteer.errors import ArtifactError
-from headsteer.runs import fit_and_score, heldout_pairs, zero_shot_vs_fitted
-from headsteer.files import check_output_dir, check_output_file, summary_path, write_csv_atomic, write_text_atomic
-from headsteer.intervention import Intervention, check_artifact_output
-from headsteer.models import ModelFiles, load_from, open_model
 from headsteer.cli.preflight import (
     check_fast_forward,
     check_intervention_model,
@@ -31,8 +23,15 @@ from headsteer.cli.preflight import (
     check_task_pairs,
     checked_split,
 )
-from headsteer.prompts import Template, get_template
+from headsteer.config import FitConfig
+from headsteer.errors import ArtifactError, ConfigError
+from headsteer.evaluate import evaluate_pairs, format_mean_std, mean_std, summarize
+from headsteer.files import check_output_dir, check_output_file, summary_path, write_csv_atomic, write_text_atomic
+from headsteer.intervention import Intervention, check_artifact_output
+from headsteer.models import ModelFiles, load_from, open_model
 from headsteer.paper.sweep import sweep as run_sweep
+from headsteer.prompts import Template, get_template
+from headsteer.runs import fit_and_score, heldout_pairs, zero_shot_vs_fitted
 from headsteer.tasks import Task, load_task, split_task
 
 DEMO_TEMPLATE, DEMO_N_TRAIN = "qa", 10
@@ -46,8 +45,11 @@ def _task(name: str, data_dir: str | None) -> Task:
     """Load a task, saying on stderr how many repeated inputs were dropped."""
     task = load_task(name, data_dir)
     if task.dropped_duplicates:
-        print(f"task {task.name!r}: dropped {task.dropped_duplicates} pairs whose input repeats an earlier "
-              f"pair's (the first is kept); {len(task)} pairs remain", file=sys.stderr)
+        print(
+            f"task {task.name!r}: dropped {task.dropped_duplicates} pairs whose input repeats an earlier "
+            f"pair's (the first is kept); {len(task)} pairs remain",
+            file=sys.stderr,
+        )
     return task
 
 
@@ -62,8 +64,16 @@ def _write_summary(out: str, text: str) -> None:
 
 
 def _config(args: argparse.Namespace, seed: int) -> FitConfig:
-    return FitConfig(layer=args.layer, gamma=args.gamma, lam=args.lam, loss=args.loss,
-                     optimizer=args.optimizer, steps=args.steps, lr=args.lr, seed=seed)
+    return FitConfig(
+        layer=args.layer,
+        gamma=args.gamma,
+        lam=args.lam,
+        loss=args.loss,
+        optimizer=args.optimizer,
+        steps=args.steps,
+        lr=args.lr,
+        seed=seed,
+    )
 
 
 def _check_fit_model(files: ModelFiles, layer: int, fast: bool, flag: str = "--layer") -> None:
@@ -80,7 +90,9 @@ def fit(args: argparse.Namespace) -> int:
     paths = check_artifact_output(args.out)
     files = _open(args)
     _check_fit_model(files, config.layer, args.fast)
-    checked_split(files, template, task, args.n_train, config.seed, _max_test(args), include_stop=config.loss == "sequence")
+    checked_split(
+        files, template, task, args.n_train, config.seed, _max_test(args), include_stop=config.loss == "sequence"
+    )
     model = load_from(files)
     run = fit_and_score(model, task, template, config, args.n_train, _max_test(args), fast=args.fast)
     run.save(paths.stem)
@@ -91,7 +103,7 @@ def fit(args: argparse.Namespace) -> int:
     return 0
 
 
-def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name
+def eval(args: argparse.Namespace) -> int:
     iv = Intervention.load(args.intervention)
     task = _task(args.task, args.data_dir)
     out = check_output_file(args.out) if args.out else None
@@ -110,7 +122,9 @@ def eval(args: argparse.Namespace) -> int:  # noqa: A001 - the subcommand's name
     iv.check_fits(model)
     scores = evaluate_pairs(model, test, template, [iv])
     baseline = evaluate_pairs(model, test, template, [])
-    split = f"split seed {held.split_seed}, n_train {held.n_train}" if held.split_seed is not None else "no split recorded"
+    split = (
+        f"split seed {held.split_seed}, n_train {held.n_train}" if held.split_seed is not None else "no split recorded"
+    )
     print(f"{iv}\nheld-out pairs: {len(test)} ({split}; {held.excluded} left out as training inputs)")
     print(f"zero_shot: {summarize(baseline)}\nfitted:    {summarize(scores)}")
     if out:
@@ -126,9 +140,13 @@ def compare(args: argparse.Namespace) -> int:
     files = _open(args)
     _check_fit_model(files, config.layer, args.fast)
     for seed in args.seeds:
-        checked_split(files, template, task, args.n_train, seed, _max_test(args), include_stop=config.loss == "sequence")
+        checked_split(
+            files, template, task, args.n_train, seed, _max_test(args), include_stop=config.loss == "sequence"
+        )
     model = load_from(files)
-    results = zero_shot_vs_fitted(model, task, template, config, args.seeds, args.n_train, _max_test(args), fast=args.fast)
+    results = zero_shot_vs_fitted(
+        model, task, template, config, args.seeds, args.n_train, _max_test(args), fast=args.fast
+    )
     if out:
         write_csv_atomic(out, results)
     table = format_mean_std(mean_std(results, by=["task", "layer", "method"]))
@@ -146,10 +164,13 @@ def sweep(args: argparse.Namespace) -> int:
     if args.fast:
         check_fast_forward(files)
     for seed in range(args.seeds):
-        checked_split(files, template, task, args.n_train, seed, _max_test(args), include_stop=config.loss == "sequence")
+        checked_split(
+            files, template, task, args.n_train, seed, _max_test(args), include_stop=config.loss == "sequence"
+        )
     model = load_from(files)
-    table = run_sweep(model, task, template, layers, range(args.seeds), config, args.n_train, _max_test(args), out,
-                      fast=args.fast)
+    table = run_sweep(
+        model, task, template, layers, range(args.seeds), config, args.n_train, _max_test(args), out, fast=args.fast
+    )
     summary = table.groupby("layer")[["first_token", "exact_match", "zero_shot_first_token"]].agg(["mean", "std"])
     print(summary.round(3).to_markdown())
     print(f"wrote {out}")
@@ -162,8 +183,14 @@ def table(args: argparse.Namespace) -> int:
     from headsteer.paper.table import FEW_SHOT_METHODS, METHODS, TableConfig, build_table
 
     methods = tuple(args.methods or METHODS)
-    config = TableConfig(n_train=args.n_train, max_test=_max_test(args), layer=args.layer,
-                         fv_top_k=args.fv_top_k, peft_steps=args.peft_steps, methods=methods)
+    config = TableConfig(
+        n_train=args.n_train,
+        max_test=_max_test(args),
+        layer=args.layer,
+        fv_top_k=args.fv_top_k,
+        peft_steps=args.peft_steps,
+        methods=methods,
+    )
     template = get_template(args.template)
     tasks = [_task(name, args.data_dir) for name in args.tasks]
     out = check_results_outputs(args.out, predictions=True, summary=True)
@@ -215,7 +242,14 @@ def compose(args: argparse.Namespace) -> int:
 
 
 def opinion(args: argparse.Namespace) -> int:
-    from headsteer.paper.opinion import METHODS, OpinionConfig, build_opinion_table, option_targets, question_block, with_average
+    from headsteer.paper.opinion import (
+        METHODS,
+        OpinionConfig,
+        build_opinion_table,
+        option_targets,
+        question_block,
+        with_average,
+    )
     from headsteer.paper.opinionqa import PAPER_GROUPS, load_group, split_questions
     from headsteer.paper.runner import summary_markdown
 
@@ -239,8 +273,8 @@ def opinion(args: argparse.Namespace) -> int:
 
 
 def heads(args: argparse.Namespace) -> int:
-    from headsteer.paper.head_study import head_study
     from headsteer.heads import DEFAULT_PATH
+    from headsteer.paper.head_study import head_study
 
     config = _config(args, args.seed)
     template = get_template(args.template)
@@ -260,7 +294,9 @@ def figures(args: argparse.Namespace) -> int:
     from headsteer.paper.figures import build_figures
 
     if not Path(args.results).is_dir():
-        raise ConfigError(f"--results {args.results}: no such folder (it should hold sweep_*.csv, table.csv, heads/<task>/)")
+        raise ConfigError(
+            f"--results {args.results}: no such folder (it should hold sweep_*.csv, table.csv, heads/<task>/)"
+        )
     check_output_dir(args.out, "--out")
     for path in build_figures(args.results, args.out, args.static):
         print(path)
@@ -298,4 +334,3 @@ def demo(args: argparse.Namespace) -> int:
     model = load_from(files)
     run_demo(model, task=args.task, template=DEMO_TEMPLATE, config=config, n_train=DEMO_N_TRAIN)
     return 0
-

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pandas as pd
 
 from headsteer.config import FitConfig
-from headsteer.runs import Run, fit_and_score
 from headsteer.prompts import get_template
+from headsteer.runs import Run, fit_and_score
 from headsteer.tasks import load_task
 
 

@@ -120,8 +120,9 @@ class LayerSelection:
             return list(range(n_layers))
         highest = max(span.stop - 1 for span in self.spans)
         if highest >= n_layers:
-            raise ConfigError(f"{flag} {self.text}: layer {highest} is out of range: this model has layers "
-                              f"0..{n_layers - 1}")
+            raise ConfigError(
+                f"{flag} {self.text}: layer {highest} is out of range: this model has layers 0..{n_layers - 1}"
+            )
         return [layer for span in self.spans for layer in span]
 
 

@@ -12,7 +12,6 @@ or pair at fault, and nothing has been written.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +26,7 @@ from headsteer.tasks import Pair, Task, split_task
 
 # ---- output locations -------------------------------------------------------------------
 def check_results_outputs(out: str, flag: str = "--out", predictions: bool = False, summary: bool = False) -> Path:
-    """A results CSV and the files written beside it (settings; predictions and ``.md`` summary if asked) can be written."""
+    """A results CSV and the files beside it (settings; predictions and ``.md`` summary if asked) can be written."""
     path = check_output_file(out, flag)
     siblings = {"settings": settings_path(path)}
     if predictions:
@@ -50,19 +49,23 @@ def check_model_layer(files: ModelFiles, layer: int, flag: str = "--layer") -> N
 def check_fast_forward(files: ModelFiles) -> None:
     """The prefix-cached fitter reads the unembedding as one affine map; a soft-capped head is not one."""
     if files.soft_caps_logits:
-        raise ConfigError(f"model {files.name!r} soft-caps its logits, which the prefix-cached fitter cannot "
-                          "score; pass --no-fast (headsteer fit, compare, sweep) for the full forward")
+        raise ConfigError(
+            f"model {files.name!r} soft-caps its logits, which the prefix-cached fitter cannot "
+            "score; pass --no-fast (headsteer fit, compare, sweep) for the full forward"
+        )
 
 
 def check_intervention_model(iv: Intervention, files: ModelFiles, flag: str = "--intervention") -> None:
     """What can be compared before the weights load: the model's name and number of layers."""
-    problems = [f"{what}: trained on {theirs!r}, model has {ours!r}"
-                for what, theirs, ours in (("name", iv.model.name, files.name),
-                                           ("n_layers", iv.model.n_layers, files.n_layers))
-                if theirs != ours]
+    problems = [
+        f"{what}: trained on {theirs!r}, model has {ours!r}"
+        for what, theirs, ours in (("name", iv.model.name, files.name), ("n_layers", iv.model.n_layers, files.n_layers))
+        if theirs != ours
+    ]
     if problems:
-        raise ModelMismatchError(f"{flag}: intervention for task {iv.task!r} does not fit this model: "
-                                 + "; ".join(problems))
+        raise ModelMismatchError(
+            f"{flag}: intervention for task {iv.task!r} does not fit this model: " + "; ".join(problems)
+        )
 
 
 # ---- every pair the run uses --------------------------------------------------------------
@@ -75,7 +78,9 @@ def naming_task(name: str) -> Iterator[None]:
         raise type(err)(f"task {name!r}: {err}") from None
 
 
-def check_task_pairs(task: str, tokenizer, template: Template, pairs: Sequence[Pair], include_stop: bool = False) -> None:
+def check_task_pairs(
+    task: str, tokenizer, template: Template, pairs: Sequence[Pair], include_stop: bool = False
+) -> None:
     with naming_task(task):
         check_pairs(tokenizer, template, pairs, include_stop)
 
@@ -88,7 +93,12 @@ def check_prompts(task: str, tokenizer, template: Template, inputs: Sequence[str
 
 
 def checked_split(
-    files: ModelFiles, template: Template, task: Task, n_train: int, seed: int, max_test: int | None,
+    files: ModelFiles,
+    template: Template,
+    task: Task,
+    n_train: int,
+    seed: int,
+    max_test: int | None,
     include_stop: bool = False,
 ) -> tuple[list[Pair], list[Pair]]:
     """The split a run will use, once its training and test pairs all tokenize (prefix rule, token limit)."""

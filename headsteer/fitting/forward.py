@@ -34,10 +34,10 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from headsteer.hooks import AtIndex, added_hooks, delta_hooks
 from headsteer.fitting.losses import Scored
-from headsteer.prompts import TokenBatch
 from headsteer.fitting.unembed import FinalHidden, output_embedding
+from headsteer.hooks import AtIndex, added_hooks, delta_hooks
+from headsteer.prompts import TokenBatch
 
 
 class ScoredForward(Protocol):
@@ -192,8 +192,11 @@ def shared_prefix_final_hidden(model, shared_ids: list[int], suffixes: TokenBatc
     mask = torch.cat([torch.ones(rows, len(shared_ids), dtype=torch.long), suffixes.attention_mask], dim=1)
     positions = (len(shared_ids) + torch.arange(width)).expand(rows, -1)
     hidden = base(
-        input_ids=suffixes.input_ids.to(device), attention_mask=mask.to(device),
-        position_ids=positions.to(device), past_key_values=cache, use_cache=True,
+        input_ids=suffixes.input_ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=positions.to(device),
+        past_key_values=cache,
+        use_cache=True,
     ).last_hidden_state
     last = hidden[torch.arange(rows, device=device), suffixes.last_index.to(device)]
     return FinalHidden(last[:, None], *output_embedding(model))

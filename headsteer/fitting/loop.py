@@ -10,9 +10,9 @@ as a fit of its own would. A single fit is the batch of one.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
 
 import pandas as pd
 import torch
@@ -22,15 +22,14 @@ from tqdm.auto import tqdm
 
 from headsteer.config import PAIR_LOSSES, FitConfig
 from headsteer.errors import ConfigError, NonFiniteLossError
-from headsteer.fitting.forward import PrefixCachedForward
-from headsteer.fitting.forward import ScoredForward
+from headsteer.fitting.forward import PrefixCachedForward, ScoredForward
+from headsteer.fitting.losses import scored_positions, task_loss
+from headsteer.fitting.optim import UPDATE_RULES
+from headsteer.fitting.regularization import penalty
 from headsteer.hooks import check_layer
 from headsteer.intervention import Intervention, check_template
 from headsteer.models import ModelSignature
-from headsteer.fitting.losses import scored_positions, task_loss
-from headsteer.fitting.optim import UPDATE_RULES
 from headsteer.prompts import Targets, Template, TokenBatch, encode_targets
-from headsteer.fitting.regularization import penalty
 from headsteer.tasks import Pair
 from headsteer.training_record import TrainingRecord
 
@@ -112,8 +111,10 @@ def fit_many(
     configs = [job.config for job in jobs]
     loss = configs[0].loss
     if loss not in PAIR_LOSSES:
-        raise ConfigError(f"loss {loss!r} needs option targets (fit_encoded, as headsteer opinion does); "
-                          f"a fit on pairs takes one of {PAIR_LOSSES}")
+        raise ConfigError(
+            f"loss {loss!r} needs option targets (fit_encoded, as headsteer opinion does); "
+            f"a fit on pairs takes one of {PAIR_LOSSES}"
+        )
     pairs = [p for job in jobs for p in job.pairs]
     row_fit = torch.tensor([k for k, job in enumerate(jobs) for _ in job.pairs], dtype=torch.long)
     tokens, targets = encode_targets(model.tokenizer, template, pairs, include_stop=loss == "sequence")
@@ -122,8 +123,15 @@ def fit_many(
     signature = ModelSignature.of(model)
     return [
         FitResult(
-            Intervention(delta, job.config.layer, signature, job.task, template.to_dict(), job.config.to_dict(),
-                         TrainingRecord.of_pairs(job.pairs)),
+            Intervention(
+                delta,
+                job.config.layer,
+                signature,
+                job.task,
+                template.to_dict(),
+                job.config.to_dict(),
+                TrainingRecord.of_pairs(job.pairs),
+            ),
             history,
         )
         for job, delta, history in zip(jobs, deltas, histories)
@@ -149,8 +157,15 @@ def fit_encoded(
     check_template(prompt_format or {})  # before the fit, not after it
     row_fit = torch.zeros(len(tokens), dtype=torch.long)
     deltas, histories = optimize(model, tokens, targets, row_fit, [config], forward, progress, desc=task or "fit")
-    iv = Intervention(deltas[0], config.layer, ModelSignature.of(model), task, prompt_format or {}, config.to_dict(),
-                      TrainingRecord(n_examples=len(tokens)))
+    iv = Intervention(
+        deltas[0],
+        config.layer,
+        ModelSignature.of(model),
+        task,
+        prompt_format or {},
+        config.to_dict(),
+        TrainingRecord(n_examples=len(tokens)),
+    )
     return FitResult(iv, histories[0])
 
 
@@ -180,13 +195,16 @@ def optimize(
     n_fits, steps, loss_name = len(configs), configs[0].steps, configs[0].loss
     n_scored = scored_positions(loss_name, targets)  # 1 for first_token/option_kl, the answer's length for sequence
     # Each fit's hyper-parameters as a [K] tensor: one loop serves fits with different lr, γ, λ and layers.
-    lr, gamma, lam = (torch.tensor([getattr(c, k) for c in configs], dtype=torch.float32) for k in ("lr", "gamma", "lam"))
+    lr, gamma, lam = (
+        torch.tensor([getattr(c, k) for c in configs], dtype=torch.float32) for k in ("lr", "gamma", "lam")
+    )
     layer_of_fit = torch.tensor([c.layer for c in configs])
     rows_of_fit = torch.bincount(row_fit, minlength=n_fits).float()
     # Rows go through the model in chunks of at most max_rows, which bounds the memory of one
     # forward/backward; a chunk may hold rows of several fits, each row with its own Δ and layer.
-    chunks = [(tokens.select(rows), targets.select(rows), row_fit[rows])
-              for rows in torch.arange(len(tokens)).split(max_rows)]
+    chunks = [
+        (tokens.select(rows), targets.select(rows), row_fit[rows]) for rows in torch.arange(len(tokens)).split(max_rows)
+    ]
 
     def smooth_part(delta: Tensor, with_grad: bool) -> tuple[Tensor, Tensor | None]:
         """f(Δ) per fit, and ∇f (summed over chunks) when ``with_grad``."""
@@ -252,7 +270,13 @@ def _history_rows(step: int, losses: Tensor, delta: Tensor, gamma: Tensor, lam: 
     active = (torch.linalg.vector_norm(delta, dim=-1) > 0).sum(-1)
     zeros = (delta == 0).flatten(1).float().mean(1)
     return [
-        {"step": step, "objective": float(f + r), "task_loss": float(f), "penalty": float(r),
-         "active_heads": int(n_active), "zeros": float(z)}
+        {
+            "step": step,
+            "objective": float(f + r),
+            "task_loss": float(f),
+            "penalty": float(r),
+            "active_heads": int(n_active),
+            "zeros": float(z),
+        }
         for f, r, n_active, z in zip(losses, reg, active, zeros)
     ]

@@ -17,7 +17,6 @@ from torch import Tensor
 from headsteer.fitting.unembed import FinalHidden
 from headsteer.prompts import AnswerTargets, OptionTargets, Targets
 
-
 Scored = Union[Float[Tensor, "batch tgt vocab"], FinalHidden]
 
 

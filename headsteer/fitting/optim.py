@@ -47,9 +47,7 @@ def _per_fit(x: PerFit) -> Float[Tensor, "fits 1 1"]:
     return x[:, None, None]
 
 
-def _adam_moments(
-    m: Deltas, v: Deltas, g: Deltas, step: int
-) -> tuple[Deltas, Deltas, Deltas, Deltas]:
+def _adam_moments(m: Deltas, v: Deltas, g: Deltas, step: int) -> tuple[Deltas, Deltas, Deltas, Deltas]:
     """Adam's moments after gradient ``g`` at ``step`` (0-based), and their bias-corrected values."""
     m = BETAS[0] * m + (1 - BETAS[0]) * g
     v = BETAS[1] * v + (1 - BETAS[1]) * g * g

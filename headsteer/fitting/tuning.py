@@ -14,8 +14,8 @@ methods see. All k × |grid| fits run as one batch (:func:`headsteer.fitting.loo
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 import pandas as pd
 import torch
@@ -42,8 +42,14 @@ def folds(pairs: Sequence[Pair], k: int, seed: int) -> list[list[Pair]]:
 
 
 def cross_validate(
-    model, pairs: Sequence[Pair], template: Template, base: FitConfig, grid: Sequence[float] = DEFAULT_GRID,
-    k: int = DEFAULT_FOLDS, task: str = "", progress: bool = True,
+    model,
+    pairs: Sequence[Pair],
+    template: Template,
+    base: FitConfig,
+    grid: Sequence[float] = DEFAULT_GRID,
+    k: int = DEFAULT_FOLDS,
+    task: str = "",
+    progress: bool = True,
 ) -> pd.DataFrame:
     """One row per (strength, fold): the held-out task loss of Δ fitted with γ = λ = strength."""
     if not grid:
@@ -56,10 +62,12 @@ def cross_validate(
     ]
     results = fit_many(model, jobs, template, progress=progress)
     losses = [heldout_loss(model, r, parts[j], template) for r, (_, j) in zip(results, cases)]
-    return pd.DataFrame([
-        {"strength": s, "fold": j, "n_heldout": len(parts[j]), "heldout_loss": loss}
-        for (s, j), loss in zip(cases, losses)
-    ])
+    return pd.DataFrame(
+        [
+            {"strength": s, "fold": j, "n_heldout": len(parts[j]), "heldout_loss": loss}
+            for (s, j), loss in zip(cases, losses)
+        ]
+    )
 
 
 @torch.no_grad()
@@ -81,8 +89,14 @@ def best_strength(cv: pd.DataFrame) -> float:
 
 
 def fit_tuned(
-    model, pairs: Sequence[Pair], template: Template, base: FitConfig = FitConfig(),
-    grid: Sequence[float] = DEFAULT_GRID, k: int = DEFAULT_FOLDS, task: str = "", progress: bool = True,
+    model,
+    pairs: Sequence[Pair],
+    template: Template,
+    base: FitConfig = FitConfig(),
+    grid: Sequence[float] = DEFAULT_GRID,
+    k: int = DEFAULT_FOLDS,
+    task: str = "",
+    progress: bool = True,
 ) -> tuple[FitResult, pd.DataFrame]:
     """Δ refitted on all ``pairs`` at the cross-validated strength; and the cross-validation table."""
     cv = cross_validate(model, pairs, template, base, grid, k, task, progress)

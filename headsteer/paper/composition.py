@@ -20,17 +20,17 @@ Methods, all on the composed held-out pairs:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 
 from headsteer.fitting.loop import FitJob, fit_many
 from headsteer.intervention import Intervention
-from headsteer.prompts import Template
 from headsteer.paper.results import InputHash, Settings, model_settings
 from headsteer.paper.runner import Cell, ExperimentConfig, Method, run_methods
+from headsteer.prompts import Template
 from headsteer.tasks import Pair, Task, TaskError, split_task
 
 SYMBOL = "∘"
@@ -64,7 +64,9 @@ class ComposedTask:
 
     @property
     def task(self) -> Task:
-        return Task(self.name, tuple(Pair(c.input, c.output) for c in self.chains), f"{self.outer.source} ∘ {self.inner.source}")
+        return Task(
+            self.name, tuple(Pair(c.input, c.output) for c in self.chains), f"{self.outer.source} ∘ {self.inner.source}"
+        )
 
     def __len__(self) -> int:
         return len(self.chains)
@@ -101,7 +103,9 @@ class ComposeConfig(ExperimentConfig):
         return self.n_train + 10
 
 
-def single_task_train(composed: ComposedTask, test: Sequence[Pair], n_train: int, seed: int) -> tuple[list[Pair], list[Pair]]:
+def single_task_train(
+    composed: ComposedTask, test: Sequence[Pair], n_train: int, seed: int
+) -> tuple[list[Pair], list[Pair]]:
     """N inner and N outer training pairs that no held-out chain uses."""
     held_out = {p.input for p in test}
     middles = {c.middle.casefold() for c in composed.chains if c.input in held_out}
@@ -110,8 +114,10 @@ def single_task_train(composed: ComposedTask, test: Sequence[Pair], n_train: int
     picks = []
     for task, pool in ((composed.inner, inner_pool), (composed.outer, outer_pool)):
         if len(pool) <= n_train:
-            raise TaskError(f"{task.name!r}: {len(pool)} pairs are not used by a held-out chain of {composed.name!r}; "
-                            f"n_train={n_train} needs more (score fewer held-out pairs)")
+            raise TaskError(
+                f"{task.name!r}: {len(pool)} pairs are not used by a held-out chain of {composed.name!r}; "
+                f"n_train={n_train} needs more (score fewer held-out pairs)"
+            )
         train, _ = split_task(Task(task.name, tuple(pool), task.source), n_train=n_train, seed=seed)
         picks.append(list(train))
     return picks[0], picks[1]
@@ -122,9 +128,11 @@ def _deltas(cell: Cell) -> dict[str, Intervention]:
     if "deltas" not in cell.cache:
         config = cell.fit_config(gamma=cell.config.gamma, lam=cell.config.lam)
         composed: ComposedTask = cell.cache["composed"]
-        jobs = [FitJob(tuple(cell.cache["inner_train"]), config, composed.inner.name),
-                FitJob(tuple(cell.cache["outer_train"]), config, composed.outer.name),
-                FitJob(tuple(cell.train), config, composed.name)]
+        jobs = [
+            FitJob(tuple(cell.cache["inner_train"]), config, composed.inner.name),
+            FitJob(tuple(cell.cache["outer_train"]), config, composed.outer.name),
+            FitJob(tuple(cell.train), config, composed.name),
+        ]
         results = fit_many(cell.model, jobs, cell.template, progress=False)
         cell.cache["deltas"] = dict(zip(("inner", "outer", "reoptimized"), (r.intervention for r in results)))
     return cell.cache["deltas"]
@@ -140,14 +148,21 @@ METHODS: dict[str, Method] = {
 
 
 def build_compose_table(
-    model, composed: Sequence[ComposedTask], template: Template, seeds: Sequence[int],
-    config: ComposeConfig = ComposeConfig(), out: str | Path | None = None, progress: bool = True,
+    model,
+    composed: Sequence[ComposedTask],
+    template: Template,
+    seeds: Sequence[int],
+    config: ComposeConfig = ComposeConfig(),
+    out: str | Path | None = None,
+    progress: bool = True,
 ) -> pd.DataFrame:
-    """One row per (composed task, method, seed); with ``out``, resumable like :func:`headsteer.paper.table.build_table`."""
+    """One row per (composed task, method, seed); with ``out``, resumable like the comparison table."""
     by_name = {c.name: c for c in composed}
     for c in composed:
         if len(c) < config.min_pairs:
-            raise TaskError(f"composed task {c.name!r} has {len(c)} pairs; n_train={config.n_train} needs {config.min_pairs}")
+            raise TaskError(
+                f"composed task {c.name!r} has {len(c)} pairs; n_train={config.n_train} needs {config.min_pairs}"
+            )
     settings = compose_settings(model, composed, template, config)
 
     def make_cell(name: str, seed: int) -> Cell:
@@ -164,4 +179,6 @@ def build_compose_table(
 def compose_settings(model, composed: Sequence[ComposedTask], template: Template, config: ComposeConfig) -> Settings:
     """What the composition rows depend on: each outer and inner task's data (the chains follow from them)."""
     inputs = {task.name: InputHash.of_task(task) for c in composed for task in (c.outer, c.inner)}
-    return Settings({"template": template.to_dict(), "config": config.to_dict(), "model": model_settings(model)}, inputs)
+    return Settings(
+        {"template": template.to_dict(), "config": config.to_dict(), "model": model_settings(model)}, inputs
+    )

@@ -16,11 +16,11 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from headsteer import plots
-from headsteer.paper import composition, opinion, table
 from headsteer.errors import DependencyError, ResultsFileError
-from headsteer.paper.head_study import VARIANTS
 from headsteer.heads import head_overlap
 from headsteer.intervention import Intervention
+from headsteer.paper import composition, opinion, table
+from headsteer.paper.head_study import VARIANTS
 
 
 def save_figure(fig: go.Figure, out_dir: Path, stem: str, static: bool = True) -> list[Path]:
@@ -52,12 +52,14 @@ def sweep_figures(results: Path) -> dict[str, go.Figure]:
 
 
 def table_figures(results: Path) -> dict[str, go.Figure]:
-    """Method bars of the comparison (``table.csv``), composition (``compose.csv``) and opinion (``opinion.csv``) tables."""
+    """Method bars of the comparison (``table.csv``), composition (``compose.csv``) and opinion tables."""
     figures = {}
     for stem, prefix, methods in (("table", "methods", table.METHODS), ("compose", "compose", composition.METHODS)):
         if (results / f"{stem}.csv").is_file():
             rows = pd.read_csv(results / f"{stem}.csv")
-            figures.update({f"{prefix}_{m}": plots.method_bars(rows, list(methods), m) for m in ("exact_match", "first_token")})
+            figures.update(
+                {f"{prefix}_{m}": plots.method_bars(rows, list(methods), m) for m in ("exact_match", "first_token")}
+            )
     if (results / "opinion.csv").is_file():
         rows = opinion.with_average(pd.read_csv(results / "opinion.csv"))
         figures["opinion_kl"] = plots.method_bars(rows, list(opinion.METHODS), "kl", what="group")
@@ -90,5 +92,7 @@ def build_figures(results: str | Path, out: str | Path, static: bool = True) -> 
         heads = pd.concat([pd.read_csv(study / "heads.csv") for study in studies], ignore_index=True)
         figures["heads_by_task"] = plots.head_share_by_task(heads[heads["variant"] == "regularized"])
     if not figures:
-        raise ResultsFileError(f"no results to draw in {results} (sweep_*.csv, table.csv, compose.csv, opinion.csv or heads/<task>/)")
+        raise ResultsFileError(
+            f"no results to draw in {results} (sweep_*.csv, table.csv, compose.csv, opinion.csv or heads/<task>/)"
+        )
     return [p for stem, fig in figures.items() for p in save_figure(fig, out, stem, static)]

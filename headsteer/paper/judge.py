@@ -50,7 +50,7 @@ QUESTIONS = {
 GENERIC = "In the task “{task}”, is “{prediction}” a correct answer for the input “{input}”?"
 REFERENCE = " One accepted answer is “{target}”; other correct answers count too. Answer yes or no."
 KEY = ["task", "input", "target", "prediction"]
-VOTE_COLUMNS = KEY + ["judge_yes", "judge_invalid"]
+VOTE_COLUMNS = [*KEY, "judge_yes", "judge_invalid"]
 # What a predictions file must hold: each prediction's identity and the (task, method, seed) it scores.
 PREDICTION_COLUMNS = ["task", "method", "seed", "input", "target", "prediction"]
 
@@ -83,7 +83,10 @@ class JudgeConfig:
         if not self.model:
             raise ConfigError("judge model must be named")
         if not 1 <= self.min_yes <= self.queries:
-            raise ConfigError(f"need 1 <= min_yes <= queries (--min-yes, --queries), got min_yes={self.min_yes}, queries={self.queries}")
+            raise ConfigError(
+                "need 1 <= min_yes <= queries (--min-yes, --queries), "
+                f"got min_yes={self.min_yes}, queries={self.queries}"
+            )
         if self.retries < 0 or self.workers < 1 or self.timeout_s <= 0:
             raise ConfigError("retries must be >= 0, workers >= 1 and timeout_s > 0")
 
@@ -105,11 +108,13 @@ class JudgeConfig:
         return cls(**data)
 
 
-def messages(task: str, input: str, target: str, prediction: str) -> list[dict[str, str]]:  # noqa: A002
+def messages(task: str, input: str, target: str, prediction: str) -> list[dict[str, str]]:
     """The chat sent for one prediction: the task's question and the reference answer."""
     question = QUESTIONS.get(task, GENERIC).format(task=task, input=input, prediction=prediction)
-    return [{"role": "system", "content": SYSTEM},
-            {"role": "user", "content": question + REFERENCE.format(target=target)}]
+    return [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": question + REFERENCE.format(target=target)},
+    ]
 
 
 def parse_vote(reply: str) -> bool | None:
@@ -127,7 +132,7 @@ def _origin(url: str) -> str:
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
     """Never follow a redirect: the request carries the API key, and the new location may be any host."""
 
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001 - urllib's signature
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
         raise JudgeError(
             f"judge endpoint {req.full_url} answered HTTP {code}, redirecting to {_origin(newurl)}; not followed "
             f"(the API key is sent to {ENV_BASE_URL}'s URL only): set {ENV_BASE_URL} to the URL that answers"
@@ -147,8 +152,10 @@ def reply_content(raw: bytes, url: str) -> str:
     if isinstance(data, dict) and "error" in data:
         error = data["error"]
         kind = next((str(error[k]) for k in ("type", "code") if isinstance(error, dict) and error.get(k)), "unnamed")
-        raise JudgeError(f"judge endpoint {url}: answered with an error object ({kind}); its text is not shown, as it "
-                         "may quote the API key")
+        raise JudgeError(
+            f"judge endpoint {url}: answered with an error object ({kind}); its text is not shown, as it "
+            "may quote the API key"
+        )
     choices = data.get("choices") if isinstance(data, dict) else None
     if not isinstance(choices, list) or not choices:
         raise JudgeError(f"judge endpoint {url}: the reply has no 'choices'")
@@ -163,8 +170,9 @@ def reply_content(raw: bytes, url: str) -> str:
 
 def chat(config: JudgeConfig, chat_messages: list[dict[str, str]]) -> str:
     """One completion's text; retries (with backoff) on 429, 5xx and connection errors."""
-    body = json.dumps({"model": config.model, "messages": chat_messages,
-                       "temperature": config.temperature, "max_tokens": 4}).encode()
+    body = json.dumps(
+        {"model": config.model, "messages": chat_messages, "temperature": config.temperature, "max_tokens": 4}
+    ).encode()
     headers = {"Content-Type": "application/json"}
     if key := os.environ.get(config.api_key_env):
         headers["Authorization"] = f"Bearer {key}"
@@ -184,7 +192,7 @@ def chat(config: JudgeConfig, chat_messages: list[dict[str, str]]) -> str:
     raise AssertionError("unreachable")
 
 
-def votes(config: JudgeConfig, task: str, input: str, target: str, prediction: str) -> tuple[int, int]:  # noqa: A002
+def votes(config: JudgeConfig, task: str, input: str, target: str, prediction: str) -> tuple[int, int]:
     """(yes, invalid) over ``config.queries`` queries; (0, 0) for an empty prediction."""
     if not prediction.strip():
         return 0, 0
@@ -193,17 +201,27 @@ def votes(config: JudgeConfig, task: str, input: str, target: str, prediction: s
 
 
 def judge_predictions(
-    predictions: pd.DataFrame, config: JudgeConfig, out: str | Path | None = None, progress: bool = True,
+    predictions: pd.DataFrame,
+    config: JudgeConfig,
+    out: str | Path | None = None,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """``predictions`` with ``judge_yes``, ``judge_invalid`` and ``gpt_eval`` (accepted) columns.
 
     With ``out``, votes are saved as they come (every ``config.workers`` × 8 items) and a rerun skips them.
     """
-    settings = Settings({"judge": {**config.to_dict(), "workers": None}, "system": SYSTEM, "questions": QUESTIONS,
-                         "generic": GENERIC, "reference": REFERENCE})
+    settings = Settings(
+        {
+            "judge": {**config.to_dict(), "workers": None},
+            "system": SYSTEM,
+            "questions": QUESTIONS,
+            "generic": GENERIC,
+            "reference": REFERENCE,
+        }
+    )
     store = ResultsFile(Path(out), tuple(VOTE_COLUMNS), tuple(KEY), settings, text=True) if out else None
     done = store.open() if store else pd.DataFrame(columns=VOTE_COLUMNS)
-    done = done.astype({c: str for c in KEY})
+    done = done.astype(dict.fromkeys(KEY, str))
     unique = predictions[KEY].astype(str).drop_duplicates()
     todo = unique.merge(done[KEY], how="left", indicator=True).query("_merge == 'left_only'")[KEY]
     rows = list(todo.itertuples(index=False))
@@ -223,7 +241,7 @@ def judge_predictions(
             if failure is not None:
                 raise failure
             bar.update(len(chunk))
-    judged = predictions.astype({c: str for c in KEY}).merge(done, on=KEY, how="left")
+    judged = predictions.astype(dict.fromkeys(KEY, str)).merge(done, on=KEY, how="left")
     return judged.assign(gpt_eval=judged["judge_yes"] >= config.min_yes)
 
 

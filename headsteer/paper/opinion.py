@@ -33,9 +33,10 @@ Methods, on the same held-out questions of each (group, seed):
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import pandas as pd
 import torch
@@ -46,16 +47,20 @@ from headsteer.config import FitConfig
 from headsteer.errors import TaskError
 from headsteer.fitting.forward import build_prefix, run_suffix, shared_prefix_final_hidden
 from headsteer.fitting.loop import fit_encoded
-from headsteer.intervention import Intervention
 from headsteer.fitting.losses import option_kl, option_log_probs
+from headsteer.fitting.unembed import FinalHidden
+from headsteer.intervention import Intervention
 from headsteer.paper.opinionqa import OpinionGroup, OpinionQAError, OpinionQuestion, split_questions
-from headsteer.prompts import OptionTargets, encode_continuations, encode_texts
 from headsteer.paper.results import InputHash, Settings, model_settings
 from headsteer.paper.runner import ExperimentConfig, run_methods
-from headsteer.fitting.unembed import FinalHidden
+from headsteer.prompts import OptionTargets, encode_continuations, encode_texts
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-PROMPT_FORMAT = {"kind": "opinionqa", "prompt": "Question: {question}\n{letter}. {option}\n...\nAnswer:", "option_token": " {letter}"}
+PROMPT_FORMAT = {
+    "kind": "opinionqa",
+    "prompt": "Question: {question}\n{letter}. {option}\n...\nAnswer:",
+    "option_token": " {letter}",
+}
 PERSONAS = {
     "INCOME": "Answer as a person whose annual family income is {group}.",
     "POLIDEOLOGY": "Answer as a person whose political ideology is {group}.",
@@ -112,8 +117,12 @@ def option_targets(tokenizer, questions: Sequence[OpinionQuestion]) -> OptionTar
 
 @torch.no_grad()
 def score_questions(
-    model, questions: Sequence[OpinionQuestion], prompts: Sequence[str], intervention: Intervention | None = None,
-    context: str = "", batch_size: int = 16,
+    model,
+    questions: Sequence[OpinionQuestion],
+    prompts: Sequence[str],
+    intervention: Intervention | None = None,
+    context: str = "",
+    batch_size: int = 16,
 ) -> pd.DataFrame:
     """Per question: the model's option distribution q and KL(p ‖ q).
 
@@ -145,8 +154,12 @@ def _final_hidden(model, texts: list[str], intervention: Intervention | None, co
 
 
 def _row(question: OpinionQuestion, q: Float[Tensor, " options"], kl: float) -> dict:
-    return {"key": question.key, "target": json.dumps([round(p, 6) for p in question.target]),
-            "prediction": json.dumps([round(float(x), 6) for x in q]), "kl": kl}
+    return {
+        "key": question.key,
+        "target": json.dumps([round(p, 6) for p in question.target]),
+        "prediction": json.dumps([round(float(x), 6) for x in q]),
+        "kl": kl,
+    }
 
 
 def uniform_scores(questions: Sequence[OpinionQuestion]) -> pd.DataFrame:
@@ -171,8 +184,15 @@ class OpinionConfig(ExperimentConfig):
         self.fit_config(seed=0)  # validates lr
 
     def fit_config(self, seed: int) -> FitConfig:
-        return FitConfig(layer=self.layer, gamma=self.gamma, lam=self.lam, loss="option_kl",
-                         steps=self.fit_steps, lr=self.lr, seed=seed)
+        return FitConfig(
+            layer=self.layer,
+            gamma=self.gamma,
+            lam=self.lam,
+            loss="option_kl",
+            steps=self.fit_steps,
+            lr=self.lr,
+            seed=seed,
+        )
 
 
 @dataclass
@@ -188,13 +208,18 @@ class OpinionCell:
     config: OpinionConfig
     cache: dict = field(default_factory=dict)
 
-    def score(self, prompts: Sequence[str], intervention: Intervention | None = None, context: str = "") -> pd.DataFrame:
+    def score(
+        self, prompts: Sequence[str], intervention: Intervention | None = None, context: str = ""
+    ) -> pd.DataFrame:
         return score_questions(self.model, self.test, prompts, intervention, context)
 
 
 def fit_opinion(model, group: OpinionGroup, train: Sequence[OpinionQuestion], config: FitConfig, progress: bool = True):
     """Δ minimising mean_i KL(p_i ‖ q_i(Δ)) + γ‖Δ‖₁ + λ Σ_h ‖Δ_h‖₂ over the training questions' plain prompts."""
-    tokens, targets = encode_texts(model.tokenizer, [question_block(q) for q in train]), option_targets(model.tokenizer, train)
+    tokens, targets = (
+        encode_texts(model.tokenizer, [question_block(q) for q in train]),
+        option_targets(model.tokenizer, train),
+    )
     name = f"opinionqa/{group.attribute}/{group.name}"
     return fit_encoded(model, tokens, targets, config, name, PROMPT_FORMAT, progress=progress)
 
@@ -204,6 +229,7 @@ def _delta(**changes) -> Callable[[OpinionCell], pd.DataFrame]:
         config = replace(cell.config.fit_config(cell.seed), **changes)
         result = fit_opinion(cell.model, cell.group, cell.train, config, progress=False)
         return cell.score([question_block(q) for q in cell.test], result.intervention)
+
     return run
 
 
@@ -218,8 +244,12 @@ METHODS: dict[str, Callable[[OpinionCell], pd.DataFrame]] = {
 
 
 def build_opinion_table(
-    model, groups: dict[str, OpinionGroup], seeds: Sequence[int], config: OpinionConfig = OpinionConfig(),
-    out: str | Path | None = None, progress: bool = True,
+    model,
+    groups: dict[str, OpinionGroup],
+    seeds: Sequence[int],
+    config: OpinionConfig = OpinionConfig(),
+    out: str | Path | None = None,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """One row per (group, method, seed) with the mean KL over held-out questions; resumable with ``out``."""
     settings = opinion_settings(model, groups, config)
@@ -229,14 +259,26 @@ def build_opinion_table(
         return OpinionCell(model, name, seed, groups[name], train, test, config)
 
     cells = [(name, s) for name in groups for s in seeds]
-    return run_methods(cells, make_cell, METHODS, settings, out, progress, desc="opinion",
-                       metrics=("kl",), item_columns=("key", "target", "prediction"))
+    return run_methods(
+        cells,
+        make_cell,
+        METHODS,
+        settings,
+        out,
+        progress,
+        desc="opinion",
+        metrics=("kl",),
+        item_columns=("key", "target", "prediction"),
+    )
 
 
 def opinion_settings(model, groups: dict[str, OpinionGroup], config: OpinionConfig) -> Settings:
     """What the opinion rows depend on: each group's questions and targets (by hash), prompts, config, model."""
     values = {"config": config.to_dict(), "prompt": PROMPT_FORMAT, "personas": PERSONAS, "model": model_settings(model)}
-    inputs = {name: InputHash("OpinionQA group", g.sha256, f"{g.source} ({g.attribute}:{g.name})") for name, g in groups.items()}
+    inputs = {
+        name: InputHash("OpinionQA group", g.sha256, f"{g.source} ({g.attribute}:{g.name})")
+        for name, g in groups.items()
+    }
     return Settings(values, inputs)
 
 

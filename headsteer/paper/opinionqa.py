@@ -70,7 +70,11 @@ class OpinionGroup:
 
         sha256 of ``[attribute, name, [[key, question, options, target], ...]]`` as compact UTF-8 JSON.
         """
-        data = [self.attribute, self.name, [[q.key, q.question, list(q.options), list(q.target)] for q in self.questions]]
+        data = [
+            self.attribute,
+            self.name,
+            [[q.key, q.question, list(q.options), list(q.target)] for q in self.questions],
+        ]
         text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -197,7 +201,9 @@ def split_questions(
     if n_train < 1:
         raise ConfigError(f"n_train must be >= 1, got {n_train}")
     if len(group) <= n_train:
-        raise OpinionQAError(f"group {group.name!r} has {len(group)} questions: too few for n_train={n_train} plus a test set")
+        raise OpinionQAError(
+            f"group {group.name!r} has {len(group)} questions: too few for n_train={n_train} plus a test set"
+        )
     order = list(group.questions)
     random.Random(seed).shuffle(order)
     test = order[n_train:]

@@ -105,8 +105,11 @@ class Settings:
         object.__setattr__(self, "inputs", dict(sorted(self.inputs.items())))
 
     def to_json(self) -> dict[str, JSON]:
-        return {"format": FORMAT, "settings": dict(self.values),
-                "inputs": {name: record.to_dict() for name, record in self.inputs.items()}}
+        return {
+            "format": FORMAT,
+            "settings": dict(self.values),
+            "inputs": {name: record.to_dict() for name, record in self.inputs.items()},
+        }
 
     @classmethod
     def read(cls, path: Path) -> Settings:
@@ -118,7 +121,8 @@ class Settings:
         if not isinstance(data, dict) or "format" not in data:
             raise ResultsFileError(
                 f"{path} records settings in an older format (names, not content hashes), so its rows cannot be "
-                f"checked against this run; migrate it (scripts/migrate_results_settings.py) or use another --out")
+                f"checked against this run; migrate it (scripts/migrate_results_settings.py) or use another --out"
+            )
         if data["format"] != FORMAT:
             raise ResultsFileError(f"{path} has settings format {data['format']!r}; this headsteer reads {FORMAT}")
         try:
@@ -142,8 +146,13 @@ class Settings:
             mine_in, theirs_in = self.inputs[name], recorded.inputs[name]
             if mine_in.sha256 != theirs_in.sha256:
                 what = f"{mine_in.kind} for {name!r}"
-                found.append((what, f"{what} differs (read from {mine_in.source}, sha256 {mine_in.sha256[:12]}… here; "
-                                    f"{theirs_in.sha256[:12]}… in the file, read from {theirs_in.source})"))
+                found.append(
+                    (
+                        what,
+                        f"{what} differs (read from {mine_in.source}, sha256 {mine_in.sha256[:12]}… here; "
+                        f"{theirs_in.sha256[:12]}… in the file, read from {theirs_in.source})",
+                    )
+                )
         return found
 
 
@@ -161,8 +170,11 @@ def _change(mine: object, theirs: object) -> str:
     """``mine`` vs ``theirs`` in words; for two dicts, only the fields that differ."""
     if isinstance(mine, dict) and isinstance(theirs, dict):
         keys = sorted(set(mine) | set(theirs), key=str)
-        return "; ".join(f"{k}: {_short(mine.get(k, _ABSENT))} here, {_short(theirs.get(k, _ABSENT))} in the file"
-                         for k in keys if mine.get(k, _ABSENT) != theirs.get(k, _ABSENT))
+        return "; ".join(
+            f"{k}: {_short(mine.get(k, _ABSENT))} here, {_short(theirs.get(k, _ABSENT))} in the file"
+            for k in keys
+            if mine.get(k, _ABSENT) != theirs.get(k, _ABSENT)
+        )
     return f"{_short(mine)} here, {_short(theirs)} in the file"
 
 
@@ -187,9 +199,13 @@ class ResultsFile:
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
         if len(set(self.columns)) != len(self.columns) or not set(self.key) <= set(self.columns) or not self.key:
-            raise ValueError(f"{self.path}: key {self.key} must be a non-empty subset of distinct columns {self.columns}")
+            raise ValueError(
+                f"{self.path}: key {self.key} must be a non-empty subset of distinct columns {self.columns}"
+            )
         if self.prediction_columns is not None and tuple(self.prediction_columns[: len(self.key)]) != self.key:
-            raise ValueError(f"{self.path}: prediction columns {self.prediction_columns} must start with the key {self.key}")
+            raise ValueError(
+                f"{self.path}: prediction columns {self.prediction_columns} must start with the key {self.key}"
+            )
 
     @property
     def predictions(self) -> Path | None:
@@ -249,7 +265,8 @@ class ResultsFile:
             if orphans:
                 raise ResultsFileError(
                     f"{orphans[0]} exists without its settings file {path.name}, so what its rows were made with is "
-                    f"unknown; refusing to add to it or relabel it: use another --out")
+                    f"unknown; refusing to add to it or relabel it: use another --out"
+                )
             write_json_atomic(path, self.settings.to_json())
             return
         recorded = Settings.read(path)
@@ -257,7 +274,8 @@ class ResultsFile:
         if differences:
             raise ResultsFileError(
                 f"{self.path} holds results made with other settings ({', '.join(w for w, _ in differences)}): "
-                f"{'; '.join(h for _, h in differences)}. Use another --out")
+                f"{'; '.join(h for _, h in differences)}. Use another --out"
+            )
         merged = recorded.with_inputs(self.settings.inputs)
         if merged != recorded:
             write_json_atomic(path, merged.to_json())
@@ -266,7 +284,7 @@ class ResultsFile:
         return tuple(record[self.columns.index(k)] for k in self.key)
 
     def _frame(self, records: Sequence[Record]) -> pd.DataFrame:
-        dtypes = {k: str for k in self.key} if self.text else None
+        dtypes = dict.fromkeys(self.key, str) if self.text else None
         return pd.read_csv(io.StringIO(_csv_text(self.columns, records)), keep_default_na=not self.text, dtype=dtypes)
 
 
@@ -324,8 +342,12 @@ def _read_records(path: Path, columns: Sequence[str]) -> list[Record]:
     if tail:
         broken.append(reader.line_num + 1)
     for line in broken:
-        warnings.warn(f"{path}: line {line} is not a complete row of {len(columns)} fields; it is not counted "
-                      f"as done and is dropped when the next row is written", MalformedRowWarning, stacklevel=4)
+        warnings.warn(
+            f"{path}: line {line} is not a complete row of {len(columns)} fields; it is not counted "
+            f"as done and is dropped when the next row is written",
+            MalformedRowWarning,
+            stacklevel=4,
+        )
     return records
 
 
@@ -337,8 +359,11 @@ def _unique(records: Sequence[Record], key_of, path: Path | None) -> list[Record
         key = key_of(record)
         if key in seen:
             if path is not None:
-                warnings.warn(f"{path}: a second row for key {key} is ignored; the first is kept",
-                              MalformedRowWarning, stacklevel=4)
+                warnings.warn(
+                    f"{path}: a second row for key {key} is ignored; the first is kept",
+                    MalformedRowWarning,
+                    stacklevel=4,
+                )
             continue
         seen.add(key)
         kept.append(record)

@@ -13,9 +13,10 @@ sidecar refuses a file made with other settings or data.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol, Sequence
+from typing import Any, Protocol
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -23,15 +24,15 @@ from tqdm.auto import tqdm
 from headsteer.config import FitConfig
 from headsteer.errors import ConfigError
 from headsteer.evaluate import evaluate_pairs, format_mean_std, mean_std
-from headsteer.steering import Steering
-from headsteer.prompts import Template
 from headsteer.paper.results import ResultsFile, Settings
+from headsteer.prompts import Template
+from headsteer.steering import Steering
 from headsteer.tasks import Pair
 
 KEY = ["task", "method", "seed"]
 METRICS = ("first_token", "exact_match")  # what evaluate_pairs scores per held-out pair
 ITEM_COLUMNS = ("input", "target", "prediction")  # what identifies and shows a held-out prediction
-PREDICTION_COLUMNS = KEY + [*ITEM_COLUMNS, *METRICS]
+PREDICTION_COLUMNS = [*KEY, *ITEM_COLUMNS, *METRICS]
 
 
 class RunCell(Protocol):
@@ -112,9 +113,11 @@ def run_methods(
     A method returns one row per held-out item with ``item_columns`` and
     ``metrics``; the results row holds each metric's mean over the items.
     """
-    columns = KEY + ["n_train", "n_test", *metrics]
-    kept = KEY + [*item_columns, *metrics]
-    store = ResultsFile(Path(out), tuple(columns), tuple(KEY), settings, prediction_columns=tuple(kept)) if out else None
+    columns = [*KEY, "n_train", "n_test", *metrics]
+    kept = [*KEY, *item_columns, *metrics]
+    store = (
+        ResultsFile(Path(out), tuple(columns), tuple(KEY), settings, prediction_columns=tuple(kept)) if out else None
+    )
     done = store.open() if store else pd.DataFrame(columns=columns)
     finished = set(zip(done["task"], done["method"], done["seed"].astype(int)))
     todo = [(t, s, m) for t, s in cells for m in methods if (t, m, s) not in finished]
@@ -123,8 +126,19 @@ def run_methods(
         if cell is None or (cell.task, cell.seed) != (task, seed):
             cell = make_cell(task, seed)
         scores = methods[method](cell).assign(task=task, method=method, seed=seed)
-        row = pd.DataFrame([{"task": task, "method": method, "seed": seed, "n_train": len(cell.train),
-                             "n_test": len(scores), **{m: scores[m].mean() for m in metrics}}], columns=columns)
+        row = pd.DataFrame(
+            [
+                {
+                    "task": task,
+                    "method": method,
+                    "seed": seed,
+                    "n_train": len(cell.train),
+                    "n_test": len(scores),
+                    **{m: scores[m].mean() for m in metrics},
+                }
+            ],
+            columns=columns,
+        )
         done = store.add(row, scores[kept]) if store else pd.concat([done, row], ignore_index=True)
     keys = set(cells)
     wanted = [(t, int(s)) in keys and m in methods for t, s, m in zip(done["task"], done["seed"], done["method"])]
@@ -139,7 +153,9 @@ METRIC_TITLES = {
 }
 
 
-def summary_markdown(rows: pd.DataFrame, methods: Sequence[str], metrics: Sequence[str] = ("exact_match", "first_token")) -> str:
+def summary_markdown(
+    rows: pd.DataFrame, methods: Sequence[str], metrics: Sequence[str] = ("exact_match", "first_token")
+) -> str:
     """Method × task tables of mean ± std over seeds, one per metric (rows: one per task, method, seed).
 
     Where cells have different numbers of seeds (a table still running), each cell names its count.

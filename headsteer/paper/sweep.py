@@ -11,9 +11,9 @@ task's data by hash, the model's fingerprint, template, fit config) live in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
 
 import pandas as pd
 import torch
@@ -22,15 +22,26 @@ from tqdm.auto import tqdm
 from headsteer.config import FitConfig
 from headsteer.errors import ConfigError
 from headsteer.evaluate import evaluate_pairs
-from headsteer.fitting.loop import FitJob, fit_many
 from headsteer.fitting.forward import naive_scored_logits
-from headsteer.steering import RowDeltas
-from headsteer.prompts import Template
+from headsteer.fitting.loop import FitJob, fit_many
 from headsteer.paper.results import InputHash, ResultsFile, Settings, model_settings
+from headsteer.prompts import Template
+from headsteer.steering import RowDeltas
 from headsteer.tasks import Pair, Task, split_task
 
-COLUMNS = ["task", "layer", "seed", "n_train", "n_test", "first_token", "exact_match",
-           "zero_shot_first_token", "zero_shot_exact_match", "final_task_loss", "active_heads"]
+COLUMNS = [
+    "task",
+    "layer",
+    "seed",
+    "n_train",
+    "n_test",
+    "first_token",
+    "exact_match",
+    "zero_shot_first_token",
+    "zero_shot_exact_match",
+    "final_task_loss",
+    "active_heads",
+]
 
 
 def sweep(
@@ -59,13 +70,15 @@ def sweep(
     store = ResultsFile(Path(out), tuple(COLUMNS), ("layer", "seed"), settings) if out else None
     done = store.open() if store else pd.DataFrame(columns=COLUMNS)
     finished = set(zip(done["layer"].astype(int), done["seed"].astype(int)))
-    todo = {s: [l for l in layers if (l, s) not in finished] for s in seeds}
+    todo = {s: [layer for layer in layers if (layer, s) not in finished] for s in seeds}
     bar = tqdm(total=sum(map(len, todo.values())), desc=f"sweep {task.name}", disable=not progress)
     for seed, cell_layers in todo.items():
         if not cell_layers:
             continue
-        rows = pd.DataFrame(_run_seed(model, task, template, config, cell_layers, seed, n_train, max_test, progress, fast),
-                            columns=COLUMNS)
+        rows = pd.DataFrame(
+            _run_seed(model, task, template, config, cell_layers, seed, n_train, max_test, progress, fast),
+            columns=COLUMNS,
+        )
         done = store.add(rows) if store else pd.concat([done, rows], ignore_index=True)
         bar.update(len(cell_layers))
     bar.close()
@@ -83,23 +96,31 @@ def check_grid(layers: Sequence[int], seeds: Sequence[int], n_layers: int) -> No
         repeated = sorted({v for v in values if values.count(v) > 1})
         if repeated:
             raise ConfigError(f"sweep: {name} {values} name {repeated} more than once; name each once")
-    outside = [l for l in layers if not 0 <= l < n_layers]
+    outside = [layer for layer in layers if not 0 <= layer < n_layers]
     if outside:
         raise ConfigError(f"sweep: layers {outside} are out of range; the model has layers 0..{n_layers - 1}")
 
 
-def sweep_settings(model, task: Task, template: Template, config: FitConfig, n_train: int, max_test: int | None) -> Settings:
+def sweep_settings(
+    model, task: Task, template: Template, config: FitConfig, n_train: int, max_test: int | None
+) -> Settings:
     """What a sweep's rows depend on. The config's layer and seed are left out: each cell sets its own."""
     fit = {k: v for k, v in config.to_dict().items() if k not in ("layer", "seed")}
-    values = {"task": task.name, "template": template.to_dict(), "config": fit, "n_train": n_train,
-              "max_test": max_test, "model": model_settings(model)}
+    values = {
+        "task": task.name,
+        "template": template.to_dict(),
+        "config": fit,
+        "n_train": n_train,
+        "max_test": max_test,
+        "model": model_settings(model),
+    }
     return Settings(values, {task.name: InputHash.of_task(task)})
 
 
 def _run_seed(model, task, template, config, layers, seed, n_train, max_test, progress=False, fast=True) -> list[dict]:
     """Fit Δ at every layer on one seed's training sample, then score all of them at once."""
     train, test = split_task(task, n_train=n_train, seed=seed, max_test=max_test)
-    jobs = [FitJob(tuple(train), replace(config, layer=l, seed=seed), task.name) for l in layers]
+    jobs = [FitJob(tuple(train), replace(config, layer=layer, seed=seed), task.name) for layer in layers]
     forward = None if fast else naive_scored_logits
     results = fit_many(model, jobs, template, forward, progress=progress)  # an inner bar over steps
     zero = evaluate_pairs(model, test, template, (), progress=False)
@@ -107,13 +128,21 @@ def _run_seed(model, task, template, config, layers, seed, n_train, max_test, pr
     rows = []
     for k, (layer, result) in enumerate(zip(layers, results)):
         scores = steered.iloc[k * len(test) : (k + 1) * len(test)]
-        rows.append({
-            "task": task.name, "layer": layer, "seed": seed, "n_train": len(train), "n_test": len(test),
-            "first_token": scores["first_token"].mean(), "exact_match": scores["exact_match"].mean(),
-            "zero_shot_first_token": zero["first_token"].mean(), "zero_shot_exact_match": zero["exact_match"].mean(),
-            "final_task_loss": float(result.history["task_loss"].iloc[-1]),
-            "active_heads": len(result.intervention.active_heads()),
-        })
+        rows.append(
+            {
+                "task": task.name,
+                "layer": layer,
+                "seed": seed,
+                "n_train": len(train),
+                "n_test": len(test),
+                "first_token": scores["first_token"].mean(),
+                "exact_match": scores["exact_match"].mean(),
+                "zero_shot_first_token": zero["first_token"].mean(),
+                "zero_shot_exact_match": zero["exact_match"].mean(),
+                "final_task_loss": float(result.history["task_loss"].iloc[-1]),
+                "active_heads": len(result.intervention.active_heads()),
+            }
+        )
     return rows
 
 
@@ -124,4 +153,6 @@ def _score_all(model, test: list[Pair], template: Template, interventions) -> pd
     n = len(test)
     layers = torch.tensor([iv.layer for iv in interventions]).repeat_interleave(n)
     deltas = torch.stack([iv.delta for iv in interventions]).repeat_interleave(n, dim=0)
-    return evaluate_pairs(model, test * len(interventions), template, RowDeltas(layers, deltas), batch_size=128, progress=False)
+    return evaluate_pairs(
+        model, test * len(interventions), template, RowDeltas(layers, deltas), batch_size=128, progress=False
+    )

@@ -10,9 +10,10 @@ killed run resumes where it stopped, and every held-out prediction goes into
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
@@ -23,11 +24,12 @@ from headsteer.baselines.prompting import few_shot_template
 from headsteer.config import FitConfig
 from headsteer.errors import ConfigError
 from headsteer.fitting.loop import fit
-from headsteer.prompts import Template
+from headsteer.fitting.tuning import DEFAULT_FOLDS, fit_tuned
 from headsteer.paper.results import InputHash, Settings, model_settings
 from headsteer.paper.runner import Cell, Method, run_methods
+from headsteer.prompts import Template
 from headsteer.tasks import Task, split_task
-from headsteer.fitting.tuning import DEFAULT_FOLDS, fit_tuned
+
 
 @dataclass(frozen=True)
 class TableConfig:
@@ -48,10 +50,14 @@ class TableConfig:
         if unknown:
             raise ConfigError(f"unknown methods {unknown} (--methods); known: {list(METHODS)}")
         if self.n_train < 3:
-            raise ConfigError(f"n_train must be >= 3 (--n-train; function vectors use leave-one-out prompts), got {self.n_train}")
+            raise ConfigError(
+                f"n_train must be >= 3 (--n-train; function vectors use leave-one-out prompts), got {self.n_train}"
+            )
         if "Δ tuned (CV)" in self.methods and self.n_train < DEFAULT_FOLDS:
-            raise ConfigError(f"n_train must be >= {DEFAULT_FOLDS} for 'Δ tuned (CV)' ({DEFAULT_FOLDS}-fold "
-                              f"cross-validation on the training pairs; --n-train), got {self.n_train}")
+            raise ConfigError(
+                f"n_train must be >= {DEFAULT_FOLDS} for 'Δ tuned (CV)' ({DEFAULT_FOLDS}-fold "
+                f"cross-validation on the training pairs; --n-train), got {self.n_train}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "methods": list(self.methods)}
@@ -77,6 +83,7 @@ def _peft(method: str) -> Method:
         config = PEFTConfig(method=method, steps=cell.config.peft_steps, seed=cell.seed)
         trained, _ = train_peft(cell.model, cell.train, cell.template, config, cell.task)
         return evaluate_hf(trained, cell.model.tokenizer, cell.test, cell.template)
+
     return run
 
 
@@ -84,6 +91,7 @@ def _delta(**changes) -> Method:
     def run(cell: Cell) -> pd.DataFrame:
         result = fit(cell.model, cell.train, cell.template, cell.fit_config(**changes), cell.task, progress=False)
         return cell.score(steering=[result.intervention])
+
     return run
 
 
@@ -113,8 +121,13 @@ METHODS: dict[str, Method] = {
 
 
 def build_table(
-    model, tasks: Sequence[Task], template: Template, seeds: Sequence[int], config: TableConfig = TableConfig(),
-    out: str | Path | None = None, progress: bool = True,
+    model,
+    tasks: Sequence[Task],
+    template: Template,
+    seeds: Sequence[int],
+    config: TableConfig = TableConfig(),
+    out: str | Path | None = None,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """One row per (task, method, seed); with ``out``, resumable (finished rows are skipped).
 
@@ -134,5 +147,9 @@ def build_table(
 
 def table_settings(model, tasks: Sequence[Task], template: Template, config: TableConfig) -> Settings:
     """What the table's rows depend on; ``methods`` is left out (it selects rows, it does not change them)."""
-    values = {"template": template.to_dict(), "config": {**config.to_dict(), "methods": None}, "model": model_settings(model)}
+    values = {
+        "template": template.to_dict(),
+        "config": {**config.to_dict(), "methods": None},
+        "model": model_settings(model),
+    }
     return Settings(values, {t.name: InputHash.of_task(t) for t in tasks})

@@ -34,12 +34,19 @@ LAYERS = (0, 2)
 def run_case(model, optimizer: str, loss: str, strength: float):
     task = hs.load_task("builtin/antonym")
     train, test = hs.split_task(task, n_train=10, seed=0, max_test=6)
-    jobs = [hs.FitJob(tuple(train), hs.FitConfig(layer=layer, gamma=strength, lam=strength, loss=loss,
-                                                 optimizer=optimizer, steps=5, lr=0.5), task.name)
-            for layer in LAYERS]
+    jobs = [
+        hs.FitJob(
+            tuple(train),
+            hs.FitConfig(layer=layer, gamma=strength, lam=strength, loss=loss, optimizer=optimizer, steps=5, lr=0.5),
+            task.name,
+        )
+        for layer in LAYERS
+    ]
     results = hs.fit_many(model, jobs, hs.get_template("qa"), progress=False)
-    predictions = [hs.evaluate_pairs(model, test, hs.get_template("qa"), [r.intervention], progress=False)["prediction"].tolist()
-                   for r in results]
+    predictions = [
+        hs.evaluate_pairs(model, test, hs.get_template("qa"), [r.intervention], progress=False)["prediction"].tolist()
+        for r in results
+    ]
     return results, predictions
 
 
@@ -52,8 +59,11 @@ def main() -> None:
         for layer, result, preds in zip(LAYERS, results, predictions):
             key = f"{name}/layer{layer}"
             tensors[key] = result.intervention.delta.contiguous()
-            record[key] = {"objective": result.history["objective"].tolist(),
-                           "task_loss": result.history["task_loss"].tolist(), "predictions": preds}
+            record[key] = {
+                "objective": result.history["objective"].tolist(),
+                "task_loss": result.history["task_loss"].tolist(),
+                "predictions": preds,
+            }
     save_file(tensors, str(HERE / "fits.safetensors"))
     (HERE / "fits.json").write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n")
 
