@@ -15,6 +15,7 @@ import pandas as pd
 
 from headsteer.config import FitConfig
 from headsteer.fitting.loop import FitJob, FitResult, fit_many
+from headsteer.hooks import head_label
 from headsteer.intervention import Intervention
 from headsteer.prompts import Template
 from headsteer.tasks import Pair
@@ -103,5 +104,5 @@ def head_overlap(delta_heads: pd.DataFrame, fv_effects: pd.DataFrame, k: int) ->
 
 
 def head_labels(frame: pd.DataFrame) -> list[str]:
-    """ "L{layer}.H{head}" for each row."""
-    return [f"L{int(layer)}.H{int(head)}" for layer, head in zip(frame["layer"], frame["head"])]
+    """ "L{layer}.H{head}" for each row of a table with ``layer`` and ``head`` columns."""
+    return [head_label(int(layer), int(head)) for layer, head in zip(frame["layer"], frame["head"])]

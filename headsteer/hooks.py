@@ -42,6 +42,11 @@ def hook_z_name(layer: int) -> str:
     return f"blocks.{layer}.attn.hook_z"
 
 
+def head_label(layer: int, head: int) -> str:
+    """How a head is named in tables and figures: ``L4.H2`` is head 2 of layer 4."""
+    return f"L{layer}.H{head}"
+
+
 def check_layer(model, layer: int) -> str:
     """The hook name for ``layer``, after checking the layer exists and the hook is real."""
     n_layers = model.cfg.n_layers

@@ -18,7 +18,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from headsteer.evaluate import mean_std
-from headsteer.heads import head_labels
+from headsteer.hooks import head_label
 
 COLORS = qualitative.Plotly
 MANY_COLORS = qualitative.Dark24  # the table's 13 methods need more than Plotly's 10
@@ -80,7 +80,7 @@ def head_share_by_task(heads: pd.DataFrame) -> go.Figure:
     ``heads`` holds the rows of several tasks' head tables for one variant; each row of the
     heatmap sums to 1, so tasks with different Δ scales compare.
     """
-    heads = heads.assign(head_label=head_labels(heads))
+    heads = heads.assign(head_label=[head_label(int(lay), int(h)) for lay, h in zip(heads["layer"], heads["head"])])
     grid = heads.pivot_table(index="task", columns="head_label", values="share", aggfunc="sum", sort=False)
     fig = go.Figure(
         go.Heatmap(
