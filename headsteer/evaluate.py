@@ -103,7 +103,7 @@ def mean_std(
 
 def format_mean_std(table: pd.DataFrame, metrics: Sequence[str] = ("first_token", "exact_match")) -> pd.DataFrame:
     """``mean ± std`` strings for display."""
-    shown = table.drop(columns=[c for c in table if c.endswith(("_mean", "_std"))]).copy()
+    shown = table.drop(columns=[c for c in table if str(c).endswith(("_mean", "_std"))]).copy()
     for m in metrics:
         shown[m] = [f"{a:.3f} ± {b:.3f}" for a, b in zip(table[f"{m}_mean"], table[f"{m}_std"])]
     return shown

@@ -35,6 +35,7 @@ from torch import Tensor
 
 from headsteer.errors import ConfigError
 
+Hook = tuple[str, Callable]  # (hook name, fn(act, hook) -> act), as TransformerLens takes them
 EMBED_HOOK = "hook_embed"  # the token embeddings, [batch, pos, d_model], in HookedTransformer and TransformerBridge
 
 
@@ -117,13 +118,13 @@ class PromptTracker:
     def index(self, batch: int, pos: int, device: torch.device) -> Int[Tensor, " batch"] | None:
         return None if self._index is None else self._index.to(device)
 
-    def hook(self) -> tuple[str, Callable]:
+    def hook(self) -> Hook:
         return EMBED_HOOK, self.observe
 
 
 def prompt_positions(
     last_index: Int[Tensor, " batch"] | None, prompt_len: int | None
-) -> tuple[PromptPositions, list[tuple[str, Callable]]]:
+) -> tuple[PromptPositions, list[Hook]]:
     """Explicit positions when given; else a :class:`PromptTracker` and the hook that feeds it."""
     if (last_index is None) != (prompt_len is None):
         raise ValueError("give both last_index and prompt_len, or neither")
@@ -182,13 +183,13 @@ def delta_hooks(
     layer: int | Int[Tensor, " batch"],
     delta: Float[Tensor, "*rows n_heads d_head"],
     positions: PromptPositions,
-) -> list[tuple[str, PromptEndAdd]]:
+) -> list[Hook]:
     """Hooks adding Δ at one layer, or at each row's own layer (``layer`` per row, Δ per row)."""
     if isinstance(layer, int):
         return [(hook_z_name(layer), PromptEndAdd(delta, positions))]
     if delta.ndim != 3 or delta.shape[0] != layer.shape[0]:
         raise ValueError(f"per-row layers need a per-row Δ [batch, n_heads, d_head], got {tuple(delta.shape)}")
-    hooks = []
+    hooks: list[Hook] = []
     for value in layer.unique().tolist():
         on = (layer == value).to(delta.dtype)[:, None, None]
         hooks.append((hook_z_name(int(value)), PromptEndAdd(delta * on, positions)))
@@ -196,7 +197,7 @@ def delta_hooks(
 
 
 @contextmanager
-def added_hooks(model, hooks: Sequence[tuple[str, Callable]]) -> Iterator[None]:
+def added_hooks(model, hooks: Sequence[Hook]) -> Iterator[None]:
     """Attach ``hooks`` for the body of the ``with``; exactly these are removed in ``finally``.
 
     Uses the bridge's own scoped context, which removes the handles it added

@@ -43,13 +43,13 @@ from headsteer.hooks import PromptEndAdd, PromptPositions, check_layer, hook_z_n
 from headsteer.models import ModelSignature
 from headsteer.prompts import Template
 from headsteer.steering import Applies, Hook
-from headsteer.strict_json import check_object, check_value, child, is_kind
+from headsteer.strict_json import Checked, Kind, check_object, check_value, child, is_kind, show
 from headsteer.training_record import TrainingRecord
 
 FORMAT_VERSION = 2
 DELTA_KEY = "delta"  # the one tensor in STEM.safetensors
 # The JSON's keys and their kinds, per format version this code reads.
-_V1_SPEC = {
+_V1_SPEC: dict[str, Kind] = {
     "format_version": int,
     "layer": int,
     "hook_name": str,
@@ -58,9 +58,12 @@ _V1_SPEC = {
     "template": dict,
     "fit_config": dict,
 }
-JSON_SPECS = {1: _V1_SPEC, 2: {**_V1_SPEC, "training": (dict, type(None)), "tensors_sha256": str}}
+JSON_SPECS: dict[int, dict[str, Kind]] = {
+    1: _V1_SPEC,
+    2: {**_V1_SPEC, "training": (dict, type(None)), "tensors_sha256": str},
+}
 # A saved fit_config is {} (a sum of Δ's) or every FitConfig field, each of its resolved value's kind.
-FIT_CONFIG_SPEC = {name: type(value) for name, value in FitConfig().to_dict().items()}
+FIT_CONFIG_SPEC: dict[str, Kind] = {name: type(value) for name, value in FitConfig().to_dict().items()}
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,8 @@ def check_delta(delta: object, signature: ModelSignature) -> None:
 
 def check_template(template: object) -> None:
     """``{}``, a Template's exact fields, or a prompt format (an object of strings with a ``"kind"``)."""
-    check_value(template, dict, "template", ArtifactError)
+    if not isinstance(template, dict):
+        raise ArtifactError(f"field 'template' must be a JSON object, got {show(template)}")
     if not template:
         return
     if "kind" in template:
@@ -248,7 +252,8 @@ def check_template(template: object) -> None:
 
 def check_fit_config(fit_config: object, layer: int) -> None:
     """``{}`` (a sum of Δ's) or a valid FitConfig's exact fields, trained at ``layer``."""
-    check_value(fit_config, dict, "fit_config", ArtifactError)
+    if not isinstance(fit_config, dict):
+        raise ArtifactError(f"field 'fit_config' must be a JSON object, got {show(fit_config)}")
     if not fit_config:
         return
     check_object(fit_config, FIT_CONFIG_SPEC, "fit_config", ArtifactError)
@@ -285,7 +290,7 @@ def read_json(path: Path) -> object:
         raise ArtifactError(f"{path}: not valid JSON ({err}); a truncated or hand-edited file?") from None
 
 
-def check_meta(meta: object) -> tuple[int, dict[str, object]]:
+def check_meta(meta: object) -> tuple[int, Checked]:
     """The format version and the JSON's fields, checked against that version's keys and kinds."""
     if not isinstance(meta, dict):
         raise ArtifactError(f"must hold a JSON object, got {type(meta).__name__}")

@@ -18,7 +18,7 @@ its own layer.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import Protocol, Union
@@ -26,9 +26,7 @@ from typing import Protocol, Union
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from headsteer.hooks import PromptPositions, added_hooks, delta_hooks, prompt_positions
-
-Hook = tuple[str, Callable]  # (hook name, fn(act, hook) -> act)
+from headsteer.hooks import Hook, PromptPositions, added_hooks, delta_hooks, prompt_positions
 
 
 class Steerer(Protocol):

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Union
+from typing import Any, Union
 
 from headsteer.errors import HeadsteerError
 
 # One kind, or a tuple of kinds any of which is accepted (e.g. ``(int, type(None))``).
 Kind = Union[type, tuple[type, ...]]
+# An object whose keys and value kinds :func:`check_object` has checked against a spec: its values are
+# typed by that spec, which the type checker cannot see, hence Any.
+Checked = dict[str, Any]
 
 _NAMES = {
     int: "an integer",
@@ -66,7 +69,7 @@ def check_value(value: object, kind: Kind, path: str, error: type[HeadsteerError
     return value
 
 
-def check_object(data: object, spec: Mapping[str, Kind], path: str, error: type[HeadsteerError]) -> dict[str, object]:
+def check_object(data: object, spec: Mapping[str, Kind], path: str, error: type[HeadsteerError]) -> Checked:
     """``data`` if it is an object with exactly ``spec``'s keys, each value of its kind; else ``error``."""
     if not isinstance(data, dict):
         raise error(f"{field_name(path)} must be a JSON object with keys {sorted(spec)}, got {show(data)}")

@@ -104,7 +104,7 @@ def load_task(name_or_path: str, data_dir: str | Path | None = None) -> Task:
             raise TaskError(f"task file {path} " + ("is a folder" if path.is_dir() else "does not exist"))
         return parse_task_file(path, name=path.stem)
     if name_or_path.startswith(BUILTIN_PREFIX):
-        resource = files("headsteer").joinpath("data", name_or_path[len(BUILTIN_PREFIX) :] + ".json")
+        resource = files("headsteer").joinpath("data").joinpath(name_or_path[len(BUILTIN_PREFIX) :] + ".json")
         if not resource.is_file():
             raise TaskError(f"unknown built-in task {name_or_path!r}; built-in: {builtin_task_names()}")
         return parse_task_text(resource.read_text(encoding="utf-8"), name_or_path, str(resource))

@@ -20,14 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from headsteer.errors import ArtifactError
-from headsteer.strict_json import check_object, child, is_kind
+from headsteer.strict_json import Kind, check_object, child, is_kind
 from headsteer.tasks import Pair, Task, pairs_sha256, split_task
 
 # Where the record sits in an intervention's JSON: its errors name fields by this path.
 PATH = "training"
 _OPTIONAL_INT = (int, type(None))
 _OPTIONAL_STR = (str, type(None))
-SPEC = {
+SPEC: dict[str, Kind] = {
     "n_examples": int,
     "pairs": (list, type(None)),
     "pairs_sha256": _OPTIONAL_STR,

@@ -33,7 +33,10 @@ from typing import Protocol
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from transformers import Cache
+from transformers.cache_utils import CacheLayerMixin
 
+from headsteer.errors import ConfigError
 from headsteer.fitting.losses import Scored
 from headsteer.fitting.unembed import FinalHidden, output_embedding
 from headsteer.hooks import AtIndex, added_hooks, delta_hooks
@@ -78,8 +81,8 @@ def naive_scored_logits(
 class PrefixCache:
     """The Δ-independent part of one batch, computed once."""
 
-    cache: object  # a transformers Cache holding the prefix keys/values (None if no prefix)
-    saved: list[tuple[Tensor, Tensor]]  # each layer's prefix keys/values, restored before every step
+    cache: Cache  # the prefix keys/values, restored to them before each step
+    saved: list[tuple[Tensor | None, Tensor | None]]  # each layer's prefix keys/values, restored before every step
     suffix_ids: Int[Tensor, "batch n_scored"]
     mask: Int[Tensor, "batch prefix_plus_suffix"]
     suffix_positions: Int[Tensor, "batch n_scored"]
@@ -171,7 +174,7 @@ def build_prefix(model, tokens: TokenBatch, n_scored: int, repeats: int = 1) -> 
         suffix_ids, full_mask, suffix_positions = (
             t.repeat_interleave(repeats, dim=0) for t in (suffix_ids, full_mask, suffix_positions)
         )
-    saved = [(layer.keys, layer.values) for layer in cache.layers]
+    saved = [(layer.keys, layer.values) for layer in _attention_layers(cache)]
     return PrefixCache(cache, saved, suffix_ids.to(device), full_mask.to(device), suffix_positions.to(device))
 
 
@@ -204,7 +207,18 @@ def shared_prefix_final_hidden(model, shared_ids: list[int], suffixes: TokenBatc
 
 def _restore(prefix: PrefixCache) -> None:
     """Reset the cache to the prefix: the previous step appended (differentiable) suffix keys/values."""
-    for layer, (keys, values) in zip(prefix.cache.layers, prefix.saved):
+    for layer, (keys, values) in zip(_attention_layers(prefix.cache), prefix.saved):
         layer.keys, layer.values = keys, values
-        if hasattr(layer, "cumulative_length"):
+        if hasattr(layer, "cumulative_length") and keys is not None:  # sliding-window layers count what they hold
             layer.cumulative_length = keys.shape[-2]
+
+
+def _attention_layers(cache: Cache) -> list[CacheLayerMixin]:
+    """The cache's per-block key/value layers; a block of another kind (e.g. linear attention) has no prefix to keep."""
+    layers = [layer for layer in cache.layers if isinstance(layer, CacheLayerMixin)]
+    if len(layers) != len(cache.layers):
+        raise ConfigError(
+            "the prefix-cached forward needs a key/value cache in every block; this model has blocks of another "
+            "kind: fit with the naive forward (--no-fast)"
+        )
+    return layers

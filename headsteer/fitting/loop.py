@@ -226,17 +226,15 @@ def optimize(
     with frozen(model):  # the model's weights never move, and need no gradients
         bar = tqdm(range(steps + 1), desc=desc, disable=not progress, leave=False)
         for step in bar:
-            if step == steps:  # the fitted Δ's: only their loss is needed, for the last history row
-                delta = rule.result()
-                losses, _ = smooth_part(delta, with_grad=False)
-            else:
-                delta = rule.point()
-                losses, grad = smooth_part(delta, with_grad=True)
-                _check_finite(losses, grad, step)  # a NaN would otherwise spread silently through every later step
+            # Steps 0..T-1 take the gradient where the rule asks; the extra last pass scores the fitted Δ's,
+            # whose loss (not gradient) goes into the last history row.
+            delta = rule.point() if step < steps else rule.result()
+            losses, grad = smooth_part(delta, with_grad=step < steps)
+            _check_finite(losses, grad, step)  # a NaN would otherwise spread silently through every later step
             for history, row in zip(histories, _history_rows(step, losses, delta, gamma, lam)):
                 history.append(row)
             bar.set_postfix(objective=f"{sum(h[-1]['objective'] for h in histories) / n_fits:.4f}")
-            if step < steps:
+            if grad is not None:
                 rule.update(grad, step)
     return delta.detach().cpu(), [pd.DataFrame(h) for h in histories]
 

@@ -65,7 +65,7 @@ def option_kl(scored: Scored, options: OptionTargets) -> Float[Tensor, " batch"]
 
 def scored_positions(loss: str, targets: Targets) -> int:
     """How many positions from the last prompt token on the loss reads."""
-    if loss == "sequence":
+    if loss == "sequence" and isinstance(targets, AnswerTargets):
         return targets.target_ids.shape[1]
     return 1
 
