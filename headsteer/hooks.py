@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float, Int
@@ -59,6 +59,7 @@ def check_layer(model, layer: int) -> str:
     return name
 
 
+@runtime_checkable
 class PromptPositions(Protocol):
     """Per forward pass: each row's last prompt position, or None when the pass gets no Δ."""
 

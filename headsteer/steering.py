@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
-from typing import Protocol, Union
+from typing import Protocol, Union, runtime_checkable
 
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -29,6 +29,7 @@ from torch import Tensor
 from headsteer.hooks import Hook, PromptPositions, added_hooks, delta_hooks, prompt_positions
 
 
+@runtime_checkable
 class Steerer(Protocol):
     """Anything that steers a model through hooks: Intervention, FunctionVector, InContextVector."""
 

@@ -28,7 +28,7 @@ Two implementations, with the same values and gradients (up to fp32 summation or
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float, Int
@@ -43,6 +43,7 @@ from headsteer.hooks import AtIndex, added_hooks, delta_hooks
 from headsteer.prompts import TokenBatch
 
 
+@runtime_checkable
 class ScoredForward(Protocol):
     def __call__(
         self,
@@ -116,12 +117,17 @@ class PrefixCachedForward:
 
 
 def run_suffix(
-    model, prefix: PrefixCache, layer: int | Int[Tensor, " batch"], delta: Float[Tensor, "*rows n_heads d_head"] | None
+    model,
+    prefix: PrefixCache,
+    layer: int | Int[Tensor, " batch"] | None = None,
+    delta: Float[Tensor, "*rows n_heads d_head"] | None = None,
 ) -> FinalHidden:
-    """The suffix of every row against its prefix cache, Δ added at suffix position 0 (None: no Δ)."""
+    """The suffix of every row against its prefix cache, Δ added at ``layer``, suffix position 0 (neither: no Δ)."""
+    if (layer is None) != (delta is None):
+        raise ValueError("run_suffix: give both layer and delta, or neither")
     _restore(prefix)
     at_first = torch.zeros(len(prefix.suffix_ids), dtype=torch.long)
-    hooks = [] if delta is None else delta_hooks(layer, delta, AtIndex(at_first, prompt_len=1))
+    hooks = [] if layer is None or delta is None else delta_hooks(layer, delta, AtIndex(at_first, prompt_len=1))
     with added_hooks(model, hooks):
         hidden = model.original_model.base_model(
             input_ids=prefix.suffix_ids,

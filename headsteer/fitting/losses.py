@@ -27,8 +27,11 @@ def _token_nll(scored: Scored, target_ids: Int[Tensor, "batch tgt"]) -> Float[Te
     return -logp.gather(-1, target_ids.unsqueeze(-1)).squeeze(-1)
 
 
-def first_token_nll(scored: Scored, target_ids: Int[Tensor, "batch tgt"]) -> Float[Tensor, " batch"]:
-    """L_i = −log p(y_i,1 | x_i): NLL of the target's first token (the paper's loss)."""
+def first_token_nll(scored: Scored, target_ids: Int[Tensor, "batch answer"]) -> Float[Tensor, " batch"]:
+    """L_i = −log p(y_i,1 | x_i): NLL of the target's first token (the paper's loss).
+
+    ``scored`` may hold one position or more (only the first is read); ``target_ids`` the whole answer.
+    """
     return _token_nll(scored[:, :1], target_ids[:, :1]).squeeze(-1)
 
 

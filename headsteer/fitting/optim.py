@@ -13,7 +13,7 @@ apply its prox, Adam adds its subgradient.
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from jaxtyping import Float
@@ -28,6 +28,7 @@ BETAS = (0.9, 0.999)  # Adam's moment decay rates
 EPS = 1e-8  # Adam's denominator guard
 
 
+@runtime_checkable
 class UpdateRule(Protocol):
     def point(self) -> Deltas:
         """Where the next gradient of the smooth part is taken."""

@@ -149,7 +149,7 @@ def _final_hidden(model, texts: list[str], intervention: Intervention | None, co
         return shared_prefix_final_hidden(model, *encode_continuations(model.tokenizer, context, texts))
     prefix = build_prefix(model, encode_texts(model.tokenizer, texts), n_scored=1)
     if intervention is None:
-        return run_suffix(model, prefix, 0, None)
+        return run_suffix(model, prefix)
     return run_suffix(model, prefix, intervention.layer, intervention.delta.to(model.cfg.device))
 
 
