@@ -156,6 +156,11 @@ def parse_task_text(text: str, name: str, source: str) -> Task:
         if not item["input"].strip() or not item["output"].strip():
             raise TaskError(f"task {name!r} ({source}), entry {i}: empty input or output")
         pairs.append(Pair(item["input"].strip(), item["output"].strip()))
+    return task_from_pairs(pairs, name, source)
+
+
+def task_from_pairs(pairs: Sequence[Pair], name: str = "pairs", source: str = "a list of pairs") -> Task:
+    """A task of ``pairs``, a repeated input's later pairs dropped (and counted), as when a file is loaded."""
     kept = first_per_input(pairs)
     return Task(name, tuple(kept), source, dropped_duplicates=len(pairs) - len(kept))
 
@@ -172,13 +177,17 @@ def first_per_input(pairs: Sequence[Pair]) -> list[Pair]:
 
 
 def split_task(
-    task: Task, n_train: int = 10, seed: int = 0, max_test: int | None = None
+    task: Task | Sequence[Pair], n_train: int = 10, seed: int = 0, max_test: int | None = None
 ) -> tuple[list[Pair], list[Pair]]:
     """A seeded split: ``n_train`` training pairs and the rest (at most ``max_test``) for test.
 
-    Test pairs never share an input with a training pair. ``max_test`` is None
-    (every remaining pair) or >= 1; a split with no test pair is refused.
+    ``task`` is a :class:`Task` or a list of pairs (repeated inputs dropped, as
+    at load). Test pairs never share an input with a training pair.
+    ``max_test`` is None (every remaining pair) or >= 1; a split with no test
+    pair is refused.
     """
+    if not isinstance(task, Task):
+        task = task_from_pairs(list(task))
     if not isinstance(n_train, int) or n_train < 1:
         raise ConfigError(f"n_train must be an int >= 1, got {n_train!r}")
     if max_test is not None and (not isinstance(max_test, int) or max_test < 1):

@@ -7,7 +7,7 @@ import pytest
 import headsteer as hs
 from headsteer.errors import ConfigError, PromptTooLongError
 from headsteer.prompts import encode_targets, token_limit
-from headsteer.tasks import TODD_TASKS, builtin_task_names, default_data_dir
+from headsteer.tasks import TODD_TASKS, Pair, Task, builtin_task_names, default_data_dir, split_task
 
 
 def test_builtin_tasks_load_offline():
@@ -154,3 +154,10 @@ def test_the_token_limit_is_configurable(gemma_tiny):
         encode_targets(gemma_tiny.tokenizer, qa, [hs.Pair("hot", "cold")])
     with pytest.raises(ConfigError, match="token limit must be None or an int >= 1"), token_limit(0):
         pass
+
+
+def test_split_task_takes_a_list_of_pairs_like_a_task():
+    pairs = [Pair(f"w{i}", f"v{i}") for i in range(12)] + [Pair("w0", "again")]
+    from_list = split_task(pairs, n_train=4, seed=3)
+    from_task = split_task(Task("t", tuple(pairs[:12]), "s"), n_train=4, seed=3)
+    assert from_list == from_task, "the repeated input is dropped, and the split is the same"
