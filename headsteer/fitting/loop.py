@@ -116,10 +116,10 @@ def fit_many(
             f"a fit on pairs takes one of {PAIR_LOSSES}"
         )
     pairs = [p for job in jobs for p in job.pairs]
-    row_fit = torch.tensor([k for k, job in enumerate(jobs) for _ in job.pairs], dtype=torch.long)
+    fit_of_row = torch.tensor([k for k, job in enumerate(jobs) for _ in job.pairs], dtype=torch.long)
     tokens, targets = encode_targets(model.tokenizer, template, pairs, include_stop=loss == "sequence")
     desc = jobs[0].task or "fit" if len(jobs) == 1 else f"{len(jobs)} fits"
-    deltas, histories = optimize(model, tokens, targets, row_fit, configs, forward, progress, max_rows, desc)
+    deltas, histories = optimize(model, tokens, targets, fit_of_row, configs, forward, progress, max_rows, desc)
     signature = ModelSignature.of(model)
     return [
         FitResult(
@@ -155,8 +155,8 @@ def fit_encoded(
     record holds only the number of prompts: their inputs are not known here.
     """
     check_template(prompt_format or {})  # before the fit, not after it
-    row_fit = torch.zeros(len(tokens), dtype=torch.long)
-    deltas, histories = optimize(model, tokens, targets, row_fit, [config], forward, progress, desc=task or "fit")
+    fit_of_row = torch.zeros(len(tokens), dtype=torch.long)
+    deltas, histories = optimize(model, tokens, targets, fit_of_row, [config], forward, progress, desc=task or "fit")
     iv = Intervention(
         deltas[0],
         config.layer,
@@ -173,22 +173,22 @@ def optimize(
     model,
     tokens: TokenBatch,
     targets: Targets,
-    row_fit: Int[Tensor, " rows"],
+    fit_of_row: Int[Tensor, " rows"],
     configs: Sequence[FitConfig],
     forward: ScoredForward | None = None,
     progress: bool = True,
     max_rows: int = MAX_ROWS,
     desc: str = "fit",
 ) -> tuple[Float[Tensor, "fits n_heads d_head"], list[pd.DataFrame]]:
-    """The fitting loop: minimise Σ_k F_k(Δ_k), fit k owning the training rows where ``row_fit == k``.
+    """The fitting loop: minimise Σ_k F_k(Δ_k), fit k owning the training rows where ``fit_of_row == k``.
 
-        F_k(Δ_k) = f_k(Δ_k) + γ_k‖Δ_k‖₁ + λ_k Σ_h ‖Δ_{k,h}‖₂,   f_k = (1/N_k) Σ_{i: row_fit[i] = k} L_task(i)
+        F_k(Δ_k) = f_k(Δ_k) + γ_k‖Δ_k‖₁ + λ_k Σ_h ‖Δ_{k,h}‖₂,   f_k = (1/N_k) Σ_{i: fit_of_row[i] = k} L_task(i)
 
     F_k depends on Δ_k alone, so one loop over the stacked Δ ``[K, n_heads, d_head]``
     fits every Δ_k exactly as a fit of its own would. Returns the fitted Δ's and,
     per fit, one history row per gradient step plus one for the result.
     """
-    _check_configs(model, configs, row_fit)
+    _check_configs(model, configs, fit_of_row)
     # The prefix-cached forward (default) computes the Δ-independent prefix of every row once,
     # on its first call; every later step runs only the positions Δ can change.
     forward = forward or PrefixCachedForward()
@@ -199,11 +199,12 @@ def optimize(
         torch.tensor([getattr(c, k) for c in configs], dtype=torch.float32) for k in ("lr", "gamma", "lam")
     )
     layer_of_fit = torch.tensor([c.layer for c in configs])
-    rows_of_fit = torch.bincount(row_fit, minlength=n_fits).float()
+    rows_of_fit = torch.bincount(fit_of_row, minlength=n_fits).float()
     # Rows go through the model in chunks of at most max_rows, which bounds the memory of one
     # forward/backward; a chunk may hold rows of several fits, each row with its own Δ and layer.
     chunks = [
-        (tokens.select(rows), targets.select(rows), row_fit[rows]) for rows in torch.arange(len(tokens)).split(max_rows)
+        (tokens.select(rows), targets.select(rows), fit_of_row[rows])
+        for rows in torch.arange(len(tokens)).split(max_rows)
     ]
 
     def smooth_part(delta: Tensor, with_grad: bool) -> tuple[Tensor, Tensor | None]:
@@ -239,13 +240,13 @@ def optimize(
     return delta.detach().cpu(), [pd.DataFrame(h) for h in histories]
 
 
-def _check_configs(model, configs: Sequence[FitConfig], row_fit: Tensor) -> None:
+def _check_configs(model, configs: Sequence[FitConfig], fit_of_row: Tensor) -> None:
     for c in configs:
         check_layer(model, c.layer)
     shared = {(c.loss, c.optimizer, c.steps) for c in configs}
     if len(shared) != 1:
         raise ValueError(f"fits batched together must share loss, optimizer and steps; got {sorted(shared)}")
-    counts = torch.bincount(row_fit, minlength=len(configs))
+    counts = torch.bincount(fit_of_row, minlength=len(configs))
     if (counts == 0).any() or len(counts) != len(configs):
         raise ValueError(f"every fit needs at least one training row; rows per fit: {counts.tolist()}")
 

@@ -73,18 +73,18 @@ class FinalHidden:
 
     def token_nll(self, target_ids: Int[Tensor, "batch tgt"]) -> Float[Tensor, "batch tgt"]:
         """−log softmax(h W^T + b)[y] at every (row, position), W read once."""
-        flat = _wide(self.hidden.reshape(-1, self.hidden.shape[-1]))
-        bias = _wide(self.bias) if self.bias is not None else None
-        nll = _StreamedNLL.apply(flat, _wide(self.weight), bias, target_ids.reshape(-1))
+        flat = _at_least_fp32(self.hidden.reshape(-1, self.hidden.shape[-1]))
+        bias = _at_least_fp32(self.bias) if self.bias is not None else None
+        nll = _StreamedNLL.apply(flat, _at_least_fp32(self.weight), bias, target_ids.reshape(-1))
         return nll.reshape(target_ids.shape)
 
     def logits_of(self, token_ids: Int[Tensor, "batch k"]) -> Float[Tensor, "batch k"]:
         """The logits of a few tokens per row, at the first scored position."""
-        logits = torch.einsum("bd,bkd->bk", _wide(self.hidden[:, 0]), _wide(self.weight[token_ids]))
+        logits = torch.einsum("bd,bkd->bk", _at_least_fp32(self.hidden[:, 0]), _at_least_fp32(self.weight[token_ids]))
         return logits + self.bias[token_ids] if self.bias is not None else logits
 
 
-def _wide(x: Tensor) -> Tensor:
+def _at_least_fp32(x: Tensor) -> Tensor:
     """Half-precision inputs are accumulated in fp32; fp32/fp64 stay as they are."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
 
