@@ -126,6 +126,15 @@ SWEEP_FLAGS = {
     "--max-test": "2",
     "--out": "{tmp}/s.csv",
 }
+COMPARE_FLAGS = {
+    "--model": "{model}",
+    "--task": "builtin/antonym",
+    "--layer": "1",
+    "--seeds": "1",
+    "--steps": "1",
+    "--max-test": "2",
+    "--out": "{tmp}/c.csv",
+}
 EVAL_FLAGS = {"--model": "{model}", "--task": "builtin/antonym", "--intervention": "{tmp}/edited"}
 FIT_CMD = command("fit", FIT_FLAGS)
 
@@ -138,12 +147,21 @@ def sweep(**flags: str) -> list[str]:
     return command("sweep", SWEEP_FLAGS, **flags)
 
 
+def compare(**flags: str) -> list[str]:
+    return command("compare", COMPARE_FLAGS, **flags)
+
+
 EVAL = command("eval", EVAL_FLAGS)
 
 PROBES: list[Probe] = [
     # ---- flags ------------------------------------------------------------------------------
     Probe("a negative count", fit(max_test="-1"), "--max-test"),
     Probe("zero seeds", sweep(seeds="0"), "--seeds"),
+    Probe(
+        "a list of seeds, as compare once took (--seeds N is a count: seeds 0..N-1)",
+        [*command("compare", {k: v for k, v in COMPARE_FLAGS.items() if k != "--seeds"}), "--seeds", "0", "1", "2"],
+        "--seeds",
+    ),
     Probe("a layer twice", sweep(layers="0,0"), "--layers"),
     Probe("a reversed range", sweep(layers="5-2"), "--layers"),
     Probe("not a layer list", sweep(layers="x"), "--layers"),
@@ -192,6 +210,7 @@ PROBES: list[Probe] = [
     Probe("a fit whose .json name is a folder", fit(), "x.json", _write("x.json/f", "")),
     Probe("an --out under a file", fit(out="{tmp}/file/x"), "is a file", _write("file", "")),
     Probe("a sweep's --out that is a folder", sweep(out="{tmp}/d"), "is a directory", _write("d/f", "")),
+    Probe("a compare --out that exists (never replaced)", compare(), "already exists", _write("c.csv", "task\n")),
     # ---- results files -------------------------------------------------------------------------
     Probe("a results CSV without its settings", sweep(), "settings", _write("s.csv", "task,layer,seed\n")),
     Probe(

@@ -4,6 +4,7 @@ Bad input exits 2 with one line naming the flag, file or pair, before the model'
 before anything is written; any other exception keeps its traceback.
 """
 
+import argparse
 import json
 import sys
 
@@ -11,7 +12,10 @@ import pytest
 import torch
 
 from headsteer import models
-from headsteer.cli import commands, main
+from headsteer.cli import build_parser, common, main
+from headsteer.cli.flags import count
+from headsteer.cli.options import as_typed
+from headsteer.files import ArtifactPaths
 from headsteer.tasks import Pair, Task, load_task, split_task
 from tests.helpers import save_tiny_model
 
@@ -40,7 +44,7 @@ def test_fit_then_eval(model_dir, tmp_path, capsys):
 
 def test_compare_prints_a_mean_std_table(model_dir, tmp_path, capsys):
     csv = tmp_path / "cmp.csv"
-    args = ["compare", "--model", model_dir, "--task", "builtin/english-french", "--seeds", "0", "1", "--out", str(csv)]
+    args = ["compare", "--model", model_dir, "--task", "builtin/english-french", "--seeds", "2", "--out", str(csv)]
     assert main([*args, *FAST]) == 0
     printed = capsys.readouterr().out
     assert "fitted Δ" in printed and "±" in printed
@@ -155,7 +159,11 @@ ANTONYMS = [(p.input, p.output) for p in load_task("builtin/antonym").pairs]
         ("sweep", ["--layers", "5-2"], ["argument --layers: range 5-2 in '5-2' is reversed"]),
         ("sweep", ["--layers", "x"], ["argument --layers: 'x' is not 'all'"]),
         ("sweep", ["--seeds", "0"], ["argument --seeds: expected a whole number >= 1, got 0"]),
-        ("compare", ["--seeds", "0", "1", "0"], ["argument --seeds: 0 is given twice"]),
+        ("compare", ["--seeds", "0"], ["argument --seeds: expected a whole number >= 1, got 0"]),
+        ("compare", ["--seeds", "1", "2"], ["unrecognized arguments: 2 (see headsteer compare --help)"]),  # a count
+        ("eval", ["--intervention", "iv", "--n-train", "5"], ["unrecognized arguments: --n-train 5"]),
+        ("sweep", ["--layer", "4"], ["unrecognized arguments: --layer 4"]),  # not taken for --layers
+        ("compare", ["--seed", "4"], ["unrecognized arguments: --seed 4"]),  # not taken for --seeds
     ],
 )
 def test_bad_flags_are_refused_in_one_line_naming_the_flag(capsys, tmp_path, no_weights, command, extra, expected):
@@ -165,7 +173,7 @@ def test_bad_flags_are_refused_in_one_line_naming_the_flag(capsys, tmp_path, no_
 
 
 def test_a_missing_subcommand_or_flag_is_one_line(capsys):
-    refused(capsys, [], "headsteer: error: the following arguments are required: command")
+    refused(capsys, [], "headsteer: error: the following arguments are required: COMMAND")
     refused(
         capsys,
         ["fit", "--task", "builtin/antonym"],
@@ -197,7 +205,7 @@ def test_table_flags_that_repeat_are_refused(capsys, tmp_path, no_weights):
         ("fit", ["--layer", "99"], "--layer 99 is out of range: model '{model}' has layers 0..2"),
         ("sweep", ["--layers", "0-3"], "--layers 0-3: layer 3 is out of range: this model has layers 0..2"),
         ("fit", ["--layer", "1", "--n-train", "60"], "task 'builtin/antonym' has 60 pairs: too few for n_train=60"),
-        ("compare", ["--layer", "1", "--n-train", "60", "--seeds", "0"], "(lower --n-train)"),
+        ("compare", ["--layer", "1", "--n-train", "60", "--seeds", "1"], "(lower --n-train)"),
         ("heads", ["--layer", "3"], "--layer 3 is out of range"),
     ],
 )
@@ -382,7 +390,7 @@ def test_ctrl_c_is_a_clean_exit(capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(commands, "open_model", interrupted)
+    monkeypatch.setattr(common, "open_model", interrupted)
     assert main(["fit", "--task", "builtin/antonym", "--out", "unused-stem"]) == 130
     assert capsys.readouterr().err == "headsteer fit: interrupted\n"
 
@@ -400,7 +408,7 @@ def test_figures_checks_its_folders(capsys, tmp_path):
 
 
 def test_demo_checks_its_layer_before_the_weights(capsys, model_dir, no_weights):
-    refused(capsys, ["demo", "--model", model_dir], "the demo's layer 4 is out of range")
+    refused(capsys, ["demo", "--model", model_dir], f"--layer 4 is out of range: model '{model_dir}' has layers 0..2")
 
 
 def test_a_folder_without_write_permission_is_refused_before_the_model(capsys, tmp_path, monkeypatch, no_weights):
@@ -430,3 +438,145 @@ def test_judge_settings_that_do_not_fit_are_one_line(capsys, tmp_path, monkeypat
     refused(capsys, argv, "need 1 <= min_yes <= queries (--min-yes, --queries), got min_yes=4, queries=3")
     monkeypatch.setenv("HEADSTEER_JUDGE_BASE_URL", "ftp://x")
     refused(capsys, argv[:4], "judge base_url must start with http:// or https://, got 'ftp://x'")
+
+
+# ---- the demo, the main job --------------------------------------------------------------------------
+def test_demo_prints_the_before_after_table_and_both_metrics(model_dir, capsys):
+    assert main(["demo", "--model", model_dir, "--layer", "1", "--steps", "3"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if "zero-shot" in line and "with Δ" in line)
+    assert header.split()[:2] == ["input", "target"]
+    rows = lines[lines.index(header) + 1 : lines.index(header) + 11]
+    assert len(rows) == 10 and all(row.strip() for row in rows)  # ten held-out pairs, before and after
+    metrics = [line.split() for line in lines if "first-token accuracy" in line]
+    assert [m[0] for m in metrics] == ["zero_shot", "fitted"]
+    assert all("exact" in m and 0.0 <= float(m[3]) <= 1.0 for m in metrics)
+    assert any(line.startswith("held-out pairs: ") for line in lines)
+
+
+# ---- help: every option explained, defaults shown, written for users -----------------------------------
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    (sub,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def options(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    return [a for a in parser._actions if a.help != argparse.SUPPRESS and not isinstance(a, argparse._HelpAction)]
+
+
+def test_every_option_of_every_subcommand_has_help():
+    missing = [
+        f"{name} {a.dest}" for name, p in subcommands().items() for a in options(p) if not (a.help or "").strip()
+    ]
+    assert not missing
+
+
+def test_every_default_is_shown_in_the_help():
+    for name, p in subcommands().items():
+        text = " ".join(p.format_help().split())
+        for action in options(p):
+            if action.default is not None and action.option_strings:
+                assert f"(default: {as_typed(action.default)})" in text, (name, action.dest)
+    fit_help = " ".join(subcommands()["fit"].format_help().split())
+    assert "--max-test N held-out pairs scored (0: all of them) (default: 100)" in fit_help
+    assert "(default: 0-shot 10-shot '0-shot + FV'" in " ".join(subcommands()["table"].format_help().split())
+
+
+def test_the_top_level_help_is_for_users(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "wiring" not in text and "argument parsing" not in text
+    assert "headsteer demo" in text and "README.md" in text
+    assert all(name in text for name in subcommands())
+
+
+def test_fit_out_names_all_four_files():
+    (out,) = (a for a in subcommands()["fit"]._actions if a.dest == "out")
+    assert all(path.name in out.help for path in ArtifactPaths.of("OUT").all)
+
+
+@pytest.mark.parametrize(
+    "command, time",
+    [
+        ("table", "about 7 min per (task, seed)"),
+        ("table", "4 tasks × 5 seeds, about 2 h 20 min"),
+        ("sweep", "about 13-14 min per task"),
+        ("compose", "about 21 min"),
+        ("opinion", "about 49 min"),
+        ("heads", "about 2.5 min per task"),
+        ("compare", "about 1 min per seed"),
+        ("demo", "about 30 s"),
+    ],
+)
+def test_long_commands_say_how_long_they_take(command, time):
+    description = " ".join(subcommands()[command].description.split())
+    assert time in description and "measured on a 2-core CPU with Gemma 3 270M" in description
+
+
+# ---- each flag means one thing everywhere --------------------------------------------------------------
+# Flags whose default differs between commands, and why.
+DEFAULTS_DIFFER = {
+    "--seeds": "compare runs 3 seeds, the paper's experiments 5",
+    "--seed": "eval's default is the seed the intervention records",
+    "--task": "the demo's default task is builtin/antonym; elsewhere it is required",
+    "--out": "a stem, a results CSV, a folder: each command writes its own kind",
+    "--help": "argparse's",
+}
+
+
+def test_a_flag_has_one_type_and_one_default_in_every_command():
+    seen: dict[str, argparse.Action] = {}
+    for name, p in subcommands().items():
+        for action in p._actions:
+            for flag in action.option_strings:
+                first = seen.setdefault(flag, action)
+                assert action.type is first.type and action.dest == first.dest, (name, flag)
+                if flag not in DEFAULTS_DIFFER:
+                    assert action.default == first.default, (name, flag, action.default, first.default)
+    assert seen["--max-test"].default == 100
+
+
+def test_seeds_is_a_count_in_every_command():
+    for name, p in subcommands().items():
+        for action in p._actions:
+            if "--seeds" in action.option_strings:
+                assert action.type is count and action.nargs is None, name
+
+
+def test_flag_defaults_are_the_configs_defaults():
+    from headsteer.cli.experiments import table_config
+    from headsteer.cli.options import fit_config
+    from headsteer.config import FitConfig
+    from headsteer.paper.table import TableConfig
+
+    parser = build_parser()
+    for command in ("fit", "compare", "heads"):
+        args = parser.parse_args([command, "--task", "t", "--out", "o"])
+        assert fit_config(args, seed=0) == FitConfig(), command
+    assert table_config(parser.parse_args(["table", "--out", "o"])) == TableConfig()
+    max_test = {name: a.default for name, p in subcommands().items() for a in p._actions if a.dest == "max_test"}
+    assert set(max_test) == {"fit", "eval", "compare", "sweep", "table", "compose", "opinion"}
+    assert set(max_test.values()) == {TableConfig().max_test}
+
+
+# ---- compare never replaces a results file -------------------------------------------------------------
+def test_compare_refuses_an_existing_out_before_any_work(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(common, "open_model", lambda *a: pytest.fail("the model was opened"))
+    out = tmp_path / "antonym_layer4.csv"
+    out.write_text("task,layer,seed\n")
+    (tmp_path / "antonym_layer4-2.csv").write_text("")
+    argv = ["compare", "--task", "builtin/antonym", "--seeds", "3", "--out", str(out)]
+    refused(capsys, argv, f"--out {out}: already exists", f"give a new path, e.g. {tmp_path / 'antonym_layer4-3.csv'}")
+    assert out.read_text() == "task,layer,seed\n"
+
+
+def test_python_m_headsteer_cli_runs_the_command_line():
+    import os
+    import subprocess
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, "-m", "headsteer.cli", "demo", "--help"], capture_output=True, env=env)
+    assert done.returncode == 0 and b"usage: headsteer demo" in done.stdout

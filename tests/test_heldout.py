@@ -152,7 +152,7 @@ def test_cli_eval_after_fit_with_20_training_pairs_scores_no_training_input(mode
         "0",
         "--out",
         str(scores),
-    ]  # eval's --n-train defaults to 10
+    ]  # no --n-train: the intervention's record (n_train 20) decides the split
     assert main(evaluate) == 0
     scored = set(pd.read_csv(scores, keep_default_na=False)["input"])
     assert scored and not scored & train_inputs

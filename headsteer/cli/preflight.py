@@ -40,10 +40,35 @@ def check_results_outputs(out: str, flag: str = "--out", predictions: bool = Fal
     return path
 
 
+def check_new_output_file(out: str, flag: str = "--out") -> Path:
+    """An output file that does not exist yet and can be written: results that are not resumable are never replaced."""
+    path = check_output_file(out, flag)
+    if path.exists():
+        raise OutputPathError(
+            f"{flag} {out}: already exists and would be replaced; give a new path, e.g. {_free(path)}"
+        )
+    return path
+
+
+def _free(path: Path) -> Path:
+    """``path`` with the first ``-2``, ``-3``, ... suffix no file has yet."""
+    n = 2
+    while (candidate := path.with_stem(f"{path.stem}-{n}")).exists():
+        n += 1
+    return candidate
+
+
 # ---- what the model's config allows -----------------------------------------------------
 def check_model_layer(files: ModelFiles, layer: int, flag: str = "--layer") -> None:
     if not 0 <= layer < files.n_layers:
         raise ConfigError(f"{flag} {layer} is out of range: model {files.name!r} has layers 0..{files.n_layers - 1}")
+
+
+def check_fit_model(files: ModelFiles, layer: int, fast: bool) -> None:
+    """Δ's layer exists, and the model suits the prefix-cached fitter where it is used."""
+    check_model_layer(files, layer)
+    if fast:
+        check_fast_forward(files)
 
 
 def check_fast_forward(files: ModelFiles) -> None:

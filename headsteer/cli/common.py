@@ -1,0 +1,34 @@
+"""What several handlers do besides the work: load a task (saying what was dropped), open the model, write a summary."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from headsteer.files import summary_path, write_text_atomic
+from headsteer.models import ModelFiles, open_model
+from headsteer.tasks import Task, load_task
+
+
+def load_task_noting_drops(name: str, data_dir: str | None) -> Task:
+    """Load a task, saying on stderr how many repeated inputs were dropped."""
+    task = load_task(name, data_dir)
+    if task.dropped_duplicates:
+        print(
+            f"task {task.name!r}: dropped {task.dropped_duplicates} pairs whose input repeats an earlier "
+            f"pair's (the first is kept); {len(task)} pairs remain",
+            file=sys.stderr,
+        )
+    return task
+
+
+def open_model_files(args: argparse.Namespace) -> ModelFiles:
+    """The model's config and tokenizer (``--model``, ``--cache-dir``): enough for the checks, no weights."""
+    return open_model(args.model, args.cache_dir)
+
+
+def write_summary(out: str, text: str) -> None:
+    """A results table's Markdown summary beside its CSV (OUT.md), and on stdout."""
+    write_text_atomic(summary_path(Path(out)), text)
+    print(text)

@@ -1,0 +1,338 @@
+"""The paper's experiments: ``sweep``, ``table``, ``compose``, ``opinion``, ``heads``; flags beside handlers.
+
+Each results file (``--out``) is resumable: rerun the same command and it
+continues where it stopped (:mod:`headsteer.paper.results`). As in
+:mod:`headsteer.cli.run`, every handler checks all it can before the model's
+weights load. The times quoted in the help were measured with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from headsteer.baselines.prompting import few_shot_template
+from headsteer.cli.common import load_task_noting_drops, open_model_files, write_summary
+from headsteer.cli.flags import AppendDistinct, Distinct, LayerSelection, count, non_negative_float
+from headsteer.cli.options import (
+    FIT,
+    Subcommands,
+    add_command,
+    add_data_dir_option,
+    add_fit_options,
+    add_layer_option,
+    add_max_test_option,
+    add_model_options,
+    add_n_train_option,
+    add_seeds_option,
+    add_task_options,
+    add_template_option,
+    add_token_limit_option,
+    fit_config,
+    max_test,
+    seeds,
+    timed,
+)
+from headsteer.cli.preflight import (
+    check_fast_forward,
+    check_fit_model,
+    check_prompts,
+    check_results_outputs,
+    check_task_pairs,
+    checked_split,
+)
+from headsteer.files import check_output_dir, predictions_path, settings_path, summary_path
+from headsteer.heads import DEFAULT_PATH
+from headsteer.models import load_from
+from headsteer.paper import composition, opinion, table
+from headsteer.paper.head_study import head_study
+from headsteer.paper.opinionqa import DATA_DIR_ENV as OPINIONQA_ENV
+from headsteer.paper.opinionqa import PAPER_GROUPS, load_group, split_questions
+from headsteer.paper.runner import summary_markdown
+from headsteer.paper.sweep import sweep
+from headsteer.prompts import get_template
+from headsteer.tasks import TODD_TASKS, split_task
+
+PAPER_SEEDS = 5  # the paper's tables and figures average over seeds 0..4
+
+
+def _out_option(p: argparse.ArgumentParser, table: bool = True) -> None:
+    """A results CSV and the files written beside it (as ``check_results_outputs`` checks them)."""
+    out = Path("OUT.csv")
+    beside = [settings_path(out), *((predictions_path(out), summary_path(out)) if table else ())]
+    p.add_argument(
+        "--out",
+        required=True,
+        metavar="OUT.csv",
+        help=f"results CSV, with {', '.join(path.name for path in beside)} beside it; rerun the same command to resume",
+    )
+
+
+# ---- sweep --------------------------------------------------------------------------------
+def add_sweep_parser(sub: Subcommands) -> None:
+    p = add_command(
+        sub,
+        "sweep",
+        "Δ at every (layer, seed) of one task; resumable (Figure 1; about 13-14 min per task)",
+        timed(
+            "Fit and score Δ at every layer of --layers for seeds 0..N-1 (the paper's Figure 1), one\n"
+            "row per (layer, seed) in a resumable CSV. Several processes may share one --out\n"
+            "(e.g. --layers 0-8 in one, --layers 9-17 in another).",
+            "about 13-14 min per task with the defaults (--layers all --seeds 5)",
+        ),
+        run_sweep,
+    )
+    add_model_options(p)
+    add_task_options(p)
+    add_n_train_option(p, "training pairs per seed")
+    add_max_test_option(p, "held-out pairs scored per seed")
+    p.add_argument(
+        "--layers",
+        type=LayerSelection.parse,
+        default="all",  # argparse parses a string default with the flag's type
+        help="'all', a list '0,2,4', a range '0-8', or both '0-3,8'",
+    )
+    add_seeds_option(p, default=PAPER_SEEDS)
+    add_fit_options(p, layer=False)  # --layers names them
+    add_token_limit_option(p)
+    _out_option(p, table=False)
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    config = fit_config(args, seed=0, layer=FIT.layer)  # each cell sets its own layer and seed
+    template = get_template(args.template)
+    task = load_task_noting_drops(args.task, args.data_dir)
+    out = check_results_outputs(args.out)
+    files = open_model_files(args)
+    layers = args.layers.resolve(files.n_layers)
+    if args.fast:
+        check_fast_forward(files)
+    include_stop = config.loss == "sequence"
+    for seed in seeds(args):
+        checked_split(files, template, task, args.n_train, seed, max_test(args), include_stop)
+    model = load_from(files)
+    rows = sweep(model, task, template, layers, seeds(args), config, args.n_train, max_test(args), out, fast=args.fast)
+    summary = rows.groupby("layer")[["first_token", "exact_match", "zero_shot_first_token"]].agg(["mean", "std"])
+    print(summary.round(3).to_markdown())
+    print(f"wrote {out}")
+    return 0
+
+
+# ---- table --------------------------------------------------------------------------------
+def add_table_parser(sub: Subcommands) -> None:
+    p = add_command(
+        sub,
+        "table",
+        "every method × task on the same splits; resumable (Tables 1, 4, 6; about 7 min per task and seed)",
+        timed(
+            "Run every method (0-/10-shot, function vectors, ICV, LoRA, IA3, prompt tuning, Δ and its\n"
+            "variants) on the same seeded split per (task, seed): the paper's Tables 1, 4 and 6. Rerun\n"
+            "the same command to resume; processes given different --tasks may share one --out.",
+            "about 7 min per (task, seed); the defaults, 4 tasks × 5 seeds, about 2 h 20 min",
+        ),
+        run_table,
+    )
+    defaults = table.TableConfig()
+    add_model_options(p)
+    p.add_argument("--tasks", nargs="+", action=Distinct, default=list(TODD_TASKS), help="the tasks, by name or file")
+    add_data_dir_option(p)
+    add_template_option(p)
+    add_n_train_option(p, "training pairs (and few-shot demonstrations) per (task, seed)")
+    add_max_test_option(p, "held-out pairs scored per (task, seed)")
+    add_seeds_option(p, default=PAPER_SEEDS)
+    p.add_argument(
+        "--methods", nargs="+", action=Distinct, default=list(defaults.methods), help="the methods to run, by name"
+    )
+    add_layer_option(p)
+    p.add_argument(
+        "--fv-top-k", type=count, default=defaults.fv_top_k, metavar="K", help="heads summed into the function vector"
+    )
+    p.add_argument(
+        "--peft-steps",
+        type=count,
+        default=defaults.peft_steps,
+        metavar="STEPS",
+        help="training steps of LoRA, IA3 and prompt tuning",
+    )
+    add_token_limit_option(p)
+    _out_option(p)
+
+
+def table_config(args: argparse.Namespace) -> table.TableConfig:
+    return table.TableConfig(
+        n_train=args.n_train,
+        max_test=max_test(args),
+        layer=args.layer,
+        fv_top_k=args.fv_top_k,
+        peft_steps=args.peft_steps,
+        methods=tuple(args.methods),
+    )
+
+
+def run_table(args: argparse.Namespace) -> int:
+    config = table_config(args)
+    template = get_template(args.template)
+    tasks = [load_task_noting_drops(name, args.data_dir) for name in args.tasks]
+    out = check_results_outputs(args.out, predictions=True, summary=True)
+    files = open_model_files(args)
+    check_fit_model(files, config.layer, fast=True)
+    few_shot = any(m in table.FEW_SHOT_METHODS for m in config.methods)
+    for task in tasks:
+        for seed in seeds(args):
+            train, test = checked_split(files, template, task, config.n_train, seed, config.max_test)
+            if few_shot:  # the k-shot prompts hold every training pair: the longest prompts the table scores
+                check_prompts(task.name, files.tokenizer, few_shot_template(template, train), [p.input for p in test])
+    model = load_from(files)
+    rows = table.build_table(model, tasks, template, seeds(args), config, out)
+    write_summary(args.out, summary_markdown(rows, config.methods))
+    return 0
+
+
+# ---- compose ------------------------------------------------------------------------------
+def add_compose_parser(sub: Subcommands) -> None:
+    p = add_command(
+        sub,
+        "compose",
+        "task composition outer∘inner: Δ_outer + Δ_inner; resumable (Table 2; about 21 min)",
+        timed(
+            "Compose two tasks (e.g. english-french∘antonym: 'hot' -> 'froid') and compare the sum of\n"
+            "the single-task Δ's with a Δ fitted on the composed pairs: the paper's Table 2.",
+            "about 21 min with the defaults (the paper's four compositions, --seeds 5)",
+        ),
+        run_compose,
+    )
+    paper = "; ".join("∘".join(pair) for pair in composition.PAPER_COMPOSITIONS)
+    add_model_options(p)
+    p.add_argument(
+        "--compose",
+        nargs=2,
+        action=AppendDistinct,
+        metavar=("OUTER", "INNER"),
+        help=f"one composed task, e.g. --compose english-french antonym; repeatable (default: the paper's: {paper})",
+    )
+    add_data_dir_option(p)
+    add_template_option(p)
+    add_n_train_option(p, "training pairs of each Δ per (task, seed)")
+    add_max_test_option(p, "held-out composed pairs scored per (task, seed)")
+    add_seeds_option(p, default=PAPER_SEEDS)
+    add_layer_option(p)
+    add_token_limit_option(p)
+    _out_option(p)
+
+
+def run_compose(args: argparse.Namespace) -> int:
+    config = composition.ComposeConfig(n_train=args.n_train, max_test=max_test(args), layer=args.layer)
+    template = get_template(args.template)
+    pairs = args.compose or composition.PAPER_COMPOSITIONS
+    names = dict.fromkeys(name for pair in pairs for name in pair)
+    tasks = {name: load_task_noting_drops(name, args.data_dir) for name in names}
+    composed = [composition.compose_tasks(tasks[outer], tasks[inner], config.min_pairs) for outer, inner in pairs]
+    out = check_results_outputs(args.out, predictions=True, summary=True)
+    files = open_model_files(args)
+    check_fit_model(files, config.layer, fast=True)
+    for c in composed:
+        print(f"{c.name}: {len(c)} chained pairs")
+        for seed in seeds(args):
+            _, test = checked_split(files, template, c.task, config.n_train, seed, config.max_test)
+            for task, train in zip((c.inner, c.outer), composition.single_task_train(c, test, config.n_train, seed)):
+                check_task_pairs(task.name, files.tokenizer, template, train)
+    model = load_from(files)
+    rows = composition.build_compose_table(model, composed, template, seeds(args), config, out)
+    write_summary(args.out, summary_markdown(rows, list(composition.METHODS)))
+    return 0
+
+
+# ---- opinion ------------------------------------------------------------------------------
+def add_opinion_parser(sub: Subcommands) -> None:
+    p = add_command(
+        sub,
+        "opinion",
+        "steer answers toward a group's OpinionQA answers; resumable (Table 3; about 49 min)",
+        timed(
+            "Fit Δ on a group's answer distributions for --n-train survey questions (loss option_kl)\n"
+            "and compare it with persona and few-shot prompts by KL on held-out questions: the\n"
+            "paper's Table 3.",
+            "about 49 min with the defaults (the paper's four groups, --seeds 5)",
+        ),
+        run_opinion,
+    )
+    add_model_options(p)
+    p.add_argument(
+        "--group",
+        action=AppendDistinct,
+        help="a group by name, e.g. 'Northeast' or 'INCOME:Refused'; repeatable "
+        f"(default: the paper's: {'; '.join(PAPER_GROUPS)})",
+    )
+    p.add_argument(
+        "--data-dir", help=f"the OpinionQA folder (default: ${OPINIONQA_ENV}, else shared/datasets/opinionqa)"
+    )
+    add_n_train_option(p, "training questions per (group, seed)")
+    add_max_test_option(p, "held-out questions scored per (group, seed)")
+    add_seeds_option(p, default=PAPER_SEEDS)
+    add_layer_option(p)
+    _out_option(p)
+
+
+def run_opinion(args: argparse.Namespace) -> int:
+    config = opinion.OpinionConfig(n_train=args.n_train, max_test=max_test(args), layer=args.layer)
+    groups = {name: load_group(name, args.data_dir) for name in args.group or PAPER_GROUPS}
+    out = check_results_outputs(args.out, predictions=True, summary=True)
+    files = open_model_files(args)
+    check_fit_model(files, config.layer, fast=True)
+    for name, group in groups.items():
+        print(f"{name} ({group.attribute}): {len(group)} questions")
+        for seed in seeds(args):
+            train, test = split_questions(group, config.n_train, seed, config.max_test)
+            for question in train + test:
+                opinion.question_block(question)  # at most as many options as letters
+            opinion.option_targets(files.tokenizer, train + test)  # each option letter is one token
+    model = load_from(files)
+    rows = opinion.build_opinion_table(model, groups, seeds(args), config, out)
+    write_summary(args.out, summary_markdown(opinion.with_average(rows), list(opinion.METHODS), metrics=("kl",)))
+    return 0
+
+
+# ---- heads --------------------------------------------------------------------------------
+def add_heads_parser(sub: Subcommands) -> None:
+    p = add_command(
+        sub,
+        "heads",
+        "which heads a task uses: Δ with and without penalty, the λ path, FV head effects (about 2.5 min)",
+        timed(
+            "Fit Δ on one seed's training pairs with and without the penalty and along a path of\n"
+            "strengths γ = λ, and measure each head's function-vector effect: the tables behind the\n"
+            "head figures (headsteer figures).",
+            "about 2.5 min per task",
+        ),
+        run_heads,
+    )
+    add_model_options(p)
+    add_task_options(p)
+    add_n_train_option(p)
+    p.add_argument("--seed", type=int, default=FIT.seed, help="seeds the split and the fits")
+    add_fit_options(p, fast=False)  # every fit here is prefix-cached
+    p.add_argument(
+        "--strengths",
+        type=non_negative_float,
+        nargs="+",
+        action=Distinct,
+        default=list(DEFAULT_PATH),
+        help="the path of γ = λ values",
+    )
+    add_token_limit_option(p)
+    p.add_argument("--out", metavar="FOLDER", help="output folder (default: results/heads/<task>)")
+
+
+def run_heads(args: argparse.Namespace) -> int:
+    config = fit_config(args, args.seed)
+    template = get_template(args.template)
+    task = load_task_noting_drops(args.task, args.data_dir)
+    out = check_output_dir(args.out or f"results/heads/{task.name.replace('/', '-')}")
+    files = open_model_files(args)
+    check_fit_model(files, config.layer, fast=True)
+    train, _ = split_task(task, n_train=args.n_train, seed=config.seed)  # the study fits on the training pairs only
+    check_task_pairs(task.name, files.tokenizer, template, train, include_stop=config.loss == "sequence")
+    model = load_from(files)
+    head_study(model, task, template, config, out, args.n_train, args.strengths)
+    print(f"wrote {out}/: regularized, unregularized, heads.csv, path.csv, fv_effects.csv")
+    return 0
