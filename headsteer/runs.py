@@ -1,4 +1,4 @@
-"""Seeded fit-and-evaluate runs: zero-shot against the fitted Δ, as tidy DataFrames.
+"""Seeded fit-and-evaluate runs: split, fit Δ, score zero-shot and Δ on the held-out pairs.
 
 A fit from a seeded split records that split (:func:`record_split`), and a
 saved intervention is scored only on pairs it was not trained on
@@ -7,7 +7,6 @@ saved intervention is scored only on pairs it was not trained on
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -147,23 +146,3 @@ def heldout_pairs(task: Task, iv: Intervention, max_test: int | None = None, see
             "are left out all the same"
         )
     return HeldOut(tuple(held[:max_test]), split_seed, record.n_train, len(candidates) - len(held), warning)
-
-
-def zero_shot_vs_fitted(
-    model,
-    task: Task,
-    template: Template,
-    config: FitConfig,
-    seeds: Sequence[int] = (0, 1, 2),
-    n_train: int = 10,
-    max_test: int | None = 200,
-    progress: bool = True,
-    fast: bool = True,
-) -> pd.DataFrame:
-    """One row per (seed, method): first_token, exact_match, n, for zero-shot and the fitted Δ."""
-    rows = []
-    for seed in seeds:
-        run = fit_and_score(model, task, template, replace(config, seed=seed), n_train, max_test, progress, fast)
-        for method, scores in (("zero-shot", run.zero_shot), ("fitted Δ", run.fitted)):
-            rows.append({"task": task.name, "layer": config.layer, "seed": seed, "method": method, **summarize(scores)})
-    return pd.DataFrame(rows)

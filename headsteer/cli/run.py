@@ -43,8 +43,9 @@ from headsteer.evaluate import evaluate_pairs, format_mean_std, mean_std, summar
 from headsteer.files import ArtifactPaths, check_output_file, write_csv_atomic
 from headsteer.intervention import Intervention, check_artifact_output
 from headsteer.models import load_from
+from headsteer.paper.compare import zero_shot_vs_fitted
 from headsteer.prompts import Template, get_template
-from headsteer.runs import fit_and_score, heldout_pairs, zero_shot_vs_fitted
+from headsteer.runs import fit_and_score, heldout_pairs
 
 COMPARE_SEEDS = 3  # seeds 0, 1, 2: the README's comparison
 
