@@ -4,14 +4,14 @@ import pytest
 import torch
 
 import headsteer as hs
-from headsteer.baselines.peft import METHODS, PEFTConfig, evaluate_hf, train_peft
+from headsteer.baselines.peft import PEFT_METHODS, PEFTConfig, evaluate_hf, train_peft
 from tests.helpers import tiny_bridge
 
 QA = hs.get_template("qa")
 TRAIN = [hs.Pair(a, b) for a, b in [("hot", "cold"), ("big", "small"), ("up", "down"), ("fast", "slow")]]
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", PEFT_METHODS)
 def test_each_method_lowers_its_training_loss_and_leaves_the_model_alone(gemma_tiny, method):
     before = {k: v.clone() for k, v in gemma_tiny.original_model.state_dict().items()}
     trained, history = train_peft(gemma_tiny, TRAIN, QA, PEFTConfig(method=method, steps=25), task="antonym")
@@ -20,7 +20,8 @@ def test_each_method_lowers_its_training_loss_and_leaves_the_model_alone(gemma_t
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     scores = evaluate_hf(trained, gemma_tiny.tokenizer, TRAIN, QA)
     assert list(scores.columns) == ["input", "target", "prediction", "first_token", "exact_match"]
-    assert len(scores) == len(TRAIN) and scores["first_token"].dtype == bool
+    untrained = evaluate_hf(gemma_tiny.original_model, gemma_tiny.tokenizer, TRAIN, QA)
+    assert scores["prediction"].tolist() != untrained["prediction"].tolist()  # the trained copy is what is scored
 
 
 def test_generation_matches_the_bridge_without_adapters(gemma_tiny):

@@ -16,7 +16,7 @@ as every other method.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -28,7 +28,7 @@ from headsteer.evaluate import score_generations
 from headsteer.prompts import Template, encode_prompts, split_answer_tokens
 from headsteer.tasks import Pair
 
-METHODS = ("lora", "ia3", "prompt_tuning")
+PEFT_METHODS = ("lora", "ia3", "prompt_tuning")
 DEFAULT_LR = {"lora": 5e-3, "ia3": 3e-2, "prompt_tuning": 3e-2}
 TASK_DESCRIPTIONS = {
     "antonym": "Answer with the opposite of the word.",
@@ -41,27 +41,26 @@ GENERIC_DESCRIPTION = "Answer the question with one word."
 
 @dataclass(frozen=True)
 class PEFTConfig:
+    """One PEFT baseline's training: ``method`` (one of :data:`PEFT_METHODS`), AdamW steps, step size, seed."""
+
     method: str = "lora"
     steps: int = 50
-    lr: float | None = None  # None: DEFAULT_LR[method]
+    lr: float | None = None  # None: DEFAULT_LR[method], and the resolved value is stored
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ConfigError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.method not in PEFT_METHODS:
+            raise ConfigError(f"method must be one of {PEFT_METHODS}, got {self.method!r}")
         if not isinstance(self.steps, int) or self.steps < 1:
             raise ConfigError(f"steps must be an int >= 1, got {self.steps!r}")
-        if self.lr is None:
-            object.__setattr__(self, "lr", DEFAULT_LR[self.method])
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr!r}")
+        if not self.step_size > 0:
+            raise ConfigError(f"lr must be > 0, got {self.step_size!r}")
+        object.__setattr__(self, "lr", self.step_size)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> PEFTConfig:
-        return cls(**data)
+    @property
+    def step_size(self) -> float:
+        """The AdamW learning rate: ``lr``, or the method's default where ``lr`` is None."""
+        return DEFAULT_LR[self.method] if self.lr is None else self.lr
 
 
 def peft_model(model, config: PEFTConfig, task: str = ""):
@@ -76,15 +75,15 @@ def peft_model(model, config: PEFTConfig, task: str = ""):
             f"{config.method} needs modules {sorted(needed)}; this model has none named {sorted(needed - names)}"
         )
     if config.method == "lora":
-        spec = peft.LoraConfig(
+        lora = peft.LoraConfig(
             r=4, lora_alpha=8, lora_dropout=0.0, target_modules=sorted(needed), task_type="CAUSAL_LM"
         )
-    elif config.method == "ia3":
-        spec = peft.IA3Config(target_modules=sorted(needed), feedforward_modules=["down_proj"], task_type="CAUSAL_LM")
-    else:
-        spec = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=8, prompt_tuning_init="RANDOM")
-        return _prompt_tuning_model(hf, spec, model.tokenizer, TASK_DESCRIPTIONS.get(task, GENERIC_DESCRIPTION))
-    return peft.get_peft_model(hf, spec)
+        return peft.get_peft_model(hf, lora)
+    if config.method == "ia3":
+        ia3 = peft.IA3Config(target_modules=sorted(needed), feedforward_modules=["down_proj"], task_type="CAUSAL_LM")
+        return peft.get_peft_model(hf, ia3)
+    prompt = peft.PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=8, prompt_tuning_init="RANDOM")
+    return _prompt_tuning_model(hf, prompt, model.tokenizer, TASK_DESCRIPTIONS.get(task, GENERIC_DESCRIPTION))
 
 
 def plain_hf_copy(model):
@@ -138,7 +137,7 @@ def train_peft(
     trained = peft_model(model, config, task)
     trained.train()
     params = [p for p in trained.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(params, lr=config.step_size, weight_decay=0.0)
     history = []
     for step in tqdm(range(config.steps), desc=config.method, disable=not progress, leave=False):
         loss = first_token_loss(trained, model.tokenizer, template, pairs)
