@@ -1,5 +1,9 @@
 """Which heads a task uses: head-norm tables, the regularization path, and overlap with function-vector heads.
 
+The analysis fits and tabulates; it draws nothing (:mod:`headsteer.plots` draws
+these tables, e.g. ``plots.regularization_path`` the table
+:func:`fit_regularization_path` returns).
+
 A head h is *active* in Δ when ‖Δ_h‖₂ > 0 (the group penalty λ Σ_h ‖Δ_h‖₂
 zeroes whole heads). Along a path of penalty strengths s₁ > s₂ > … (γ = λ = s,
 each fitted independently, all in one batch), a head *switches on* at the
@@ -37,7 +41,7 @@ def head_table(interventions: Sequence[Intervention]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def regularization_path(
+def fit_regularization_path(
     model,
     pairs: Sequence[Pair],
     template: Template,
@@ -53,7 +57,7 @@ def regularization_path(
 def path_jobs(pairs: Sequence[Pair], base: FitConfig, strengths: Sequence[float], task: str = "") -> list[FitJob]:
     """One fit per strength s: ``base`` with γ = λ = s (batch them with others through ``fit_many``)."""
     if not strengths:
-        raise ValueError("regularization_path: no strengths")
+        raise ValueError("regularization path: no strengths")
     return [FitJob(tuple(pairs), replace(base, gamma=s, lam=s), task) for s in strengths]
 
 

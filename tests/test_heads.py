@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import headsteer as hs
-from headsteer.heads import head_overlap, head_table, regularization_path, switch_on
+from headsteer.heads import fit_regularization_path, head_overlap, head_table, switch_on
 
 QA = hs.get_template("qa")
 SIGNATURE = hs.ModelSignature(name="toy", n_layers=3, n_heads=4, d_head=2, d_model=8)
@@ -27,7 +27,7 @@ def test_head_table_ranks_norms_and_shares():
 
 def test_path_from_strong_to_no_penalty(gemma_tiny):
     train, _ = hs.split_task(hs.load_task("builtin/antonym"), n_train=6, seed=0)
-    path = regularization_path(
+    path = fit_regularization_path(
         gemma_tiny, train, QA, hs.FitConfig(layer=1, steps=5, lr=0.5), (1e4, 0.0), "antonym", progress=False
     )
     n_heads = gemma_tiny.cfg.n_heads
