@@ -91,6 +91,8 @@ def record_split(result: FitResult, task: Task, n_train: int, seed: int) -> FitR
     The split is redone and must give the recorded pairs (``TrainingRecord.with_split``).
     """
     iv = result.intervention
+    if iv.training is None:
+        raise ArtifactError(f"intervention for task {iv.task!r} records no training pairs, so no split to name")
     return replace(result, intervention=replace(iv, training=iv.training.with_split(task, n_train, seed)))
 
 
@@ -123,7 +125,7 @@ def heldout_pairs(task: Task, iv: Intervention, max_test: int | None = None, see
             "so no pair can be shown to be held out; refit it to score it"
         )
     inputs = record.training_inputs()
-    if record.split_seed is not None:
+    if record.split_seed is not None and record.n_train is not None:  # both set or both None (TrainingRecord)
         split_seed = record.split_seed if seed is None else seed
         candidates = split_task(task, n_train=record.n_train, seed=split_seed)[1]
     elif seed is not None:

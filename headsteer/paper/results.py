@@ -53,7 +53,8 @@ from headsteer.models import model_fingerprint
 from headsteer.tasks import Task
 
 FORMAT = 2  # version of the sidecar layout; 1 (no "format" field) recorded names, not content
-JSON = Union[None, bool, int, float, str, list["JSON"], dict[str, "JSON"]]
+# A JSON value (read-only views, so a dict[str, str] is one: Mapping and Sequence are covariant).
+JSON = Union[None, bool, int, float, str, Sequence["JSON"], Mapping[str, "JSON"]]
 Record = tuple[str, ...]  # one CSV row, each field as written
 
 
@@ -242,16 +243,17 @@ class ResultsFile:
             new = [r for r in _unique(_records(rows, self.columns), self._key_of, None) if self._key_of(r) not in done]
             if not new:
                 return self._frame(on_disk)
-            if predictions is not None:
-                self._add_predictions(predictions, done, {self._key_of(r) for r in new})
+            if predictions is not None and self.prediction_columns is not None:
+                self._add_predictions(predictions, self.prediction_columns, done, {self._key_of(r) for r in new})
             merged = on_disk + new
             write_text_atomic(self.path, _csv_text(self.columns, merged))
         return self._frame(merged)
 
-    def _add_predictions(self, predictions: pd.DataFrame, done: set[Record], new: set[Record]) -> None:
+    def _add_predictions(
+        self, predictions: pd.DataFrame, columns: tuple[str, ...], done: set[Record], new: set[Record]
+    ) -> None:
         """Keep the predictions of finished rows, drop a killed writer's orphans, add those of the new rows."""
-        path, columns = self.predictions, self.prediction_columns
-        n = len(self.key)
+        path, n = predictions_path(self.path), len(self.key)
         with locked(path):  # nested inside the results lock, always in this order
             kept = [r for r in _read_records(path, columns) if r[:n] in done]
             fresh = [r for r in _records(predictions, columns) if r[:n] in new]

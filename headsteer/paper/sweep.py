@@ -24,7 +24,7 @@ from headsteer.errors import ConfigError
 from headsteer.evaluate import evaluate_pairs
 from headsteer.fitting.forward import naive_scored_logits
 from headsteer.fitting.loop import FitJob, fit_many
-from headsteer.paper.results import InputHash, ResultsFile, Settings, model_settings
+from headsteer.paper.results import JSON, InputHash, ResultsFile, Settings, model_settings
 from headsteer.prompts import Template
 from headsteer.steering import RowDeltas
 from headsteer.tasks import Pair, Task, split_task
@@ -106,7 +106,7 @@ def sweep_settings(
 ) -> Settings:
     """What a sweep's rows depend on. The config's layer and seed are left out: each cell sets its own."""
     fit = {k: v for k, v in config.to_dict().items() if k not in ("layer", "seed")}
-    values = {
+    values: dict[str, JSON] = {
         "task": task.name,
         "template": template.to_dict(),
         "config": fit,
