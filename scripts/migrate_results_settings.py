@@ -55,16 +55,14 @@ from headsteer.cli import build_parser
 from headsteer.config import FitConfig
 from headsteer.files import predictions_path, settings_path, write_json_atomic
 from headsteer.models import load_model
-from headsteer.paper.composition import METHODS as COMPOSE_METHODS
 from headsteer.paper.composition import PAPER_COMPOSITIONS, ComposeConfig, compose_settings, compose_tasks
-from headsteer.paper.opinion import METHODS as OPINION_METHODS
+from headsteer.paper.methods import COMPOSE_METHODS, OPINION_METHODS, TABLE_METHODS
 from headsteer.paper.opinion import OpinionConfig, opinion_settings
 from headsteer.paper.opinionqa import PAPER_GROUPS, load_group, split_questions
 from headsteer.paper.results import ResultsFile, Settings
 from headsteer.paper.runner import KEY
 from headsteer.paper.sweep import COLUMNS as SWEEP_COLUMNS
 from headsteer.paper.sweep import sweep_settings
-from headsteer.paper.table import METHODS as TABLE_METHODS
 from headsteer.paper.table import TableConfig, table_settings
 from headsteer.prompts import get_template
 from headsteer.tasks import load_task, split_task

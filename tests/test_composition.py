@@ -7,14 +7,16 @@ import torch
 import headsteer as hs
 from headsteer.cli import main
 from headsteer.errors import ResultsFileError
+from headsteer.paper import composition
 from headsteer.paper.composition import (
-    METHODS,
+    METHOD_RUNS,
     ComposeConfig,
     build_compose_table,
     compose_settings,
     compose_tasks,
     single_task_train,
 )
+from headsteer.paper.methods import COMPOSE_METHODS
 from headsteer.tasks import Pair, Task, TaskError
 from tests.helpers import save_tiny_model
 
@@ -61,29 +63,34 @@ def test_single_task_training_pairs_never_touch_a_held_out_chain():
 
 
 def test_the_sum_is_the_two_single_deltas_and_every_method_gives_rows(gemma_tiny, tmp_path, monkeypatch):
-    import headsteer.paper.composition as composition
-
     composed = compose_tasks(*chain_tasks())
-    seen = {}
-    real_add = METHODS["Ours (Add)"]
+    seen, batches = {}, []
+    real_add, real_fit_many = METHOD_RUNS["Ours (Add)"], composition.fit_many
 
     def spy_add(cell):
-        d = composition._deltas(cell)
-        seen[cell.seed] = (d["outer"].delta + d["inner"].delta, (d["outer"] + d["inner"]).delta, d)
+        d = cell.deltas
+        seen[cell.seed] = (d.outer.delta + d.inner.delta, (d.outer + d.inner).delta, d)
         return real_add(cell)
 
-    monkeypatch.setitem(composition.METHODS, "Ours (Add)", spy_add)
+    monkeypatch.setitem(composition.METHOD_RUNS, "Ours (Add)", spy_add)
+    monkeypatch.setattr(composition, "fit_many", lambda *a, **k: batches.append(1) or real_fit_many(*a, **k))
     rows = build_compose_table(gemma_tiny, [composed], QA, [0, 1], SMALL, tmp_path / "c.csv", progress=False)
-    assert len(rows) == 2 * len(METHODS) and set(rows["method"]) == set(METHODS)
+    assert len(rows) == 2 * len(COMPOSE_METHODS) and set(rows["method"]) == set(COMPOSE_METHODS)
     assert rows["n_test"].eq(5).all() and rows["n_train"].eq(4).all()
+    assert len(batches) == 2  # one batch of three Δ's per cell, shared by its four Δ methods
     for expected, added, deltas in seen.values():
         assert torch.equal(expected, added)
-        assert {d.task for d in deltas.values()} == {"outer", "builtin/antonym", composed.name}
-        assert len({d.layer for d in deltas.values()}) == 1
+        fitted = (deltas.inner, deltas.outer, deltas.reoptimized)
+        assert [d.task for d in fitted] == ["builtin/antonym", "outer", composed.name]
+        assert {d.layer for d in fitted} == {SMALL.layer}
     seen.clear()
     again = build_compose_table(gemma_tiny, [composed], QA, [0, 1], SMALL, tmp_path / "c.csv", progress=False)
     assert not seen  # resumed: nothing re-run
     pd.testing.assert_frame_equal(rows, again, check_dtype=False)
+
+
+def test_the_light_method_names_and_the_composition_runs_agree():
+    assert tuple(METHOD_RUNS) == COMPOSE_METHODS
 
 
 def test_compose_table_refuses_a_composed_task_too_small_for_the_split(gemma_tiny):
@@ -127,7 +134,7 @@ def test_cli_compose_writes_the_table(tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "outer∘antonym: 60 chained pairs" in printed and "Ours (Re-optimized)" in printed
-    assert len(pd.read_csv(out)) == len(METHODS) and out.with_suffix(".md").is_file()
+    assert len(pd.read_csv(out)) == len(COMPOSE_METHODS) and out.with_suffix(".md").is_file()
 
 
 def test_compose_settings_hold_both_tasks_data_and_refuse_another_outer(gemma_tiny, tmp_path):

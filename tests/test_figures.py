@@ -1,7 +1,11 @@
 """Figures are drawn from saved results only: a tiny head study plus small sweep and table files."""
 
+import os
 import shutil
 import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -113,6 +117,24 @@ def test_regenerating_a_figure_rewrites_the_same_bytes(results, tmp_path):
     first = {p.name: p.read_bytes() for p in build_figures(results, tmp_path / "a", static=False)}
     second = {p.name: p.read_bytes() for p in build_figures(results, tmp_path / "b", static=False)}
     assert first == second and 'id="antonym_head_norms"' in first["antonym_head_norms.html"].decode()
+
+
+def test_method_bars_follow_the_tables_method_order_not_the_files(results, tmp_path):
+    from headsteer.paper.figures import table_figures
+
+    rows = pd.read_csv(results / "table.csv")
+    rows.iloc[::-1].to_csv(tmp_path / "table.csv", index=False)  # "Δ (ours)" rows now come first
+    bars = table_figures(tmp_path)["methods_exact_match"]
+    assert [b.name for b in bars.data] == ["0-shot", "Δ (ours)"]
+
+
+def test_figures_import_no_experiment_or_baseline():
+    """The figures read method names (paper.methods), not the experiments that run them."""
+    code = "import sys, headsteer.paper.figures; print(sorted(m for m in sys.modules if m.startswith('headsteer.')))"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout's headsteer
+    loaded = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+    for heavy in ("paper.table", "paper.composition", "paper.opinion", "paper.head_study", "baselines"):
+        assert f"'headsteer.{heavy}" not in loaded, heavy
 
 
 def test_opinion_bars_show_each_group_and_their_average(results):

@@ -9,22 +9,26 @@ import torch
 
 import headsteer as hs
 from headsteer.cli import main
-from headsteer.errors import ResultsFileError
+from headsteer.errors import ConfigError, ResultsFileError
+from headsteer.files import predictions_path
 from headsteer.fitting.forward import shared_prefix_final_hidden
+from headsteer.paper.methods import OPINION_METHODS
 from headsteer.paper.opinion import (
-    METHODS,
+    METHOD_RUNS,
     OpinionConfig,
     build_opinion_table,
+    few_shot_context,
     few_shot_prompt,
     fit_opinion,
     modal_letter,
     option_token_ids,
+    persona,
     question_block,
     score_questions,
     uniform_scores,
-    with_average,
 )
 from headsteer.paper.opinionqa import OpinionQuestion, load_group, split_questions
+from headsteer.paper.summary import with_average
 from headsteer.prompts import encode_continuations, encode_texts
 from tests.helpers import save_tiny_model
 from tests.opinion_data import write_opinion_dir
@@ -103,9 +107,9 @@ def test_the_table_has_every_method_per_group_and_seed_and_resumes(gemma_tiny, t
     config = OpinionConfig(n_train=4, max_test=3, layer=1, fit_steps=2)
     out = tmp_path / "o.csv"
     rows = build_opinion_table(gemma_tiny, {"Northeast": group}, [0, 1], config, out, progress=False)
-    assert len(rows) == 2 * len(METHODS) and rows["n_test"].eq(3).all() and (rows["kl"] >= 0).all()
-    predictions = pd.read_csv(out.with_name("o.predictions.csv"))
-    assert len(predictions) == 2 * len(METHODS) * 3 and set(predictions.columns) >= {
+    assert len(rows) == 2 * len(OPINION_METHODS) and rows["n_test"].eq(3).all()
+    predictions = pd.read_csv(predictions_path(out))
+    assert len(predictions) == 2 * len(OPINION_METHODS) * 3 and set(predictions.columns) >= {
         "key",
         "target",
         "prediction",
@@ -117,6 +121,43 @@ def test_the_table_has_every_method_per_group_and_seed_and_resumes(gemma_tiny, t
     average = averaged[averaged["task"] == "average"].set_index(["method", "seed"])["kl"]
     assert average.sort_index().tolist() == pytest.approx(
         (rows.set_index(["method", "seed"])["kl"] + 0.5).sort_index().tolist()
+    )
+
+
+def test_each_method_scores_as_its_definition_says(gemma_tiny, tmp_path, group):
+    config = OpinionConfig(n_train=4, max_test=3, layer=1, fit_steps=2)
+    rows = build_opinion_table(gemma_tiny, {"Northeast": group}, [0], config, tmp_path / "o.csv", progress=False)
+    kl = rows.set_index("method")["kl"]
+    train, test = split_questions(group, n_train=4, seed=0, max_test=3)
+    plain = [question_block(q) for q in test]
+
+    def mean_kl(intervention=None, context=""):
+        return score_questions(gemma_tiny, test, plain, intervention, context)["kl"].mean()
+
+    delta = fit_opinion(gemma_tiny, group, train, hs.FitConfig(layer=1, steps=2, loss="option_kl"), progress=False)
+    expected = {
+        "uniform": uniform_scores(test)["kl"].mean(),
+        "unsteered": mean_kl(),
+        "0-shot": mean_kl(context=persona(group) + "\n\n"),
+        "10-shot": mean_kl(context=few_shot_context(group, train)),
+        "Δ (ours)": mean_kl(delta.intervention),
+    }
+    for method, value in expected.items():
+        assert kl[method] == pytest.approx(value, rel=1e-6), method
+    assert len({round(v, 6) for v in expected.values()}) == len(expected)  # the persona, shots and Δ each matter
+
+
+def test_the_light_method_names_and_the_opinion_runs_agree():
+    assert tuple(METHOD_RUNS) == OPINION_METHODS
+
+
+def test_opinion_config_names_the_field_at_fault():
+    with pytest.raises(ConfigError, match="OpinionConfig.lr must be a finite number > 0, got 0.0"):
+        OpinionConfig(lr=0.0)
+    with pytest.raises(ConfigError, match="OpinionConfig.fit_steps must be an int >= 1, got 0"):
+        OpinionConfig(fit_steps=0)
+    assert OpinionConfig(lr=0.2, gamma=0.0).fit_config(3) == hs.FitConfig(
+        layer=4, gamma=0.0, lam=0.01, loss="option_kl", steps=50, lr=0.2, seed=3
     )
 
 

@@ -1,18 +1,21 @@
 """The comparison table on a tiny model: every method runs, rows are tidy, a killed run resumes."""
 
 import json
+import math
 from dataclasses import replace
 
 import pandas as pd
 import pytest
 
 import headsteer as hs
+from headsteer.baselines.prompting import few_shot_template
 from headsteer.cli import main
-from headsteer.errors import ResultsFileError
+from headsteer.errors import ConfigError, ResultsFileError
 from headsteer.files import predictions_path, settings_path
-from headsteer.paper import runner
-from headsteer.paper.runner import summary_markdown
-from headsteer.paper.table import METHODS, TableConfig, build_table
+from headsteer.paper import runner, table
+from headsteer.paper.methods import TABLE_METHODS
+from headsteer.paper.summary import summary_markdown
+from headsteer.paper.table import METHOD_RUNS, TableConfig, build_table
 from headsteer.tasks import Task
 from tests.helpers import save_tiny_model
 
@@ -20,23 +23,58 @@ QA = hs.get_template("qa")
 SMALL = dict(max_test=4, fit_steps=3, peft_steps=2, fv_top_k=2, layer=1)
 
 
-def test_every_method_gives_one_row_per_task_and_seed(gemma_tiny, tmp_path):
-    task = hs.load_task("builtin/antonym")
-    rows = build_table(gemma_tiny, [task], QA, [0, 1], TableConfig(**SMALL), tmp_path / "t.csv", progress=False)
-    assert len(rows) == 2 * len(METHODS) and set(rows["method"]) == set(METHODS)
+def test_every_method_gives_one_row_per_task_and_seed_as_its_definition_says(gemma_tiny, tmp_path, monkeypatch):
+    task, out = hs.load_task("builtin/antonym"), tmp_path / "t.csv"
+    fv_fits = []
+    real_fv = table.fit_function_vector
+    monkeypatch.setattr(table, "fit_function_vector", lambda *a, **k: fv_fits.append(1) or real_fv(*a, **k))
+    rows = build_table(gemma_tiny, [task], QA, [0, 1], TableConfig(**SMALL), out, progress=False)
+    assert len(rows) == 2 * len(TABLE_METHODS) and set(rows["method"]) == set(TABLE_METHODS)
     assert rows["n_test"].eq(4).all() and rows["n_train"].eq(10).all()
-    assert rows[["first_token", "exact_match"]].apply(lambda c: c.between(0, 1)).all().all()
-    text = summary_markdown(rows, list(METHODS))
-    assert "Exact match" in text and "± " in text and "Δ (ours)" in text
+    assert len(fv_fits) == 2  # one function vector per cell, shared by its two "+ FV" methods
+    # Seed 0's held-out answers, recomputed here from each method's definition.
+    train, test = hs.split_task(task, n_train=10, seed=0, max_test=4)
+    fit = hs.FitConfig(layer=1, steps=3, seed=0)
+
+    def with_delta(config):
+        return [hs.fit(gemma_tiny, train, QA, config, task.name, progress=False).intervention]
+
+    expected = {
+        "0-shot": hs.evaluate_pairs(gemma_tiny, test, QA, progress=False),
+        "10-shot": hs.evaluate_pairs(gemma_tiny, test, few_shot_template(QA, train), progress=False),
+        "Δ (ours)": hs.evaluate_pairs(gemma_tiny, test, QA, with_delta(fit), progress=False),
+        "Δ unregularized": hs.evaluate_pairs(
+            gemma_tiny, test, QA, with_delta(replace(fit, gamma=0.0, lam=0.0)), progress=False
+        ),
+    }
+    saved = pd.read_csv(predictions_path(out), keep_default_na=False).query("seed == 0")
+    for method, scores in expected.items():
+        assert saved[saved["method"] == method]["prediction"].tolist() == scores["prediction"].tolist(), method
+    assert expected["0-shot"]["prediction"].tolist() != expected["10-shot"]["prediction"].tolist()
+    first = summary_markdown(rows, list(TABLE_METHODS)).split("\n\n")[1].splitlines()[2:]  # exact match's rows
+    assert [line.split("|")[1].strip() for line in first] == list(TABLE_METHODS)
+
+
+def test_the_light_method_names_and_the_table_runs_agree():
+    assert tuple(METHOD_RUNS) == TABLE_METHODS
+
+
+def test_the_penalty_of_the_table_config_reaches_its_delta(gemma_tiny, tmp_path):
+    task, out = hs.load_task("builtin/antonym"), tmp_path / "t.csv"
+    strong = TableConfig(**SMALL, gamma=1e3, lam=1e3, methods=("0-shot", "Δ (ours)", "Δ unregularized"))
+    build_table(gemma_tiny, [task], QA, [0], strong, out, progress=False)
+    saved = pd.read_csv(predictions_path(out), keep_default_na=False)
+    zero, ours, unregularized = (saved[saved["method"] == m]["prediction"].tolist() for m in strong.methods)
+    assert ours == zero != unregularized  # so strong a penalty leaves Δ at 0; without it Δ moves the answers
+    with pytest.raises(ResultsFileError, match=r"config differs \(gamma: 0.01 here, 1000.0 in the file; lam"):
+        build_table(gemma_tiny, [task], QA, [0], replace(strong, gamma=0.01, lam=0.01), out, progress=False)
 
 
 def test_a_killed_table_resumes_and_refuses_other_settings(gemma_tiny, tmp_path, monkeypatch):
-    import headsteer.paper.table as table
-
     out, task = tmp_path / "t.csv", hs.load_task("builtin/antonym")
     config = TableConfig(**SMALL, methods=("0-shot", "Δ (ours)"))
     calls = []
-    real = table.METHODS["Δ (ours)"]
+    real = table.METHOD_RUNS["Δ (ours)"]
 
     def dies_on_seed_1(cell):
         calls.append(cell.seed)
@@ -44,13 +82,13 @@ def test_a_killed_table_resumes_and_refuses_other_settings(gemma_tiny, tmp_path,
             raise KeyboardInterrupt
         return real(cell)
 
-    monkeypatch.setitem(table.METHODS, "Δ (ours)", dies_on_seed_1)
+    monkeypatch.setitem(table.METHOD_RUNS, "Δ (ours)", dies_on_seed_1)
     with pytest.raises(KeyboardInterrupt):
         build_table(gemma_tiny, [task], QA, [0, 1], config, out, progress=False)
     assert len(pd.read_csv(out)) == 3  # seed 0 both methods, seed 1's 0-shot
     predictions = pd.read_csv(predictions_path(out), keep_default_na=False)
     assert len(predictions) == 3 * 4 and set(predictions.columns) == set(runner.PREDICTION_COLUMNS)
-    monkeypatch.setitem(table.METHODS, "Δ (ours)", real)
+    monkeypatch.setitem(table.METHOD_RUNS, "Δ (ours)", real)
     rows = build_table(gemma_tiny, [task], QA, [0, 1], config, out, progress=False)
     assert len(rows) == 4 and calls == [0, 1]
     more = build_table(gemma_tiny, [task], QA, [0], replace(config, methods=("10-shot",)), out, progress=False)
@@ -63,11 +101,25 @@ def test_a_killed_table_resumes_and_refuses_other_settings(gemma_tiny, tmp_path,
         build_table(gemma_tiny, [task], QA, [0, 1], TableConfig(**{**SMALL, "max_test": 5}), out, progress=False)
 
 
-def test_table_config_is_validated_and_round_trips():
-    with pytest.raises(ValueError, match="unknown methods"):
-        TableConfig(methods=("magic",))
-    config = TableConfig(methods=("ICV", "LoRA"), fv_layer=3)
-    assert TableConfig.from_dict(config.to_dict()) == config
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("methods", ("magic",), r"unknown methods \['magic'\]"),
+        ("n_train", 2, "n_train must be >= 3"),
+        ("max_test", 0, r"TableConfig.max_test must be an int >= 1, got 0"),
+        ("layer", -1, r"TableConfig.layer must be an int >= 0, got -1"),
+        ("fit_steps", 0, r"TableConfig.fit_steps must be an int >= 1, got 0"),
+        ("gamma", -0.1, r"TableConfig.gamma must be a finite number >= 0, got -0.1"),
+        ("lam", math.nan, r"TableConfig.lam must be a finite number >= 0, got nan"),
+        ("fv_top_k", 0, r"TableConfig.fv_top_k must be an int >= 1, got 0"),
+        ("fv_layer", -2, r"TableConfig.fv_layer must be an int >= 0, got -2"),
+        ("icv_strength", math.inf, r"TableConfig.icv_strength must be a finite number, got inf"),
+        ("peft_steps", 1.5, r"TableConfig.peft_steps must be an int >= 1, got 1.5"),
+    ],
+)
+def test_table_config_names_the_field_at_fault(field, value, message):
+    with pytest.raises(ConfigError, match=message):
+        TableConfig(**{field: value})
 
 
 def test_cli_table_writes_csv_and_markdown(tmp_path, capsys):

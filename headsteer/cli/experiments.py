@@ -46,9 +46,10 @@ from headsteer.heads import DEFAULT_PATH
 from headsteer.models import load_from
 from headsteer.paper import composition, opinion, table
 from headsteer.paper.head_study import head_study
+from headsteer.paper.methods import COMPOSE_METHODS, FEW_SHOT_METHODS, OPINION_METHODS
 from headsteer.paper.opinionqa import DATA_DIR_ENV as OPINIONQA_ENV
 from headsteer.paper.opinionqa import PAPER_GROUPS, load_group, split_questions
-from headsteer.paper.runner import summary_markdown
+from headsteer.paper.summary import summary_markdown, with_average
 from headsteer.paper.sweep import sweep
 from headsteer.prompts import get_template
 from headsteer.tasks import TODD_TASKS, split_task
@@ -176,7 +177,7 @@ def run_table(args: argparse.Namespace) -> int:
     out = check_results_outputs(args.out, predictions=True, summary=True)
     files = open_model_files(args)
     check_fit_model(files, config.layer, fast=True)
-    few_shot = any(m in table.FEW_SHOT_METHODS for m in config.methods)
+    few_shot = any(m in FEW_SHOT_METHODS for m in config.methods)
     for task in tasks:
         for seed in seeds(args):
             train, test = checked_split(files, template, task, config.n_train, seed, config.max_test)
@@ -238,7 +239,7 @@ def run_compose(args: argparse.Namespace) -> int:
                 check_task_pairs(task.name, files.tokenizer, template, train)
     model = load_from(files)
     rows = composition.build_compose_table(model, composed, template, seeds(args), config, out)
-    write_summary(args.out, summary_markdown(rows, list(composition.METHODS)))
+    write_summary(args.out, summary_markdown(rows, list(COMPOSE_METHODS)))
     return 0
 
 
@@ -288,7 +289,7 @@ def run_opinion(args: argparse.Namespace) -> int:
             opinion.option_targets(files.tokenizer, train + test)  # each option letter is one token
     model = load_from(files)
     rows = opinion.build_opinion_table(model, groups, seeds(args), config, out)
-    write_summary(args.out, summary_markdown(opinion.with_average(rows), list(opinion.METHODS), metrics=("kl",)))
+    write_summary(args.out, summary_markdown(with_average(rows), list(OPINION_METHODS), metrics=("kl",)))
     return 0
 
 

@@ -7,7 +7,7 @@ default read from the config field it fills, and means the same thing in every
 command that takes it: ``--layer`` and the other fit flags are
 :class:`~headsteer.config.FitConfig`'s fields of the same name, ``--n-train``
 and ``--max-test`` the split sizes (defaults: the paper's
-:class:`~headsteer.paper.runner.ExperimentConfig`), ``--seeds N`` the seeds
+:class:`~headsteer.paper.experiment.ExperimentConfig`), ``--seeds N`` the seeds
 0..N-1.
 """
 
@@ -22,7 +22,7 @@ from headsteer.cli.flags import count, non_negative_float, non_negative_int, pos
 from headsteer.config import DEFAULT_LR, OPTIMIZERS, PAIR_LOSSES, FitConfig
 from headsteer.errors import ConfigError
 from headsteer.models import CACHE_ENV
-from headsteer.paper.runner import ExperimentConfig
+from headsteer.paper.experiment import ExperimentConfig
 from headsteer.prompts import DEFAULT_MAX_TOKENS, TEMPLATES
 from headsteer.tasks import DATA_DIR_ENV, TODD_TASKS
 

@@ -22,8 +22,8 @@ from headsteer.paper.judge import (
     judge_predictions,
     read_predictions,
 )
-from headsteer.paper.runner import summary_markdown
-from headsteer.paper.table import METHODS
+from headsteer.paper.methods import TABLE_METHODS
+from headsteer.paper.summary import summary_markdown
 
 RESULTS_READ = "sweep_*.csv, table.csv, compose.csv, opinion.csv, heads/<task>/"
 
@@ -94,6 +94,7 @@ def run_judge(args: argparse.Namespace) -> int:
     judged = judge_predictions(read_predictions(args.predictions), config, args.out)
     per_seed = judged.groupby(["task", "method", "seed"], as_index=False).agg(gpt_eval=("gpt_eval", "mean"))
     found = set(per_seed["method"])
-    methods = [m for m in METHODS if m in found] + sorted(found - set(METHODS))  # the table's order, then others
+    # the table's order, then any others
+    methods = [m for m in TABLE_METHODS if m in found] + sorted(found - set(TABLE_METHODS))
     write_summary(args.out, summary_markdown(per_seed, methods, metrics=("gpt_eval",)))
     return 0

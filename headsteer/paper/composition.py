@@ -22,14 +22,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import pandas as pd
 
 from headsteer.fitting.loop import FitJob, fit_many
 from headsteer.intervention import Intervention
+from headsteer.paper.experiment import ExperimentConfig, Method, PairCell
 from headsteer.paper.results import InputHash, Settings, model_settings
-from headsteer.paper.runner import Cell, ExperimentConfig, Method, run_methods
+from headsteer.paper.runner import run_methods
 from headsteer.prompts import Template
 from headsteer.tasks import Pair, Task, TaskError, split_task
 
@@ -123,27 +125,43 @@ def single_task_train(
     return picks[0], picks[1]
 
 
-def _deltas(cell: Cell) -> dict[str, Intervention]:
-    """The three Δ of a cell (inner, outer, re-optimized), fitted as one batch and cached."""
-    if "deltas" not in cell.cache:
-        config = cell.fit_config(gamma=cell.config.gamma, lam=cell.config.lam)
-        composed: ComposedTask = cell.cache["composed"]
+@dataclass(frozen=True)
+class ComposedDeltas:
+    """The three Δ's of a composition cell, all at the config's layer with its fit."""
+
+    inner: Intervention  # fitted on N pairs of the inner task
+    outer: Intervention  # fitted on N pairs of the outer task
+    reoptimized: Intervention  # fitted on the cell's N composed training pairs
+
+
+@dataclass(frozen=True, eq=False)
+class ComposeCell(PairCell[ComposeConfig]):
+    """One (composed task, seed): its composed split and each single task's training pairs."""
+
+    composed: ComposedTask
+    inner_train: list[Pair]  # N inner pairs that no held-out chain uses (:func:`single_task_train`)
+    outer_train: list[Pair]  # N outer pairs that no held-out chain uses
+
+    @cached_property
+    def deltas(self) -> ComposedDeltas:
+        """The inner, outer and re-optimized Δ, fitted as one batch the first time a method needs one."""
+        config = self.fit_config()
         jobs = [
-            FitJob(tuple(cell.cache["inner_train"]), config, composed.inner.name),
-            FitJob(tuple(cell.cache["outer_train"]), config, composed.outer.name),
-            FitJob(tuple(cell.train), config, composed.name),
+            FitJob(tuple(self.inner_train), config, self.composed.inner.name),
+            FitJob(tuple(self.outer_train), config, self.composed.outer.name),
+            FitJob(tuple(self.train), config, self.composed.name),
         ]
-        results = fit_many(cell.model, jobs, cell.template, progress=False)
-        cell.cache["deltas"] = dict(zip(("inner", "outer", "reoptimized"), (r.intervention for r in results)))
-    return cell.cache["deltas"]
+        inner, outer, reoptimized = fit_many(self.model, jobs, self.template, progress=False)
+        return ComposedDeltas(inner.intervention, outer.intervention, reoptimized.intervention)
 
 
-METHODS: dict[str, Method] = {
+# How each of COMPOSE_METHODS runs on a cell, in its order.
+METHOD_RUNS: dict[str, Method[ComposeCell]] = {
     "0-shot": lambda c: c.score(),
-    "Δ inner only": lambda c: c.score(steering=[_deltas(c)["inner"]]),
-    "Δ outer only": lambda c: c.score(steering=[_deltas(c)["outer"]]),
-    "Ours (Add)": lambda c: c.score(steering=[_deltas(c)["outer"] + _deltas(c)["inner"]]),
-    "Ours (Re-optimized)": lambda c: c.score(steering=[_deltas(c)["reoptimized"]]),
+    "Δ inner only": lambda c: c.score(steering=[c.deltas.inner]),
+    "Δ outer only": lambda c: c.score(steering=[c.deltas.outer]),
+    "Ours (Add)": lambda c: c.score(steering=[c.deltas.outer + c.deltas.inner]),
+    "Ours (Re-optimized)": lambda c: c.score(steering=[c.deltas.reoptimized]),
 }
 
 
@@ -165,15 +183,14 @@ def build_compose_table(
             )
     settings = compose_settings(model, composed, template, config)
 
-    def make_cell(name: str, seed: int) -> Cell:
+    def make_cell(name: str, seed: int) -> ComposeCell:
         task = by_name[name]
         train, test = split_task(task.task, n_train=config.n_train, seed=seed, max_test=config.max_test)
         inner_train, outer_train = single_task_train(task, test, config.n_train, seed)
-        cache = {"composed": task, "inner_train": inner_train, "outer_train": outer_train}
-        return Cell(model, name, seed, list(train), list(test), template, config, cache)
+        return ComposeCell(model, name, seed, list(train), list(test), config, template, task, inner_train, outer_train)
 
     cells = [(c.name, s) for c in composed for s in seeds]
-    return run_methods(cells, make_cell, METHODS, settings, out, progress, desc="compose")
+    return run_methods(cells, make_cell, METHOD_RUNS, settings, out, progress, desc="compose")
 
 
 def compose_settings(model, composed: Sequence[ComposedTask], template: Template, config: ComposeConfig) -> Settings:

@@ -19,8 +19,9 @@ from headsteer import plots
 from headsteer.errors import DependencyError, ResultsFileError
 from headsteer.heads import head_overlap
 from headsteer.intervention import Intervention
-from headsteer.paper import composition, opinion, table
-from headsteer.paper.head_study import VARIANTS
+from headsteer.paper.methods import COMPOSE_METHODS, OPINION_METHODS, TABLE_METHODS
+from headsteer.paper.study_files import VARIANTS, StudyFiles
+from headsteer.paper.summary import with_average
 
 
 def save_figure(fig: go.Figure, out_dir: Path, stem: str, static: bool = True) -> list[Path]:
@@ -54,30 +55,31 @@ def sweep_figures(results: Path) -> dict[str, go.Figure]:
 def table_figures(results: Path) -> dict[str, go.Figure]:
     """Method bars of the comparison (``table.csv``), composition (``compose.csv``) and opinion tables."""
     figures = {}
-    for stem, prefix, methods in (("table", "methods", table.METHODS), ("compose", "compose", composition.METHODS)):
+    for stem, prefix, methods in (("table", "methods", TABLE_METHODS), ("compose", "compose", COMPOSE_METHODS)):
         if (results / f"{stem}.csv").is_file():
             rows = pd.read_csv(results / f"{stem}.csv")
             figures.update(
                 {f"{prefix}_{m}": plots.method_bars(rows, list(methods), m) for m in ("exact_match", "first_token")}
             )
     if (results / "opinion.csv").is_file():
-        rows = opinion.with_average(pd.read_csv(results / "opinion.csv"))
-        figures["opinion_kl"] = plots.method_bars(rows, list(opinion.METHODS), "kl", what="group")
+        rows = with_average(pd.read_csv(results / "opinion.csv"))
+        figures["opinion_kl"] = plots.method_bars(rows, list(OPINION_METHODS), "kl", what="group")
     return figures
 
 
 def head_figures(study: Path) -> dict[str, go.Figure]:
     """Figure 2 (heatmap, norm bars), the regularization path and the Δ-vs-FV heads for one task."""
-    ivs = {v: Intervention.load(study / v) for v in VARIANTS}
+    files = StudyFiles(study)
+    ivs = {v: Intervention.load(files.intervention(v)) for v in VARIANTS}
     task, layer, name = ivs["regularized"].task, ivs["regularized"].layer, study.name
-    heads = pd.read_csv(study / "heads.csv")
+    heads = pd.read_csv(files.heads)
     k = max(1, heads["head"].nunique() // 2)  # half of the layer's heads (2 of Gemma 3 270M's 4)
-    table, overlap = head_overlap(heads[heads["variant"] == "regularized"], pd.read_csv(study / "fv_effects.csv"), k)
+    top, overlap = head_overlap(heads[heads["variant"] == "regularized"], pd.read_csv(files.fv_effects), k)
     return {
         f"{name}_head_heatmap": plots.head_heatmap({v: iv.delta for v, iv in ivs.items()}, layer, task),
         f"{name}_head_norms": plots.head_norm_bars(heads, f"Per-head norm of Δ ({task}, layer {layer})"),
-        f"{name}_regularization_path": plots.regularization_path(pd.read_csv(study / "path.csv")),
-        f"{name}_delta_vs_fv_heads": plots.head_comparison(table, overlap, task),
+        f"{name}_regularization_path": plots.regularization_path(pd.read_csv(files.path)),
+        f"{name}_delta_vs_fv_heads": plots.head_comparison(top, overlap, task),
     }
 
 
@@ -85,11 +87,11 @@ def build_figures(results: str | Path, out: str | Path, static: bool = True) -> 
     """Every figure the saved results allow; returns the files written."""
     results, out = Path(results), Path(out)
     figures = {**sweep_figures(results), **table_figures(results)}
-    studies = sorted(p for p in (results / "heads").glob("*") if (p / "heads.csv").is_file())
+    studies = sorted(p for p in (results / "heads").glob("*") if StudyFiles(p).heads.is_file())
     for study in studies:
         figures.update(head_figures(study))
     if studies:
-        heads = pd.concat([pd.read_csv(study / "heads.csv") for study in studies], ignore_index=True)
+        heads = pd.concat([pd.read_csv(StudyFiles(study).heads) for study in studies], ignore_index=True)
         figures["heads_by_task"] = plots.head_share_by_task(heads[heads["variant"] == "regularized"])
     if not figures:
         raise ResultsFileError(

@@ -3,7 +3,7 @@
 :func:`head_study` fits, on one seeded training split, Δ at ``config``'s γ, λ
 (``regularized``) and at γ = λ = 0 (``unregularized``), the regularization path
 over ``strengths``, and the function vector's per-head indirect effects, and
-writes them to ``out_dir``::
+writes them to ``out_dir`` (:class:`headsteer.paper.study_files.StudyFiles`)::
 
     regularized.safetensors/.json, unregularized.safetensors/.json   the two Δ's, with their split
     heads.csv       variant, task, layer, head, norm, share, rank, active
@@ -26,11 +26,10 @@ from headsteer.config import FitConfig
 from headsteer.files import write_csv_atomic
 from headsteer.fitting.loop import FitJob, fit_many
 from headsteer.heads import DEFAULT_PATH, head_table, path_jobs, path_table
+from headsteer.paper.study_files import VARIANTS, StudyFiles
 from headsteer.prompts import Template
 from headsteer.runs import record_split
 from headsteer.tasks import Task, split_task
-
-VARIANTS = ("regularized", "unregularized")
 
 
 def head_study(
@@ -57,9 +56,9 @@ def head_study(
     _, effects = fit_function_vector(
         model, train, template, FVConfig(top_k=fv_top_k, seed=config.seed), task.name, progress
     )
-    out = Path(out_dir)  # created only once every fit is done
+    files = StudyFiles(Path(out_dir))  # the folder is created only once every fit is done
     for variant, result in zip(VARIANTS, results):
-        result.intervention.save(out / variant)
-    for name, frame in (("heads", heads), ("path", path), ("fv_effects", effects)):
-        write_csv_atomic(out / f"{name}.csv", frame.reset_index(drop=True))
-    return out
+        result.intervention.save(files.intervention(variant))
+    for target, frame in ((files.heads, heads), (files.path, path), (files.fv_effects, effects)):
+        write_csv_atomic(target, frame.reset_index(drop=True))
+    return files.folder

@@ -33,10 +33,9 @@ Methods, on the same held-out questions of each (group, seed):
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
@@ -46,13 +45,14 @@ from torch import Tensor
 from headsteer.config import FitConfig
 from headsteer.errors import TaskError
 from headsteer.fitting.forward import build_prefix, run_suffix, shared_prefix_final_hidden
-from headsteer.fitting.loop import fit_encoded
+from headsteer.fitting.loop import FitResult, fit_encoded
 from headsteer.fitting.losses import option_kl, option_log_probs
 from headsteer.fitting.unembed import FinalHidden
 from headsteer.intervention import Intervention
+from headsteer.paper.experiment import Cell, ExperimentConfig, Method, check_number
 from headsteer.paper.opinionqa import OpinionGroup, OpinionQAError, OpinionQuestion, split_questions
-from headsteer.paper.results import InputHash, Settings, model_settings
-from headsteer.paper.runner import ExperimentConfig, run_methods
+from headsteer.paper.results import JSON, InputHash, Settings, model_settings
+from headsteer.paper.runner import run_methods
 from headsteer.prompts import OptionTargets, encode_continuations, encode_texts
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -175,38 +175,33 @@ def uniform_scores(questions: Sequence[OpinionQuestion]) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class OpinionConfig(ExperimentConfig):
-    """Split sizes and Δ's fit (loss ``option_kl``) for the opinion table."""
+    """The shared split and Δ fit (:class:`ExperimentConfig`), fitted with the loss ``option_kl``.
+
+    Attributes:
+        lr: Δ's step size (None: the optimizer's default, ``headsteer.config.DEFAULT_LR``).
+    """
 
     lr: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.fit_config(seed=0)  # validates lr
+        if self.lr is not None:
+            check_number(self, "lr", self.lr, above=0.0)
 
     def fit_config(self, seed: int) -> FitConfig:
-        return FitConfig(
-            layer=self.layer,
-            gamma=self.gamma,
-            lam=self.lam,
-            loss="option_kl",
-            steps=self.fit_steps,
-            lr=self.lr,
-            seed=seed,
-        )
+        return replace(super().fit_config(seed), loss="option_kl", lr=self.lr)
 
 
-@dataclass
-class OpinionCell:
-    """One (group, seed): its training and held-out questions and a cache for its methods."""
+@dataclass(frozen=True, eq=False)
+class OpinionCell(Cell[OpinionQuestion, OpinionConfig]):
+    """One (group, seed): ``task`` is the group as the user named it; ``group`` its questions and answers."""
 
-    model: Any
-    task: str  # the group as the user named it
-    seed: int
     group: OpinionGroup
-    train: list[OpinionQuestion]
-    test: list[OpinionQuestion]
-    config: OpinionConfig
-    cache: dict = field(default_factory=dict)
+
+    @property
+    def plain_prompts(self) -> list[str]:
+        """Each held-out question's prompt without a persona or shots."""
+        return [question_block(q) for q in self.test]
 
     def score(
         self, prompts: Sequence[str], intervention: Intervention | None = None, context: str = ""
@@ -214,7 +209,9 @@ class OpinionCell:
         return score_questions(self.model, self.test, prompts, intervention, context)
 
 
-def fit_opinion(model, group: OpinionGroup, train: Sequence[OpinionQuestion], config: FitConfig, progress: bool = True):
+def fit_opinion(
+    model, group: OpinionGroup, train: Sequence[OpinionQuestion], config: FitConfig, progress: bool = True
+) -> FitResult:
     """Δ minimising mean_i KL(p_i ‖ q_i(Δ)) + γ‖Δ‖₁ + λ Σ_h ‖Δ_h‖₂ over the training questions' plain prompts."""
     tokens, targets = (
         encode_texts(model.tokenizer, [question_block(q) for q in train]),
@@ -224,22 +221,20 @@ def fit_opinion(model, group: OpinionGroup, train: Sequence[OpinionQuestion], co
     return fit_encoded(model, tokens, targets, config, name, PROMPT_FORMAT, progress=progress)
 
 
-def _delta(**changes) -> Callable[[OpinionCell], pd.DataFrame]:
-    def run(cell: OpinionCell) -> pd.DataFrame:
-        config = replace(cell.config.fit_config(cell.seed), **changes)
-        result = fit_opinion(cell.model, cell.group, cell.train, config, progress=False)
-        return cell.score([question_block(q) for q in cell.test], result.intervention)
-
-    return run
+def _delta(cell: OpinionCell, config: FitConfig) -> pd.DataFrame:
+    """The held-out questions' scores under Δ fitted with ``config`` (the cell's own fit or a variant of it)."""
+    result = fit_opinion(cell.model, cell.group, cell.train, config, progress=False)
+    return cell.score(cell.plain_prompts, result.intervention)
 
 
-METHODS: dict[str, Callable[[OpinionCell], pd.DataFrame]] = {
+# How each of OPINION_METHODS runs on a cell, in its order.
+METHOD_RUNS: dict[str, Method[OpinionCell]] = {
     "uniform": lambda c: uniform_scores(c.test),
-    "unsteered": lambda c: c.score([question_block(q) for q in c.test]),
-    "0-shot": lambda c: c.score([question_block(q) for q in c.test], context=persona(c.group) + "\n\n"),
-    "10-shot": lambda c: c.score([question_block(q) for q in c.test], context=few_shot_context(c.group, c.train)),
-    "Δ (ours)": _delta(),
-    "Δ unregularized": _delta(gamma=0.0, lam=0.0),
+    "unsteered": lambda c: c.score(c.plain_prompts),
+    "0-shot": lambda c: c.score(c.plain_prompts, context=persona(c.group) + "\n\n"),
+    "10-shot": lambda c: c.score(c.plain_prompts, context=few_shot_context(c.group, c.train)),
+    "Δ (ours)": lambda c: _delta(c, c.fit_config()),
+    "Δ unregularized": lambda c: _delta(c, replace(c.fit_config(), gamma=0.0, lam=0.0)),
 }
 
 
@@ -256,13 +251,13 @@ def build_opinion_table(
 
     def make_cell(name: str, seed: int) -> OpinionCell:
         train, test = split_questions(groups[name], config.n_train, seed, config.max_test)
-        return OpinionCell(model, name, seed, groups[name], train, test, config)
+        return OpinionCell(model, name, seed, train, test, config, groups[name])
 
     cells = [(name, s) for name in groups for s in seeds]
     return run_methods(
         cells,
         make_cell,
-        METHODS,
+        METHOD_RUNS,
         settings,
         out,
         progress,
@@ -274,17 +269,14 @@ def build_opinion_table(
 
 def opinion_settings(model, groups: dict[str, OpinionGroup], config: OpinionConfig) -> Settings:
     """What the opinion rows depend on: each group's questions and targets (by hash), prompts, config, model."""
-    values = {"config": config.to_dict(), "prompt": PROMPT_FORMAT, "personas": PERSONAS, "model": model_settings(model)}
+    values: dict[str, JSON] = {
+        "config": config.to_dict(),
+        "prompt": PROMPT_FORMAT,
+        "personas": PERSONAS,
+        "model": model_settings(model),
+    }
     inputs = {
         name: InputHash("OpinionQA group", g.sha256, f"{g.source} ({g.attribute}:{g.name})")
         for name, g in groups.items()
     }
     return Settings(values, inputs)
-
-
-def with_average(rows: pd.DataFrame) -> pd.DataFrame:
-    """``rows`` plus, per (method, seed), the mean over groups as task "average" (where every group has it)."""
-    n_groups = rows["task"].nunique()
-    by = rows.groupby(["method", "seed"])
-    mean = by["kl"].mean()[by["task"].nunique() == n_groups].reset_index()
-    return pd.concat([rows, mean.assign(task="average")], ignore_index=True)

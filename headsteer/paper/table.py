@@ -5,19 +5,19 @@ come from :func:`headsteer.tasks.split_task`, identical for every method.
 Each method turns them into ``evaluate_pairs``-style scores (:mod:`headsteer.paper.runner`); one row per
 (task, method, seed) goes into the results CSV as soon as it is done, so a
 killed run resumes where it stopped, and every held-out prediction goes into
-``<out>.predictions.csv`` (what :mod:`headsteer.paper.judge` reads).
+the predictions file beside it (:func:`headsteer.files.predictions_path`; what :mod:`headsteer.paper.judge` reads).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 
-from headsteer.baselines.function_vectors import FVConfig, fit_function_vector
+from headsteer.baselines.function_vectors import FunctionVector, FVConfig, fit_function_vector
 from headsteer.baselines.icv import fit_icv
 from headsteer.baselines.peft import PEFTConfig, evaluate_hf, train_peft
 from headsteer.baselines.prompting import few_shot_template
@@ -25,61 +25,75 @@ from headsteer.config import FitConfig
 from headsteer.errors import ConfigError
 from headsteer.fitting.loop import fit
 from headsteer.fitting.tuning import DEFAULT_FOLDS, fit_tuned
-from headsteer.paper.results import InputHash, Settings, model_settings
-from headsteer.paper.runner import Cell, Method, run_methods
+from headsteer.paper.experiment import ExperimentConfig, Method, PairCell, check_count, check_number
+from headsteer.paper.methods import CROSS_VALIDATED_METHOD, TABLE_METHODS
+from headsteer.paper.results import JSON, InputHash, Settings, model_settings
+from headsteer.paper.runner import run_methods
 from headsteer.prompts import Template
 from headsteer.tasks import Task, split_task
 
 
 @dataclass(frozen=True)
-class TableConfig:
-    """Shared settings: Δ's layer and fit, the FV's k and layer, the ICV's strength, PEFT steps."""
+class TableConfig(ExperimentConfig):
+    """The shared split and Δ fit (:class:`ExperimentConfig`), and each baseline's settings.
 
-    n_train: int = 10
-    max_test: int | None = 100
-    layer: int = 4
-    fit_steps: int = FitConfig().steps
+    Attributes:
+        fv_top_k: heads summed into the function vector.
+        fv_layer: the layer the function vector is added at (None: n_layers // 3).
+        icv_strength: α, the in-context vector's strength.
+        peft_steps: LoRA, IA3 and prompt-tuning steps; Δ's budget by default (they reach ~0 training loss in 10).
+        methods: the methods to run (names from :data:`TABLE_METHODS`); it selects rows and changes none.
+    """
+
     fv_top_k: int = 10
     fv_layer: int | None = None
     icv_strength: float = 0.1
-    peft_steps: int = FitConfig().steps  # the same step budget as Δ: LoRA and IA3 reach ~0 training loss in 10 (README)
-    methods: tuple[str, ...] = field(default_factory=lambda: tuple(METHODS))
+    peft_steps: int = FitConfig().steps
+    methods: tuple[str, ...] = TABLE_METHODS
 
     def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in METHODS]
+        super().__post_init__()
+        check_count(self, "fv_top_k", self.fv_top_k, 1)
+        if self.fv_layer is not None:
+            check_count(self, "fv_layer", self.fv_layer, 0)
+        check_number(self, "icv_strength", self.icv_strength)
+        check_count(self, "peft_steps", self.peft_steps, 1)
+        unknown = [m for m in self.methods if m not in TABLE_METHODS]
         if unknown:
-            raise ConfigError(f"unknown methods {unknown} (--methods); known: {list(METHODS)}")
+            raise ConfigError(f"unknown methods {unknown} (--methods); known: {list(TABLE_METHODS)}")
         if self.n_train < 3:
             raise ConfigError(
                 f"n_train must be >= 3 (--n-train; function vectors use leave-one-out prompts), got {self.n_train}"
             )
-        if "Δ tuned (CV)" in self.methods and self.n_train < DEFAULT_FOLDS:
+        if CROSS_VALIDATED_METHOD in self.methods and self.n_train < DEFAULT_FOLDS:
             raise ConfigError(
-                f"n_train must be >= {DEFAULT_FOLDS} for 'Δ tuned (CV)' ({DEFAULT_FOLDS}-fold "
+                f"n_train must be >= {DEFAULT_FOLDS} for {CROSS_VALIDATED_METHOD!r} ({DEFAULT_FOLDS}-fold "
                 f"cross-validation on the training pairs; --n-train), got {self.n_train}"
             )
 
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "methods": list(self.methods)}
 
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TableConfig:
-        return cls(**{**data, "methods": tuple(data.get("methods", METHODS))})
+@dataclass(frozen=True, eq=False)
+class TableCell(PairCell[TableConfig]):
+    """One (task, seed) of the comparison table."""
+
+    @cached_property
+    def function_vector(self) -> FunctionVector:
+        """The function vector of the training pairs, fitted once and shared by both "+ FV" methods."""
+        config = FVConfig(top_k=self.config.fv_top_k, layer=self.config.fv_layer, seed=self.seed)
+        return fit_function_vector(self.model, self.train, self.template, config, self.task)[0]
+
+    @property
+    def few_shot(self) -> Template:
+        """The template with every training pair as a demonstration before the query."""
+        return few_shot_template(self.template, self.train)
 
 
-def _function_vector(cell: Cell):
-    if "fv" not in cell.cache:
-        config = FVConfig(top_k=cell.config.fv_top_k, layer=cell.config.fv_layer, seed=cell.seed)
-        cell.cache["fv"] = fit_function_vector(cell.model, cell.train, cell.template, config, cell.task)[0]
-    return cell.cache["fv"]
-
-
-def _icv(cell: Cell) -> pd.DataFrame:
+def _icv(cell: TableCell) -> pd.DataFrame:
     return cell.score(steering=[fit_icv(cell.model, cell.train, cell.config.icv_strength, cell.task)])
 
 
-def _peft(method: str) -> Method:
-    def run(cell: Cell) -> pd.DataFrame:
+def _peft(method: str) -> Method[TableCell]:
+    def run(cell: TableCell) -> pd.DataFrame:
         config = PEFTConfig(method=method, steps=cell.config.peft_steps, seed=cell.seed)
         trained, _ = train_peft(cell.model, cell.train, cell.template, config, cell.task)
         return evaluate_hf(trained, cell.model.tokenizer, cell.test, cell.template)
@@ -87,36 +101,32 @@ def _peft(method: str) -> Method:
     return run
 
 
-def _delta(**changes) -> Method:
-    def run(cell: Cell) -> pd.DataFrame:
-        result = fit(cell.model, cell.train, cell.template, cell.fit_config(**changes), cell.task, progress=False)
-        return cell.score(steering=[result.intervention])
-
-    return run
+def _delta(cell: TableCell, config: FitConfig) -> pd.DataFrame:
+    """The cell's held-out scores under Δ fitted with ``config`` (the cell's own fit or a variant of it)."""
+    result = fit(cell.model, cell.train, cell.template, config, cell.task, progress=False)
+    return cell.score(steering=[result.intervention])
 
 
-def _delta_tuned(cell: Cell) -> pd.DataFrame:
+def _delta_tuned(cell: TableCell) -> pd.DataFrame:
     result, _ = fit_tuned(cell.model, cell.train, cell.template, cell.fit_config(), task=cell.task, progress=False)
     return cell.score(steering=[result.intervention])
 
 
-# The methods whose prompts hold every training pair before the query (the longest prompts scored).
-FEW_SHOT_METHODS = ("10-shot", "10-shot + FV")
-
-METHODS: dict[str, Method] = {
+# How each of TABLE_METHODS runs on a cell, in its order.
+METHOD_RUNS: dict[str, Method[TableCell]] = {
     "0-shot": lambda c: c.score(),
-    "10-shot": lambda c: c.score(few_shot_template(c.template, c.train)),
-    "0-shot + FV": lambda c: c.score(steering=[_function_vector(c)]),
-    "10-shot + FV": lambda c: c.score(few_shot_template(c.template, c.train), [_function_vector(c)]),
+    "10-shot": lambda c: c.score(c.few_shot),
+    "0-shot + FV": lambda c: c.score(steering=[c.function_vector]),
+    "10-shot + FV": lambda c: c.score(c.few_shot, [c.function_vector]),
     "ICV": _icv,
     "LoRA": _peft("lora"),
     "IA3": _peft("ia3"),
     "prompt tuning": _peft("prompt_tuning"),
-    "Δ (ours)": _delta(),
+    "Δ (ours)": lambda c: _delta(c, c.fit_config()),
     "Δ tuned (CV)": _delta_tuned,
-    "Δ unregularized": _delta(gamma=0.0, lam=0.0),
-    "Δ Adam": _delta(optimizer="adam", lr=None),
-    "Δ FISTA": _delta(optimizer="fista", lr=None),
+    "Δ unregularized": lambda c: _delta(c, replace(c.fit_config(), gamma=0.0, lam=0.0)),
+    "Δ Adam": lambda c: _delta(c, replace(c.fit_config(), optimizer="adam", lr=None)),
+    "Δ FISTA": lambda c: _delta(c, replace(c.fit_config(), optimizer="fista", lr=None)),
 }
 
 
@@ -136,18 +146,18 @@ def build_table(
     settings = table_settings(model, tasks, template, config)
     by_name = {t.name: t for t in tasks}
 
-    def make_cell(name: str, seed: int) -> Cell:
+    def make_cell(name: str, seed: int) -> TableCell:
         train, test = split_task(by_name[name], n_train=config.n_train, seed=seed, max_test=config.max_test)
-        return Cell(model, name, seed, list(train), list(test), template, config)
+        return TableCell(model, name, seed, list(train), list(test), config, template)
 
-    methods = {m: METHODS[m] for m in config.methods}
+    methods = {m: METHOD_RUNS[m] for m in config.methods}
     cells = [(t.name, s) for t in tasks for s in seeds]
     return run_methods(cells, make_cell, methods, settings, out, progress)
 
 
 def table_settings(model, tasks: Sequence[Task], template: Template, config: TableConfig) -> Settings:
     """What the table's rows depend on; ``methods`` is left out (it selects rows, it does not change them)."""
-    values = {
+    values: dict[str, JSON] = {
         "template": template.to_dict(),
         "config": {**config.to_dict(), "methods": None},
         "model": model_settings(model),

@@ -1,0 +1,50 @@
+"""Markdown summaries of a method table's rows, and the opinion table's average over groups.
+
+Both read saved rows only (one per task, method, seed), so the command line
+and the figures use them without importing the experiments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from headsteer.evaluate import format_mean_std, mean_std
+
+METRIC_TITLES = {
+    "exact_match": "Exact match",
+    "first_token": "First-token accuracy",
+    "gpt_eval": "GPT-Eval (LLM judge)",
+    "kl": "KL(group ‖ model) on held-out questions, lower is better",
+}
+AVERAGE = "average"  # the task name of the mean over an opinion table's groups
+
+
+def summary_markdown(
+    rows: pd.DataFrame, methods: Sequence[str], metrics: Sequence[str] = ("exact_match", "first_token")
+) -> str:
+    """Method × task tables of mean ± std over seeds, one per metric (rows: one per task, method, seed).
+
+    Where cells have different numbers of seeds (a table still running), each cell names its count.
+    """
+    stats = mean_std(rows, by=["task", "method"], metrics=metrics)
+    table = format_mean_std(stats, metrics=metrics)
+    uneven = stats["seeds"].nunique() > 1
+    parts = []
+    for metric, title in ((m, METRIC_TITLES.get(m, m)) for m in metrics):
+        if uneven:
+            table[metric] = [f"{v} ({n})" for v, n in zip(table[metric], stats["seeds"])]
+        by_method = table.pivot(index="method", columns="task", values=metric)
+        by_method = by_method.reindex([m for m in methods if m in by_method.index])
+        note = ", (n) = seeds in the cell" if uneven else ""
+        parts.append(f"{title} (mean ± std over seeds{note})\n\n" + by_method.to_markdown())
+    return "\n\n".join(parts) + "\n"
+
+
+def with_average(rows: pd.DataFrame) -> pd.DataFrame:
+    """Opinion ``rows`` plus, per (method, seed), the mean KL over groups as task "average" (where all have it)."""
+    n_groups = rows["task"].nunique()
+    by = rows.groupby(["method", "seed"])
+    mean = by["kl"].mean()[by["task"].nunique() == n_groups].reset_index()
+    return pd.concat([rows, mean.assign(task=AVERAGE)], ignore_index=True)
