@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from headsteer.cli import main
+from headsteer.errors import ConfigError
 from headsteer.paper import judge
 
 # Replies per prediction, in order: "cool" gets 3 yes of 5 (accepted), "warm" 2 (rejected).
@@ -132,13 +133,21 @@ def test_parse_vote(reply, vote):
     assert judge.parse_vote(reply) is vote
 
 
-def test_config_is_validated_and_round_trips():
-    with pytest.raises(ValueError, match="min_yes"):
-        judge.JudgeConfig("http://x", "m", queries=5, min_yes=6)
-    with pytest.raises(ValueError, match="http"):
-        judge.JudgeConfig("localhost:8000", "m")
-    config = judge.JudgeConfig("http://x/v1", "m", queries=3, min_yes=2)
-    assert judge.JudgeConfig.from_dict(config.to_dict()) == config
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        (dict(queries=5, min_yes=6), "min_yes <= queries"),
+        (dict(min_yes=0), "min_yes <= queries"),
+        (dict(base_url="localhost:8000"), "must start with http"),
+        (dict(model=""), "model must be named"),
+        (dict(workers=0), "workers >= 1"),
+        (dict(retries=-1), "retries must be >= 0"),
+        (dict(timeout_s=0.0), "timeout_s > 0"),
+    ],
+)
+def test_config_is_validated(changes, message):
+    with pytest.raises(ConfigError, match=message):
+        judge.JudgeConfig(**{"base_url": "http://x/v1", "model": "m", **changes})
 
 
 class Redirector(BaseHTTPRequestHandler):

@@ -101,11 +101,8 @@ class JudgeConfig:
         return cls(base_url=base_url, model=model)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field, as the votes file's settings record it."""
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JudgeConfig:
-        return cls(**data)
 
 
 def messages(task: str, input: str, target: str, prediction: str) -> list[dict[str, str]]:
