@@ -114,8 +114,8 @@ def test_function_vector_steers_and_refuses_other_models(gemma_tiny):
     assert not torch.allclose(
         hs.next_token_logits(gemma_tiny, tokens), hs.next_token_logits(gemma_tiny, tokens, [strong])
     )
-    scores = hs.evaluate_pairs(gemma_tiny, PAIRS, QA, [fv], progress=False)
-    assert len(scores) == len(PAIRS)
+    plain = hs.evaluate_pairs(gemma_tiny, PAIRS, QA, progress=False)["prediction"].tolist()
+    assert hs.evaluate_pairs(gemma_tiny, PAIRS, QA, [fv], progress=False)["prediction"].tolist() != plain
     with pytest.raises(ModelMismatchError):
         fv.check_fits(tiny_bridge("llama"))
     with pytest.raises(ValueError, match="top_k must be"):

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -15,6 +16,7 @@ from headsteer.files import settings_path
 from headsteer.paper import sweep as sweep_module
 from headsteer.paper.results import MalformedRowWarning
 from headsteer.paper.sweep import COLUMNS, sweep
+from headsteer.runs import fit_and_score
 from tests.helpers import save_tiny_model, tiny_bridge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,14 +24,24 @@ ROOT = Path(__file__).resolve().parents[1]
 QA = hs.get_template("qa")
 TASK = hs.load_task("builtin/antonym")
 CONFIG = hs.FitConfig(steps=3, lr=0.5)
+CONSTANT = hs.Task("constant", tuple(hs.Pair(p.input, "cold") for p in TASK.pairs), "every answer is cold")
+METRICS = ["first_token", "exact_match"]
 
 
-def test_sweep_gives_one_row_per_cell(gemma_tiny):
-    table = sweep(gemma_tiny, TASK, QA, layers=[0, 2], seeds=[0, 1], config=CONFIG, max_test=6, progress=False)
+def test_each_cell_is_one_seeded_fit_scored_on_its_held_out_pairs(gemma_tiny):
+    """On a task whose answer is always "cold", Δ learns it at some layers: the cells' scores differ."""
+    table = sweep(gemma_tiny, CONSTANT, QA, layers=[0, 2], seeds=[0, 1], config=CONFIG, max_test=6, progress=False)
     assert list(table.columns) == COLUMNS
     assert list(zip(table.layer, table.seed)) == [(0, 0), (0, 1), (2, 0), (2, 1)]
     assert (table.n_train == 10).all() and (table.n_test == 6).all()
-    assert table.first_token.between(0, 1).all()
+    for row in table.itertuples():
+        config = replace(CONFIG, layer=row.layer, seed=row.seed)
+        run = fit_and_score(gemma_tiny, CONSTANT, QA, config, n_train=10, max_test=6, progress=False)
+        assert (row.first_token, row.exact_match) == tuple(run.fitted[METRICS].mean()), row
+        assert (row.zero_shot_first_token, row.zero_shot_exact_match) == tuple(run.zero_shot[METRICS].mean()), row
+        assert row.final_task_loss == pytest.approx(run.result.history["task_loss"].iloc[-1], rel=1e-4)
+        assert row.active_heads == len(run.result.intervention.active_heads())
+    assert table.first_token.nunique() > 1 and table.first_token.max() > table.zero_shot_first_token.max()
 
 
 def test_a_killed_sweep_resumes_without_redoing_or_losing_cells(gemma_tiny, tmp_path, monkeypatch):
@@ -159,8 +171,6 @@ def test_another_checkpoint_under_the_same_model_name_is_refused(gemma_tiny, tmp
 
 
 def test_the_configs_own_layer_and_seed_are_not_settings(gemma_tiny, tmp_path):
-    from dataclasses import replace
-
     out = tmp_path / "sweep.csv"
     sweep(gemma_tiny, TASK, QA, layers=[0], seeds=[0], config=CONFIG, max_test=4, out=out, progress=False)
     table = sweep(
