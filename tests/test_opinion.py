@@ -18,7 +18,6 @@ from headsteer.paper.opinion import (
     OpinionConfig,
     build_opinion_table,
     few_shot_context,
-    few_shot_prompt,
     fit_opinion,
     modal_letter,
     option_token_ids,
@@ -44,7 +43,7 @@ def group(tmp_path):
 def test_prompts_letter_the_options_and_shots_show_the_modal_answer(group):
     assert question_block(QUESTION) == "Question: hot or cold\nA. hot\nB. cold\nC. big\nAnswer:"
     assert modal_letter(QUESTION) == "B"
-    prompt = few_shot_prompt(QUESTION, group, group.questions[:2])
+    prompt = few_shot_context(group, group.questions[:2]) + question_block(QUESTION)
     blocks = prompt.split("\n\n")
     assert blocks[0] == "Answer as a person who lives in the Northeast of the United States."
     assert blocks[1].endswith(f"Answer: {modal_letter(group.questions[0])}") and blocks[-1] == question_block(QUESTION)
@@ -72,7 +71,7 @@ def test_option_distribution_is_the_softmax_over_the_letters_and_kl_is_to_the_ta
 
 def test_a_shared_context_gives_each_prompt_its_own_full_forward(gemma_tiny, group):
     """The tiny Gemma's sliding window (16) is shorter than the context: the cache must still agree."""
-    context = few_shot_prompt(group.questions[0], group, group.questions[1:4]) + "\n\n"
+    context = few_shot_context(group, group.questions[1:4]) + question_block(group.questions[0]) + "\n\n"
     short = OpinionQuestion("S", "hot", ("up", "down"), (0.5, 0.5))
     prompts = [question_block(q) for q in (QUESTION, short, *group.questions[4:7])]
     shared_ids, suffixes = encode_continuations(gemma_tiny.tokenizer, context, prompts)

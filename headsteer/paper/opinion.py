@@ -91,10 +91,6 @@ def few_shot_context(group: OpinionGroup, shots: Sequence[OpinionQuestion]) -> s
     return "\n\n".join([persona(group), *(question_block(s, modal_letter(s)) for s in shots)]) + "\n\n"
 
 
-def few_shot_prompt(question: OpinionQuestion, group: OpinionGroup, shots: Sequence[OpinionQuestion]) -> str:
-    return few_shot_context(group, shots) + question_block(question)
-
-
 def option_token_ids(tokenizer, n_options: int) -> list[int]:
     """Token ids of " A", " B", ...; each letter must be one token after "Answer:"."""
     ids = []
