@@ -26,7 +26,6 @@ from headsteer.paper.results import ResultsFile, Settings
 KEY = ["task", "method", "seed"]
 METRICS = ("first_token", "exact_match")  # what evaluate_pairs scores per held-out pair
 ITEM_COLUMNS = ("input", "target", "prediction")  # what identifies and shows a held-out prediction
-PREDICTION_COLUMNS = [*KEY, *ITEM_COLUMNS, *METRICS]
 
 
 def run_methods(
