@@ -187,7 +187,18 @@ def build_compose_table(
         task = by_name[name]
         train, test = split_task(task.task, n_train=config.n_train, seed=seed, max_test=config.max_test)
         inner_train, outer_train = single_task_train(task, test, config.n_train, seed)
-        return ComposeCell(model, name, seed, list(train), list(test), config, template, task, inner_train, outer_train)
+        return ComposeCell(
+            model=model,
+            task=name,
+            seed=seed,
+            train=list(train),
+            test=list(test),
+            config=config,
+            template=template,
+            composed=task,
+            inner_train=inner_train,
+            outer_train=outer_train,
+        )
 
     cells = [(c.name, s) for c in composed for s in seeds]
     return run_methods(cells, make_cell, METHOD_RUNS, settings, out, progress, desc="compose")

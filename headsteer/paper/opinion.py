@@ -247,7 +247,7 @@ def build_opinion_table(
 
     def make_cell(name: str, seed: int) -> OpinionCell:
         train, test = split_questions(groups[name], config.n_train, seed, config.max_test)
-        return OpinionCell(model, name, seed, train, test, config, groups[name])
+        return OpinionCell(model=model, task=name, seed=seed, train=train, test=test, config=config, group=groups[name])
 
     cells = [(name, s) for name in groups for s in seeds]
     return run_methods(

@@ -148,7 +148,9 @@ def build_table(
 
     def make_cell(name: str, seed: int) -> TableCell:
         train, test = split_task(by_name[name], n_train=config.n_train, seed=seed, max_test=config.max_test)
-        return TableCell(model, name, seed, list(train), list(test), config, template)
+        return TableCell(
+            model=model, task=name, seed=seed, train=list(train), test=list(test), config=config, template=template
+        )
 
     methods = {m: METHOD_RUNS[m] for m in config.methods}
     cells = [(t.name, s) for t in tasks for s in seeds]
