@@ -117,11 +117,11 @@ def indirect_effects(
     prefix = build_prefix(model, corrupted, n_scored=1, repeats=n_heads)  # row i·H + h patches head h
     row_targets = targets.repeat_interleave(n_heads)[:, None]
 
-    def target_probs(layer: int, deltas: Tensor | None) -> Tensor:
+    def target_probs(layer: int | None = None, deltas: Tensor | None = None) -> Tensor:
         nll = run_suffix(model, prefix, layer, deltas).token_nll(row_targets)
         return torch.exp(-nll[:, 0]).cpu().reshape(n, n_heads)
 
-    base = target_probs(0, None)[:, :1]  # no patch (the layer is unused): every repeat of a row is the same
+    base = target_probs()[:, :1]  # no patch: every repeat of a row is the same
     effects = torch.zeros(n_layers, n_heads)
     for layer in tqdm(range(n_layers), desc="head effects", disable=not progress, leave=False):
         patch = mean_z[layer][None] - corrupt_z[:, layer]  # [n, H, D]: what moves z to the clean mean
