@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from headsteer.errors import ConfigError
 
 LossName = Literal["first_token", "sequence", "option_kl"]
 OptimizerName = Literal["prox_adam", "fista", "adam"]
 
-LOSSES: tuple[str, ...] = ("first_token", "sequence", "option_kl")
+LOSSES: tuple[LossName, ...] = get_args(LossName)
 # The losses a fit on (input, output) pairs can use: option_kl needs a distribution over
 # option tokens per prompt (OptionTargets), which only the opinion table builds.
 PAIR_LOSSES: tuple[str, ...] = ("first_token", "sequence")
-OPTIMIZERS: tuple[str, ...] = ("prox_adam", "fista", "adam")
-# Step size used when ``lr`` is not given, per optimizer (chosen on antonym layer sweeps, see README).
+OPTIMIZERS: tuple[OptimizerName, ...] = get_args(OptimizerName)
+# Step size used when ``lr`` is not given, per optimizer (chosen on antonym layer sweeps, see RESEARCH.md).
 DEFAULT_LR: dict[str, float] = {"prox_adam": 0.15, "fista": 0.3, "adam": 0.05}
 
 

@@ -179,3 +179,12 @@ def test_head_share_by_task_has_one_row_per_task_in_shares():
     fig = plots.head_share_by_task(heads)
     assert list(fig.data[0].y) == ["antonym", "french"] and list(fig.data[0].x) == ["L4.H0", "L4.H1"]
     assert fig.data[0].z.tolist() == [[0.1, 0.9], [0.5, 0.5]] and fig.layout.xaxis.title.text
+
+
+def test_without_a_chromium_the_cli_writes_html_and_says_so_in_one_line(results, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-browser"))
+    assert main(["figures", "--results", str(results), "--out", str(tmp_path / "figs")]) == 0
+    written = {p.suffix for p in (tmp_path / "figs").iterdir()}
+    assert ".html" in written and ".png" not in written
+    notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1 and "no Chromium found" in notes[0]

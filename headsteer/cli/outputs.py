@@ -12,7 +12,7 @@ from headsteer.cli.flags import count
 from headsteer.cli.options import Subcommands, add_command
 from headsteer.errors import ConfigError
 from headsteer.files import check_output_dir
-from headsteer.paper.figures import build_figures
+from headsteer.paper.figures import NO_CHROMIUM, build_figures, chromium_found
 from headsteer.paper.judge import (
     ENV_BASE_URL,
     ENV_KEY,
@@ -43,8 +43,9 @@ def add_figures_parser(sub: Subcommands) -> None:
     p.add_argument(
         "--static",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="also write PNGs through kaleido (needs a Chromium; set BROWSER_PATH=/usr/bin/chromium if not found)",
+        default=None,
+        help="also write PNGs through kaleido, which needs a Chromium (make chromium, or BROWSER_PATH); "
+        "default: when one is found, else HTML only with a note",
     )
 
 
@@ -52,8 +53,11 @@ def run_figures(args: argparse.Namespace) -> int:
     if not Path(args.results).is_dir():
         raise ConfigError(f"--results {args.results}: no such folder (it should hold {RESULTS_READ})")
     check_output_dir(args.out, "--out")
-    for path in build_figures(args.results, args.out, args.static):
+    static = chromium_found() if args.static is None else args.static
+    for path in build_figures(args.results, args.out, static):
         print(path)
+    if args.static is None and not static:
+        print(f"note: {NO_CHROMIUM}", file=sys.stderr)
     return 0
 
 

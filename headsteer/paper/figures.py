@@ -10,6 +10,8 @@ where it cannot find one itself.
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -22,6 +24,20 @@ from headsteer.intervention import Intervention
 from headsteer.paper.methods import COMPOSE_METHODS, OPINION_METHODS, TABLE_METHODS
 from headsteer.paper.study_files import VARIANTS, StudyFiles
 from headsteer.paper.summary import with_average
+
+CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+NO_CHROMIUM = (
+    "no Chromium found, so only HTML was written; for PNG figures install one (make chromium, or your "
+    "system's package) or set BROWSER_PATH to it"
+)
+
+
+def chromium_found() -> bool:
+    """Whether kaleido can find a browser to export static images with: ``$BROWSER_PATH`` or one on the PATH."""
+    browser = os.environ.get("BROWSER_PATH")
+    if browser:
+        return Path(browser).is_file()
+    return any(shutil.which(name) for name in CHROMIUM_NAMES)
 
 
 def save_figure(fig: go.Figure, out_dir: Path, stem: str, static: bool = True) -> list[Path]:
@@ -84,7 +100,7 @@ def head_figures(study: Path) -> dict[str, go.Figure]:
 
 
 def build_figures(results: str | Path, out: str | Path, static: bool = True) -> list[Path]:
-    """Every figure the saved results allow; returns the files written."""
+    """Every figure the saved results allow; returns the files written (PNGs too with ``static``)."""
     results, out = Path(results), Path(out)
     figures = {**sweep_figures(results), **table_figures(results)}
     studies = sorted(p for p in (results / "heads").glob("*") if StudyFiles(p).heads.is_file())

@@ -122,7 +122,7 @@ class Settings:
         if not isinstance(data, dict) or "format" not in data:
             raise ResultsFileError(
                 f"{path} records settings in an older format (names, not content hashes), so its rows cannot be "
-                f"checked against this run; migrate it (scripts/migrate_results_settings.py) or use another --out"
+                f"checked against this run; use another --out (or rerun into a new file)"
             )
         if data["format"] != FORMAT:
             raise ResultsFileError(f"{path} has settings format {data['format']!r}; this headsteer reads {FORMAT}")
