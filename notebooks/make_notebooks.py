@@ -102,7 +102,8 @@ def write(name: str, cells: list[str]) -> None:
     nbformat.write(nb, Path(__file__).with_name(name))
 
 
+NOTEBOOKS = {"quickstart.ipynb": QUICKSTART, "layer_sweep.ipynb": SWEEP, "paper_figures.ipynb": PAPER}
+
 if __name__ == "__main__":
-    write("quickstart.ipynb", QUICKSTART)
-    write("layer_sweep.ipynb", SWEEP)
-    write("paper_figures.ipynb", PAPER)
+    for name, cells in NOTEBOOKS.items():
+        write(name, cells)

@@ -19,6 +19,8 @@ from transformers import (
 
 from headsteer.models import wrap_model
 
+REPO = Path(__file__).resolve().parents[1]  # the checkout: tests may run from any folder
+
 SPECIALS = ["<pad>", "<bos>", "<eos>", "<unk>"]
 EXTRA_WORDS = ["Q", "A", ":", "hotter", "ter", "\n"]
 # Opinion prompts' words, appended after the rest so the earlier words keep their ids (and tests their models).

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).parents[1] / "headsteer"
+from tests.helpers import REPO
+
+PACKAGE = REPO / "headsteer"
 # Rooms in import order; a module's room is its first dotted part after "headsteer".
 ROOMS = [
     {"errors", "files", "strict_json", "config"},

@@ -23,9 +23,9 @@ import transformers
 import headsteer
 import headsteer.models
 from headsteer.cli import build_parser
-from tests.helpers import TINY_CONFIGS, tiny_tokenizer
+from tests.helpers import REPO, TINY_CONFIGS, tiny_tokenizer
 
-ROOT = Path(__file__).parents[1]
+ROOT = REPO
 README = ROOT / "README.md"
 DOCS = [README, ROOT / "RESEARCH.md", ROOT / "ARCHITECTURE.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)

@@ -3,7 +3,6 @@
 import hashlib
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,7 +15,7 @@ from headsteer.files import ArtifactPaths
 from headsteer.intervention import check_artifact_output
 from headsteer.models import ModelSignature
 from headsteer.training_record import TrainingRecord
-from tests.helpers import tiny_bridge
+from tests.helpers import REPO, tiny_bridge
 from tests.test_hooks import LAYER, batch, make_iv, run
 
 
@@ -345,9 +344,7 @@ def test_check_artifact_output_refuses_unwritable_stems_and_creates_nothing(tmp_
     assert paths.meta == tmp_path / "new" / "deeper" / "x.json" and not (tmp_path / "new").exists()
 
 
-@pytest.mark.parametrize(
-    "meta", sorted(Path(__file__).parents[1].glob("results/heads/*/*.json")), ids=lambda p: f"{p.parent.name}/{p.stem}"
-)
+@pytest.mark.parametrize("meta", sorted(REPO.glob("results/heads/*/*.json")), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_committed_head_study_interventions_record_their_split(meta):
     iv = hs.Intervention.load(meta)
     assert iv.training is not None and (iv.training.split_seed, iv.training.n_train) == (0, 10)

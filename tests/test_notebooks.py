@@ -1,14 +1,14 @@
 """Every notebook runs top to bottom, headless, on a tiny model (HEADSTEER_QUICK=1), so none can rot."""
 
-from pathlib import Path
+import sys
 
 import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from tests.helpers import save_tiny_model
+from tests.helpers import REPO, save_tiny_model
 
-NOTEBOOKS = sorted((Path(__file__).parents[1] / "notebooks").glob("*.ipynb"))
+NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))
 
 
 @pytest.fixture(scope="module")
@@ -16,8 +16,17 @@ def tiny_model_dir(tmp_path_factory):
     return save_tiny_model("gemma3", tmp_path_factory.mktemp("nbmodel"))
 
 
-def test_the_three_notebooks_exist():
-    assert {p.name for p in NOTEBOOKS} >= {"quickstart.ipynb", "layer_sweep.ipynb", "paper_figures.ipynb"}
+def test_the_committed_notebooks_are_what_the_generator_writes():
+    """notebooks/make_notebooks.py is the source: every notebook it defines is committed, cell for cell."""
+    sys.path.insert(0, str(REPO / "notebooks"))
+    try:
+        from make_notebooks import NOTEBOOKS as SOURCES
+    finally:
+        sys.path.remove(str(REPO / "notebooks"))
+    assert sorted(SOURCES) == [p.name for p in NOTEBOOKS]
+    for name, cells in SOURCES.items():
+        committed = nbformat.read(REPO / "notebooks" / name, as_version=4)
+        assert [c.source for c in committed.cells] == cells, f"{name} differs from make_notebooks.py: regenerate it"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

@@ -1,11 +1,10 @@
 """The real default model, Gemma 3 270M from the PyPI GGUF (offline; converted once, then cached)."""
 
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
 import headsteer as hs
+from tests.helpers import REPO
 
 pytestmark = pytest.mark.real_model
 
@@ -43,7 +42,7 @@ def test_fast_and_naive_fits_agree_on_the_real_model(gemma):
         assert fast.history[column].tolist() == pytest.approx(naive.history[column].tolist(), rel=1e-4, abs=1e-4)
 
 
-RESULTS = Path(__file__).parents[1] / "results"
+RESULTS = REPO / "results"
 
 
 @pytest.mark.skipif(hs.tasks.default_data_dir() is None, reason="needs Todd et al.'s data beside the checkout")

@@ -5,7 +5,6 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -17,9 +16,9 @@ from headsteer.paper import sweep as sweep_module
 from headsteer.paper.results import MalformedRowWarning
 from headsteer.paper.sweep import COLUMNS, sweep
 from headsteer.runs import fit_and_score
-from tests.helpers import save_tiny_model, tiny_bridge
+from tests.helpers import REPO, save_tiny_model, tiny_bridge
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 QA = hs.get_template("qa")
 TASK = hs.load_task("builtin/antonym")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from headsteer.paper.opinionqa import OpinionQAError, list_groups, load_group, resolve_group, split_questions
-from tests.opinion_data import write_opinion_dir
+from tests.paper.opinion_data import write_opinion_dir
 
 
 @pytest.fixture

@@ -1,13 +1,12 @@
-"""Every bad input in the catalogue (tests/bad_inputs.py) exits 2 with one line holding its expected text,
+"""Every bad input in the catalogue (tests/cli/bad_inputs.py) exits 2 with one line holding its expected text,
 and docs/bad-inputs.md shows exactly what a user sees today."""
-
-from pathlib import Path
 
 import pytest
 
-from tests.bad_inputs import PROBES, render, run_all
+from tests.cli.bad_inputs import PROBES, render, run_all
+from tests.helpers import REPO
 
-DOC = Path(__file__).parents[1] / "docs" / "bad-inputs.md"
+DOC = REPO / "docs" / "bad-inputs.md"
 
 
 @pytest.fixture(scope="module")
@@ -25,5 +24,5 @@ def test_each_bad_input_is_one_line_naming_the_fault(results, index):
 
 def test_the_catalogue_page_is_current(results):
     assert DOC.read_text() == render([(p, cmd, line) for p, _, line, cmd in results]), (
-        "docs/bad-inputs.md is stale: python -m tests.bad_inputs docs/bad-inputs.md"
+        "docs/bad-inputs.md is stale: python -m tests.cli.bad_inputs docs/bad-inputs.md"
     )

@@ -2,10 +2,10 @@
 
 Each :class:`Probe` sets up files in a scratch folder, runs ``headsteer ...``
 in-process on a tiny model, and names the text its one-line error must hold.
-``tests/test_bad_inputs.py`` runs every probe; this module also renders them
+``tests/cli/test_bad_inputs.py`` runs every probe; this module also renders them
 as ``docs/bad-inputs.md`` (with scratch paths shown as ``<tmp>``):
 
-    python -m tests.bad_inputs docs/bad-inputs.md
+    python -m tests.cli.bad_inputs docs/bad-inputs.md
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import huggingface_hub.constants
 
 from headsteer.cli import main
 from headsteer.files import ArtifactPaths
-from tests.helpers import save_tiny_model
+from tests.helpers import REPO, save_tiny_model
 
 
 @dataclass(frozen=True)
@@ -97,7 +97,7 @@ def _sweep_then(setup: Callable[[Path], None], task: list[str] | None = None) ->
 
 def _antonym_twice(tmp: Path) -> None:
     """``a/antonym.json``: the built-in antonyms; ``b/antonym.json``: French pairs under the same name."""
-    data = Path(__file__).parents[1] / "headsteer" / "data"
+    data = REPO / "headsteer" / "data"
     for folder, source in (("a", "antonym.json"), ("b", "english-french.json")):
         (tmp / folder).mkdir()
         (tmp / folder / "antonym.json").write_bytes((data / source).read_bytes())
@@ -294,10 +294,10 @@ def render(results: list[tuple[Probe, str, str]]) -> str:
 
 HEADER = """# Bad input: what headsteer says
 
-Every row was run on a tiny random model (`tests/bad_inputs.py`; `tests/test_bad_inputs.py` runs them
+Every row was run on a tiny random model (`tests/cli/bad_inputs.py`; `tests/cli/test_bad_inputs.py` runs them
 all and checks this page is current). Each exits with status 2, prints one line naming the flag, file or
 pair at fault, and writes nothing; all but the results-file rows are refused before the model's weights
-load. Regenerate with `python -m tests.bad_inputs docs/bad-inputs.md`.
+load. Regenerate with `python -m tests.cli.bad_inputs docs/bad-inputs.md`.
 
 | tried | command | what the user sees (stderr) |
 |---|---|---|
@@ -308,17 +308,17 @@ FAULTS = """
 
 | fault | what happens | test |
 |---|---|---|
-| two `headsteer sweep` processes on one `--out` (`--layers 0` and `--layers 1`) | both layers' rows are kept: every writer merges its rows under the file's lock | `tests/test_sweep.py` |
-| several writer processes racing on one results file | nothing lost or duplicated; each row keeps its own predictions | `tests/test_results_file.py` |
-| `kill -9` of a writer in the middle of a write | the file is the old one or the new one, never a part; the next writer removes the temporary file | `tests/test_results_file.py` |
-| a last CSV row cut off | not counted as done; recomputed, and the file ends as if never cut | `tests/test_sweep.py` |
-| `fit --n-train 20`, then `eval` | the recorded split is redone and no training input is scored | `tests/test_heldout.py` |
+| two `headsteer sweep` processes on one `--out` (`--layers 0` and `--layers 1`) | both layers' rows are kept: every writer merges its rows under the file's lock | `tests/paper/test_sweep.py` |
+| several writer processes racing on one results file | nothing lost or duplicated; each row keeps its own predictions | `tests/paper/test_results.py` |
+| `kill -9` of a writer in the middle of a write | the file is the old one or the new one, never a part; the next writer removes the temporary file | `tests/paper/test_results.py` |
+| a last CSV row cut off | not counted as done; recomputed, and the file ends as if never cut | `tests/paper/test_sweep.py` |
+| `fit --n-train 20`, then `eval` | the recorded split is redone and no training input is scored | `tests/test_runs.py` |
 | a save that fails half-way | every file of the artifact is as before | `tests/test_intervention.py` |
 | `iv.delta` set to NaN in place, then `save()` | refused before anything is written | `tests/test_intervention.py` |
-| the judge endpoint redirects to another host | not followed: the key never leaves the configured origin; exit 2 | `tests/test_judge.py` |
-| the judge endpoint answers an error object, no choices, a non-string or HTML | one line naming the problem, never the body; the votes received are kept | `tests/test_judge.py` |
-| `with iv.applied(model): model.generate(..., use_past_kv_cache=False)` | Δ at the prompt's last token in every pass: the same tokens as with the cache | `tests/test_generate.py` |
-| a genuine bug (e.g. torch's own `RuntimeError`) | keeps its traceback: only headsteer's own errors become one line | `tests/test_cli.py` |
+| the judge endpoint redirects to another host | not followed: the key never leaves the configured origin; exit 2 | `tests/paper/test_judge.py` |
+| the judge endpoint answers an error object, no choices, a non-string or HTML | one line naming the problem, never the body; the votes received are kept | `tests/paper/test_judge.py` |
+| `with iv.applied(model): model.generate(..., use_past_kv_cache=False)` | Δ at the prompt's last token in every pass: the same tokens as with the cache | `tests/test_generation.py` |
+| a genuine bug (e.g. torch's own `RuntimeError`) | keeps its traceback: only headsteer's own errors become one line | `tests/cli/test_cli.py` |
 """
 
 

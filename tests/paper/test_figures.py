@@ -5,7 +5,6 @@ import shutil
 import struct
 import subprocess
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,6 +14,7 @@ from headsteer import plots
 from headsteer.cli import main
 from headsteer.paper.figures import build_figures, head_figures
 from headsteer.paper.head_study import head_study
+from tests.helpers import REPO
 
 QA = hs.get_template("qa")
 HAS_BROWSER = any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome"))
@@ -131,7 +131,7 @@ def test_method_bars_follow_the_tables_method_order_not_the_files(results, tmp_p
 def test_figures_import_no_experiment_or_baseline():
     """The figures read method names (paper.methods), not the experiments that run them."""
     code = "import sys, headsteer.paper.figures; print(sorted(m for m in sys.modules if m.startswith('headsteer.')))"
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}  # this checkout's headsteer
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's headsteer
     loaded = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     for heavy in ("paper.table", "paper.composition", "paper.opinion", "paper.head_study", "baselines"):
         assert f"'headsteer.{heavy}" not in loaded, heavy

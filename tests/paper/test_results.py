@@ -16,8 +16,9 @@ import pytest
 from headsteer.errors import ResultsFileError
 from headsteer.files import lock_path, predictions_path, settings_path
 from headsteer.paper.results import InputHash, MalformedRowWarning, ResultsFile, Settings
+from tests.helpers import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 COLUMNS = ("task", "seed", "score")
 PREDICTION_COLUMNS = ("task", "seed", "item", "value")
 SETTINGS = Settings({"config": {"steps": 3}}, {"antonym": InputHash("task data", "a" * 64, "/data/antonym.json")})
@@ -43,7 +44,7 @@ def subprocess_env() -> dict[str, str]:
 WRITER = """
 import sys, time
 from pathlib import Path
-from tests.test_results_file import predictions, rows, store
+from tests.paper.test_results import predictions, rows, store
 out, worker, batches, go = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
 results = store(out)
 results.open()
@@ -87,7 +88,7 @@ def test_concurrent_writer_processes_lose_nothing_and_duplicate_nothing(tmp_path
 DIES_WRITING = """
 import os, signal, sys
 from pathlib import Path
-from tests.test_results_file import predictions, rows, store
+from tests.paper.test_results import predictions, rows, store
 out, n = Path(sys.argv[1]), int(sys.argv[2])
 results = store(out)
 results.open()
@@ -129,7 +130,8 @@ def test_a_writer_killed_mid_write_leaves_complete_files_and_the_next_writer_cle
 LOOPING_WRITER = """
 import sys
 from pathlib import Path
-from tests.test_results_file import predictions, rows, store
+from tests.paper.test_results import predictions, rows, store
+from tests.helpers import REPO
 out = Path(sys.argv[1])
 results = store(out)
 results.open()

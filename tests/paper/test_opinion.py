@@ -30,7 +30,7 @@ from headsteer.paper.opinionqa import OpinionQuestion, load_group, split_questio
 from headsteer.paper.summary import with_average
 from headsteer.prompts import encode_continuations, encode_texts
 from tests.helpers import save_tiny_model
-from tests.opinion_data import write_opinion_dir
+from tests.paper.opinion_data import write_opinion_dir
 
 QUESTION = OpinionQuestion("K", "hot or cold", ("hot", "cold", "big"), (0.2, 0.5, 0.3))
 
