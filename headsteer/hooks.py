@@ -40,7 +40,13 @@ EMBED_HOOK = "hook_embed"  # the token embeddings, [batch, pos, d_model], in Hoo
 
 
 def hook_z_name(layer: int) -> str:
+    """Per-head attention outputs ``[batch, pos, n_heads, d_head]``: where Δ goes."""
     return f"blocks.{layer}.attn.hook_z"
+
+
+def resid_post_name(layer: int) -> str:
+    """The residual stream after block ``layer`` ``[batch, pos, d_model]``: where function and in-context vectors go."""
+    return f"blocks.{layer}.hook_resid_post"
 
 
 def head_label(layer: int, head: int) -> str:

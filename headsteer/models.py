@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from headsteer.errors import ArtifactError, ModelLoadError
+from headsteer.hooks import hook_z_name
 from headsteer.strict_json import check_object, check_value, is_kind
 
 if TYPE_CHECKING:  # transformers is imported where a model is opened, not with the package
@@ -201,7 +202,7 @@ def model_fingerprint(model) -> str:
 def verify_hook_z(model) -> None:
     """Every layer has ``attn.hook_z``, and it fires with shape [batch, pos, n_heads, d_head]."""
     cfg = model.cfg
-    missing = [layer for layer in range(cfg.n_layers) if f"blocks.{layer}.attn.hook_z" not in model.hook_dict]
+    missing = [layer for layer in range(cfg.n_layers) if hook_z_name(layer) not in model.hook_dict]
     if missing:
         raise RuntimeError(f"{cfg.model_name}: no attn.hook_z on layers {missing}")
     seen: list[tuple[int, ...]] = []
@@ -212,7 +213,7 @@ def verify_hook_z(model) -> None:
 
     bos = model.tokenizer.bos_token_id if model.tokenizer.bos_token_id is not None else 0
     tokens = torch.tensor([[bos, bos]], device=cfg.device)
-    with torch.no_grad(), model.hooks(fwd_hooks=[(f"blocks.{cfg.n_layers - 1}.attn.hook_z", record)]):
+    with torch.no_grad(), model.hooks(fwd_hooks=[(hook_z_name(cfg.n_layers - 1), record)]):
         model(tokens)
     expected = (1, 2, cfg.n_heads, cfg.d_head)
     if seen != [expected]:

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 from headsteer.baselines.prompting import few_shot_template
 from headsteer.errors import ConfigError, ModelMismatchError
 from headsteer.fitting.forward import build_prefix, run_suffix
-from headsteer.hooks import PromptEndAdd, PromptPositions, hook_z_name, last_token_activations
+from headsteer.hooks import PromptEndAdd, PromptPositions, hook_z_name, last_token_activations, resid_post_name
 from headsteer.models import ModelSignature
 from headsteer.prompts import Template, TokenBatch, encode_texts, split_answer_tokens
 from headsteer.steering import Applies, Hook
@@ -69,7 +69,7 @@ class FunctionVector(Applies):
 
     @property
     def hook_name(self) -> str:
-        return f"blocks.{self.layer}.hook_resid_post"
+        return resid_post_name(self.layer)
 
     def check_fits(self, model) -> None:
         problems = self.model.mismatches(ModelSignature.of(model))

@@ -27,15 +27,11 @@ from jaxtyping import Float
 from torch import Tensor
 
 from headsteer.errors import ModelMismatchError
-from headsteer.hooks import PromptPositions, last_token_activations
+from headsteer.hooks import PromptPositions, last_token_activations, resid_post_name
 from headsteer.models import ModelSignature
 from headsteer.prompts import encode_texts
 from headsteer.steering import Applies, Hook
 from headsteer.tasks import Pair
-
-
-def resid_name(layer: int) -> str:
-    return f"blocks.{layer}.hook_resid_post"
 
 
 @dataclass(frozen=True)
@@ -54,7 +50,7 @@ class InContextVector(Applies):
 
     def hooks(self, positions: PromptPositions) -> list[Hook]:
         """Every layer's v_ℓ at every position (prompt, cache and generated tokens alike); ``positions`` unused."""
-        return [(resid_name(layer), NormPreservingAdd(self.strength * v)) for layer, v in enumerate(self.vectors)]
+        return [(resid_post_name(layer), NormPreservingAdd(self.strength * v)) for layer, v in enumerate(self.vectors)]
 
 
 class NormPreservingAdd:
@@ -72,7 +68,7 @@ class NormPreservingAdd:
 def last_token_states(model, texts: Sequence[str]) -> Float[Tensor, "batch n_layers d_model"]:
     """Every layer's residual stream after the block, at each text's last token."""
     tokens = encode_texts(model.tokenizer, list(texts))
-    names = [resid_name(layer) for layer in range(model.cfg.n_layers)]
+    names = [resid_post_name(layer) for layer in range(model.cfg.n_layers)]
     return torch.stack(last_token_activations(model, tokens.input_ids, tokens.attention_mask, names), dim=1)
 
 
