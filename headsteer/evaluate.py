@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from headsteer.errors import TaskError
 from headsteer.generation import cut_at_stop, decode_tokens, greedy_ids
-from headsteer.prompts import Template, encode_prompts, split_answer_tokens
+from headsteer.prompts import Template, answer_first_token, encode_prompts
 from headsteer.steering import RowDeltas, Steering
 from headsteer.tasks import Pair
 
@@ -67,19 +67,12 @@ def score_generations(
                 "input": pair.input,
                 "target": pair.output,
                 "prediction": answer,
-                "first_token": first == _answer_first_token(tokenizer, template, pair),
+                "first_token": first == answer_first_token(tokenizer, template, pair),
                 "exact_match": normalize(answer) == normalize(pair.output),
             }
             for pair, first, answer in zip(pairs, new_ids[:, 0].tolist(), answers)
         ]
     )
-
-
-def _answer_first_token(tokenizer, template: Template, pair: Pair) -> int:
-    _, answer_ids = split_answer_tokens(
-        tokenizer, template.format_prompt(pair.input), template.format_answer(pair.output)
-    )
-    return answer_ids[0]
 
 
 def summarize(scores: pd.DataFrame) -> dict[str, float]:

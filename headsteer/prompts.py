@@ -214,6 +214,11 @@ def _split_at_prompt(
     return prompt_ids, full_ids[len(prompt_ids) :]
 
 
+def answer_first_token(tokenizer, template: Template, pair: Pair) -> int:
+    """The id of the answer's first token as it stands after the prompt (what first-token accuracy and loss read)."""
+    return split_answer_tokens(tokenizer, template.format_prompt(pair.input), template.format_answer(pair.output))[1][0]
+
+
 def _pad(rows: Sequence[Sequence[int]], pad_id: int, side: str) -> tuple[Tensor, Tensor]:
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)

@@ -37,7 +37,7 @@ from headsteer.errors import ConfigError, ModelMismatchError
 from headsteer.fitting.forward import build_prefix, run_suffix
 from headsteer.hooks import PromptEndAdd, PromptPositions, hook_z_name, last_token_activations, resid_post_name
 from headsteer.models import ModelSignature
-from headsteer.prompts import Template, TokenBatch, encode_texts, split_answer_tokens
+from headsteer.prompts import Template, TokenBatch, answer_first_token, encode_texts
 from headsteer.steering import Applies, Hook
 from headsteer.tasks import Pair
 
@@ -154,17 +154,13 @@ def fit_function_vector(
         raise ConfigError(f"FV layer {layer} is out of range: this model has layers 0..{model.cfg.n_layers - 1}")
     clean = encode_texts(model.tokenizer, icl_prompts(pairs, template, config.seed))
     corrupted = encode_texts(model.tokenizer, icl_prompts(pairs, template, config.seed, corrupt=True))
-    targets = torch.tensor([_first_answer_token(model.tokenizer, template, p) for p in pairs])
+    targets = torch.tensor([answer_first_token(model.tokenizer, template, p) for p in pairs])
     mean_z = last_token_z(model, clean).mean(0)
     aie = indirect_effects(model, corrupted, mean_z, targets, progress)
     table = _effects_table(aie, task)
     heads = tuple((int(r.layer), int(r.head)) for r in table.head(config.top_k).itertuples())
     vector = head_output_vector(model, mean_z, heads)
     return FunctionVector(vector, layer, heads, ModelSignature.of(model), task), table
-
-
-def _first_answer_token(tokenizer, template: Template, pair: Pair) -> int:
-    return split_answer_tokens(tokenizer, template.format_prompt(pair.input), template.format_answer(pair.output))[1][0]
 
 
 def _effects_table(aie: Tensor, task: str) -> pd.DataFrame:

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from headsteer.errors import ConfigError
 from headsteer.evaluate import score_generations
-from headsteer.prompts import Template, encode_prompts, split_answer_tokens
+from headsteer.prompts import Template, answer_first_token, encode_prompts
 from headsteer.tasks import Pair
 
 PEFT_METHODS = ("lora", "ia3", "prompt_tuning")
@@ -117,12 +117,7 @@ def _prompt_tuning_model(hf, spec, tokenizer, description: str):
 def first_token_loss(trained, tokenizer, template: Template, pairs: Sequence[Pair]) -> torch.Tensor:
     """(1/N) Σ_i −log p(y_i¹ | prompt_i) under ``trained`` (a Hugging Face causal LM)."""
     tokens = encode_prompts(tokenizer, template, [p.input for p in pairs])
-    targets = torch.tensor(
-        [
-            split_answer_tokens(tokenizer, template.format_prompt(p.input), template.format_answer(p.output))[1][0]
-            for p in pairs
-        ]
-    )
+    targets = torch.tensor([answer_first_token(tokenizer, template, p) for p in pairs])
     device = next(trained.parameters()).device
     ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
     logits = trained(input_ids=ids, attention_mask=mask, logits_to_keep=1).logits  # the last position only
