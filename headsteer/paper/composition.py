@@ -30,8 +30,9 @@ import pandas as pd
 from headsteer.fitting.loop import FitJob, fit_many
 from headsteer.intervention import Intervention
 from headsteer.paper.experiment import Method, PairCell, PairConfig
-from headsteer.paper.results import InputHash, Settings, model_settings
+from headsteer.paper.results import InputHash, Settings
 from headsteer.paper.runner import run_methods
+from headsteer.paper.workers import ModelOrWorkers, as_workers
 from headsteer.prompts import Template
 from headsteer.tasks import Pair, Task, TaskError, split_task
 
@@ -166,7 +167,7 @@ METHOD_RUNS: dict[str, Method[ComposeCell]] = {
 
 
 def build_compose_table(
-    model,
+    model: ModelOrWorkers,
     composed: Sequence[ComposedTask],
     template: Template,
     seeds: Sequence[int],
@@ -183,7 +184,7 @@ def build_compose_table(
             )
     settings = compose_settings(model, composed, template, config)
 
-    def make_cell(name: str, seed: int) -> ComposeCell:
+    def make_cell(model, name: str, seed: int) -> ComposeCell:
         task = by_name[name]
         train, test = split_task(task.task, n_train=config.n_train, seed=seed, max_test=config.max_test)
         inner_train, outer_train = single_task_train(task, test, config.n_train, seed)
@@ -201,12 +202,14 @@ def build_compose_table(
         )
 
     cells = [(c.name, s) for c in composed for s in seeds]
-    return run_methods(cells, make_cell, METHOD_RUNS, settings, out, progress, desc="compose")
+    return run_methods(model, cells, make_cell, METHOD_RUNS, settings, out, progress, desc="compose")
 
 
-def compose_settings(model, composed: Sequence[ComposedTask], template: Template, config: ComposeConfig) -> Settings:
+def compose_settings(
+    model: ModelOrWorkers, composed: Sequence[ComposedTask], template: Template, config: ComposeConfig
+) -> Settings:
     """What the composition rows depend on: each outer and inner task's data (the chains follow from them)."""
     inputs = {task.name: InputHash.of_task(task) for c in composed for task in (c.outer, c.inner)}
     return Settings(
-        {"template": template.to_dict(), "config": config.to_dict(), "model": model_settings(model)}, inputs
+        {"template": template.to_dict(), "config": config.to_dict(), "model": as_workers(model).model.settings}, inputs
     )

@@ -57,8 +57,9 @@ from headsteer.fitting.unembed import FinalHidden
 from headsteer.intervention import Intervention
 from headsteer.paper.experiment import Cell, ExperimentConfig, Method, check_number
 from headsteer.paper.opinionqa import OpinionGroup, OpinionQAError, OpinionQuestion, split_questions
-from headsteer.paper.results import JSON, InputHash, Settings, model_settings
+from headsteer.paper.results import JSON, InputHash, Settings
 from headsteer.paper.runner import run_methods
+from headsteer.paper.workers import ModelOrWorkers, as_workers
 from headsteer.prompts import OptionTargets, encode_continuations, encode_texts
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -255,7 +256,7 @@ METHOD_RUNS: dict[str, Method[OpinionCell]] = {
 
 
 def build_opinion_table(
-    model,
+    model: ModelOrWorkers,
     groups: dict[str, OpinionGroup],
     seeds: Sequence[int],
     config: OpinionConfig = OpinionConfig(),
@@ -265,12 +266,13 @@ def build_opinion_table(
     """One row per (group, method, seed) with both mean KLs over held-out questions; resumable with ``out``."""
     settings = opinion_settings(model, groups, config)
 
-    def make_cell(name: str, seed: int) -> OpinionCell:
+    def make_cell(model, name: str, seed: int) -> OpinionCell:
         train, test = split_questions(groups[name], config.n_train, seed, config.max_test)
         return OpinionCell(model=model, task=name, seed=seed, train=train, test=test, config=config, group=groups[name])
 
     cells = [(name, s) for name in groups for s in seeds]
     return run_methods(
+        model,
         cells,
         make_cell,
         METHOD_RUNS,
@@ -283,13 +285,13 @@ def build_opinion_table(
     )
 
 
-def opinion_settings(model, groups: dict[str, OpinionGroup], config: OpinionConfig) -> Settings:
+def opinion_settings(model: ModelOrWorkers, groups: dict[str, OpinionGroup], config: OpinionConfig) -> Settings:
     """What the opinion rows depend on: each group's questions and targets (by hash), prompts, config, model."""
     values: dict[str, JSON] = {
         "config": config.to_dict(),
         "prompt": PROMPT_FORMAT,
         "personas": PERSONAS,
-        "model": model_settings(model),
+        "model": as_workers(model).model.settings,
     }
     inputs = {
         name: InputHash("OpinionQA group", g.sha256, f"{g.source} ({g.attribute}:{g.name})")

@@ -11,8 +11,9 @@ task's data by hash, the model's fingerprint, template, fit config) live in
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -24,7 +25,8 @@ from headsteer.errors import ConfigError
 from headsteer.evaluate import DEFAULT_MAX_NEW_TOKENS, evaluate_pairs
 from headsteer.fitting.forward import naive_scored_logits
 from headsteer.fitting.loop import FitJob, fit_many
-from headsteer.paper.results import JSON, InputHash, ResultsFile, Settings, model_settings
+from headsteer.paper.results import JSON, InputHash, ResultsFile, Settings
+from headsteer.paper.workers import ModelOrWorkers, as_workers
 from headsteer.prompts import Template
 from headsteer.steering import RowDeltas
 from headsteer.tasks import Pair, Task, split_task
@@ -45,7 +47,7 @@ COLUMNS = [
 
 
 def sweep(
-    model,
+    model: ModelOrWorkers,
     task: Task,
     template: Template,
     layers: Sequence[int],
@@ -63,30 +65,58 @@ def sweep(
     Cells of one seed are fitted together in one batch (``fit_many``) and
     scored together (``RowDeltas``); with ``out``, results are merged into it
     after each batch and finished cells are skipped on restart. ``fast=False``
-    fits with the naive full forward (the reference). Refuses (ConfigError)
-    empty or repeated layers or seeds and layers the model does not have.
+    fits with the naive full forward (the reference). ``model`` may be
+    :class:`~headsteer.paper.workers.RayWorkers`: each seed's batch then runs on
+    an actor and its rows are merged here. Refuses (ConfigError) empty or
+    repeated layers or seeds and layers the model does not have.
     """
-    check_grid(layers, seeds, model.cfg.n_layers)
-    settings = sweep_settings(model, task, template, config, n_train, max_test, max_new_tokens)
+    workers = as_workers(model)
+    check_grid(layers, seeds, workers.model.n_layers)
+    settings = sweep_settings(workers, task, template, config, n_train, max_test, max_new_tokens)
     store = ResultsFile(Path(out), tuple(COLUMNS), ("layer", "seed"), settings) if out else None
     done = store.open() if store else pd.DataFrame(columns=COLUMNS)
     finished = set(zip(done["layer"].astype(int), done["seed"].astype(int)))
-    todo = {s: [layer for layer in layers if (layer, s) not in finished] for s in seeds}
-    bar = tqdm(total=sum(map(len, todo.values())), desc=f"sweep {task.name}", disable=not progress)
-    for seed, cell_layers in todo.items():
-        if not cell_layers:
-            continue
-        rows = pd.DataFrame(
-            _run_seed(
-                model, task, template, config, cell_layers, seed, n_train, max_test, progress, fast, max_new_tokens
-            ),
-            columns=COLUMNS,
-        )
+    todo = [_Seed(s, tuple(layer for layer in layers if (layer, s) not in finished)) for s in seeds]
+    todo = [unit for unit in todo if unit.layers]
+    bar = tqdm(total=sum(len(unit.layers) for unit in todo), desc=f"sweep {task.name}", disable=not progress)
+
+    def add(rows: pd.DataFrame) -> None:
+        nonlocal done
         done = store.add(rows) if store else pd.concat([done, rows], ignore_index=True)
-        bar.update(len(cell_layers))
+        bar.update(len(rows))
+
+    work = partial(_seed_work, task, template, config, n_train, max_test, progress, fast, max_new_tokens)
+    workers.run(todo, work, add)
     bar.close()
     wanted = done["layer"].astype(int).isin(layers) & done["seed"].astype(int).isin(seeds)
     return done[wanted].sort_values(["layer", "seed"]).reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class _Seed:
+    """One unit of a sweep: the layers of one seed still to do, fitted as one batch."""
+
+    seed: int
+    layers: tuple[int, ...]
+
+
+def _seed_work(
+    task: Task,
+    template: Template,
+    config: FitConfig,
+    n_train: int,
+    max_test: int | None,
+    progress: bool,
+    fast: bool,
+    max_new_tokens: int,
+    model,
+    unit: _Seed,
+) -> Iterator[pd.DataFrame]:
+    """A seed's rows, as one frame (where the sweep's work runs: here or on a worker)."""
+    rows = _run_seed(
+        model, task, template, config, list(unit.layers), unit.seed, n_train, max_test, progress, fast, max_new_tokens
+    )
+    yield pd.DataFrame(rows, columns=COLUMNS)
 
 
 def check_grid(layers: Sequence[int], seeds: Sequence[int], n_layers: int) -> None:
@@ -105,7 +135,7 @@ def check_grid(layers: Sequence[int], seeds: Sequence[int], n_layers: int) -> No
 
 
 def sweep_settings(
-    model,
+    model: ModelOrWorkers,
     task: Task,
     template: Template,
     config: FitConfig,
@@ -122,7 +152,7 @@ def sweep_settings(
         "n_train": n_train,
         "max_test": max_test,
         "max_new_tokens": max_new_tokens,
-        "model": model_settings(model),
+        "model": as_workers(model).model.settings,
     }
     return Settings(values, {task.name: InputHash.of_task(task)})
 

@@ -28,8 +28,9 @@ from headsteer.fitting.tuning import DEFAULT_FOLDS, fit_tuned
 from headsteer.loss_choice import chosen_loss, cross_validate_losses
 from headsteer.paper.experiment import Method, PairCell, PairConfig, check_count, check_number
 from headsteer.paper.methods import CROSS_VALIDATED_METHODS, DEFAULT_TABLE_METHODS, TABLE_METHODS
-from headsteer.paper.results import JSON, InputHash, Settings, model_settings
+from headsteer.paper.results import JSON, InputHash, Settings
 from headsteer.paper.runner import run_methods
+from headsteer.paper.workers import ModelOrWorkers, as_workers
 from headsteer.prompts import Template, get_template
 from headsteer.tasks import Task, split_task
 
@@ -174,7 +175,7 @@ METHOD_RUNS: dict[str, Method[TableCell]] = {
 
 
 def build_table(
-    model,
+    model: ModelOrWorkers,
     tasks: Sequence[Task],
     template: Template,
     seeds: Sequence[int],
@@ -189,7 +190,7 @@ def build_table(
     settings = table_settings(model, tasks, template, config)
     by_name = {t.name: t for t in tasks}
 
-    def make_cell(name: str, seed: int) -> TableCell:
+    def make_cell(model, name: str, seed: int) -> TableCell:
         train, test = split_task(by_name[name], n_train=config.n_train, seed=seed, max_test=config.max_test)
         return TableCell(
             model=model, task=name, seed=seed, train=list(train), test=list(test), config=config, template=template
@@ -197,14 +198,14 @@ def build_table(
 
     methods = {m: METHOD_RUNS[m] for m in config.methods}
     cells = [(t.name, s) for t in tasks for s in seeds]
-    return run_methods(cells, make_cell, methods, settings, out, progress)
+    return run_methods(model, cells, make_cell, methods, settings, out, progress)
 
 
-def table_settings(model, tasks: Sequence[Task], template: Template, config: TableConfig) -> Settings:
+def table_settings(model: ModelOrWorkers, tasks: Sequence[Task], template: Template, config: TableConfig) -> Settings:
     """What the table's rows depend on; ``methods`` is left out (it selects rows, it does not change them)."""
     values: dict[str, JSON] = {
         "template": template.to_dict(),
         "config": {**config.to_dict(), "methods": None},
-        "model": model_settings(model),
+        "model": as_workers(model).model.settings,
     }
     return Settings(values, {t.name: InputHash.of_task(t) for t in tasks})
