@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from headsteer.cli.options import ray_config
 from headsteer.files import summary_path, write_text_atomic
-from headsteer.models import ModelFiles, open_model
+from headsteer.models import ModelFiles, load_from, open_model
+from headsteer.paper.workers import ModelOrWorkers, ModelSource, RayWorkers
 from headsteer.tasks import Task, load_task
 
 
@@ -26,6 +28,14 @@ def load_task_noting_drops(name: str, data_dir: str | None) -> Task:
 def open_model_files(args: argparse.Namespace) -> ModelFiles:
     """The model's config and tokenizer (``--model``, ``--cache-dir``): enough for the checks, no weights."""
     return open_model(args.model, args.cache_dir)
+
+
+def load_model_or_workers(args: argparse.Namespace, files: ModelFiles) -> ModelOrWorkers:
+    """The model's weights loaded here, or with ``--ray`` the Ray workers that each load them once."""
+    config = ray_config(args)
+    if config is None:
+        return load_from(files)
+    return RayWorkers(ModelSource(args.model, args.cache_dir), config)
 
 
 def write_summary(out: str, text: str) -> None:

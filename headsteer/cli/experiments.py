@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from headsteer.baselines.prompting import few_shot_template
-from headsteer.cli.common import load_task_noting_drops, open_model_files, write_summary
+from headsteer.cli.common import load_model_or_workers, load_task_noting_drops, open_model_files, write_summary
 from headsteer.cli.flags import AppendDistinct, Distinct, LayerSelection, count, non_negative_float
 from headsteer.cli.options import (
     FIT,
@@ -26,6 +26,7 @@ from headsteer.cli.options import (
     add_max_test_option,
     add_model_options,
     add_n_train_option,
+    add_ray_options,
     add_seeds_option,
     add_task_options,
     add_template_option,
@@ -39,6 +40,7 @@ from headsteer.cli.preflight import (
     check_fast_forward,
     check_fit_model,
     check_prompts,
+    check_ray,
     check_results_outputs,
     check_task_pairs,
     checked_split,
@@ -46,7 +48,6 @@ from headsteer.cli.preflight import (
 from headsteer.config import OPTION_LOSSES
 from headsteer.files import check_output_dir, predictions_path, settings_path, summary_path
 from headsteer.heads import DEFAULT_PATH
-from headsteer.models import load_from
 from headsteer.paper import composition, opinion, table
 from headsteer.paper.head_study import head_study
 from headsteer.paper.methods import COMPOSE_METHODS, FEW_SHOT_METHODS, OPINION_METHODS, TABLE_METHODS
@@ -100,10 +101,12 @@ def add_sweep_parser(sub: Subcommands) -> None:
     add_fit_options(p, layer=False)  # --layers names them
     add_max_new_tokens_option(p)
     add_token_limit_option(p)
+    add_ray_options(p)
     _out_option(p, table=False)
 
 
 def run_sweep(args: argparse.Namespace) -> int:
+    check_ray(args)
     config = fit_config(args, seed=0, layer=FIT.layer)  # each cell sets its own layer and seed
     template = get_template(args.template)
     task = load_task_noting_drops(args.task, args.data_dir)
@@ -115,7 +118,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     include_stop = config.loss == "sequence"
     for seed in seeds(args):
         checked_split(files, template, task, args.n_train, seed, max_test(args), include_stop)
-    model = load_from(files)
+    model = load_model_or_workers(args, files)
     rows = sweep(
         model,
         task,
@@ -178,6 +181,7 @@ def add_table_parser(sub: Subcommands) -> None:
         help="training steps of LoRA, IA3 and prompt tuning",
     )
     add_token_limit_option(p)
+    add_ray_options(p)
     _out_option(p)
 
 
@@ -195,6 +199,7 @@ def table_config(args: argparse.Namespace) -> table.TableConfig:
 
 
 def run_table(args: argparse.Namespace) -> int:
+    check_ray(args)
     config = table_config(args)
     template = get_template(args.template)
     tasks = [load_task_noting_drops(name, args.data_dir) for name in args.tasks]
@@ -207,7 +212,7 @@ def run_table(args: argparse.Namespace) -> int:
             train, test = checked_split(files, template, task, config.n_train, seed, config.max_test)
             if few_shot:  # the k-shot prompts hold every training pair: the longest prompts the table scores
                 check_prompts(task.name, files.tokenizer, few_shot_template(template, train), [p.input for p in test])
-    model = load_from(files)
+    model = load_model_or_workers(args, files)
     rows = table.build_table(model, tasks, template, seeds(args), config, out)
     write_summary(args.out, summary_markdown(rows, config.methods))
     return 0
@@ -244,10 +249,12 @@ def add_compose_parser(sub: Subcommands) -> None:
     add_loss_option(p)
     add_max_new_tokens_option(p)
     add_token_limit_option(p)
+    add_ray_options(p)
     _out_option(p)
 
 
 def run_compose(args: argparse.Namespace) -> int:
+    check_ray(args)
     config = composition.ComposeConfig(
         n_train=args.n_train,
         max_test=max_test(args),
@@ -269,7 +276,7 @@ def run_compose(args: argparse.Namespace) -> int:
             _, test = checked_split(files, template, c.task, config.n_train, seed, config.max_test)
             for task, train in zip((c.inner, c.outer), composition.single_task_train(c, test, config.n_train, seed)):
                 check_task_pairs(task.name, files.tokenizer, template, train)
-    model = load_from(files)
+    model = load_model_or_workers(args, files)
     rows = composition.build_compose_table(model, composed, template, seeds(args), config, out)
     write_summary(args.out, summary_markdown(rows, list(COMPOSE_METHODS)))
     return 0
@@ -309,10 +316,12 @@ def add_opinion_parser(sub: Subcommands) -> None:
         default=opinion.OpinionConfig().loss,
         help="Δ's loss: option_kl_reverse, KL(model ‖ group), the paper's; option_kl, KL(group ‖ model)",
     )
+    add_ray_options(p)
     _out_option(p)
 
 
 def run_opinion(args: argparse.Namespace) -> int:
+    check_ray(args)
     config = opinion.OpinionConfig(n_train=args.n_train, max_test=max_test(args), layer=args.layer, loss=args.loss)
     groups = {name: load_group(name, args.data_dir) for name in args.group or PAPER_GROUPS}
     out = check_results_outputs(args.out, predictions=True, summary=True)
@@ -325,7 +334,7 @@ def run_opinion(args: argparse.Namespace) -> int:
             for question in train + test:
                 opinion.question_block(question)  # at most as many options as letters
             opinion.option_targets(files.tokenizer, train + test)  # each option letter is one token
-    model = load_from(files)
+    model = load_model_or_workers(args, files)
     rows = opinion.build_opinion_table(model, groups, seeds(args), config, out)
     write_summary(
         args.out, summary_markdown(with_average(rows), list(OPINION_METHODS), metrics=opinion.OPINION_METRICS)
@@ -361,10 +370,12 @@ def add_heads_parser(sub: Subcommands) -> None:
         help="the path of γ = λ values",
     )
     add_token_limit_option(p)
+    add_ray_options(p)
     p.add_argument("--out", metavar="FOLDER", help="output folder (default: results/heads/<task>)")
 
 
 def run_heads(args: argparse.Namespace) -> int:
+    check_ray(args)
     config = fit_config(args, args.seed)
     template = get_template(args.template)
     task = load_task_noting_drops(args.task, args.data_dir)
@@ -373,7 +384,7 @@ def run_heads(args: argparse.Namespace) -> int:
     check_fit_model(files, config.layer, fast=True)
     train, _ = split_task(task, n_train=args.n_train, seed=config.seed)  # the study fits on the training pairs only
     check_task_pairs(task.name, files.tokenizer, template, train, include_stop=config.loss == "sequence")
-    model = load_from(files)
+    model = load_model_or_workers(args, files)
     head_study(model, task, template, config, out, args.n_train, args.strengths)
     print(f"wrote {out}/: regularized, unregularized, heads.csv, path.csv, fv_effects.csv")
     return 0

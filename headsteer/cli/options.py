@@ -24,6 +24,7 @@ from headsteer.errors import ConfigError
 from headsteer.evaluate import DEFAULT_MAX_NEW_TOKENS
 from headsteer.models import CACHE_ENV
 from headsteer.paper.experiment import ExperimentConfig
+from headsteer.paper.workers import RayConfig
 from headsteer.prompts import DEFAULT_MAX_TOKENS, TEMPLATES
 from headsteer.tasks import DATA_DIR_ENV, TODD_TASKS
 
@@ -101,6 +102,42 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
         "--cache-dir",
         help=f"where the converted default model is kept (default: ${CACHE_ENV}, else ~/.cache/headsteer)",
     )
+
+
+# ---- where the cells run ------------------------------------------------------------------
+def add_ray_options(p: argparse.ArgumentParser) -> None:
+    """--ray [ADDRESS], --ray-workers, --ray-threads: the experiment's cells on Ray actors (the ``ray`` extra)."""
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the cells on Ray workers, each loading the model once (pip install 'headsteer[ray]'): "
+        "ADDRESS is a running cluster's (as `ray start --head` prints it; 'auto': the one on this machine); "
+        "without it, Ray's on this machine (a new one if none runs); rows are merged into --out here",
+    )
+    p.add_argument(
+        "--ray-workers",
+        type=count,
+        metavar="N",
+        help="Ray workers, each with its own copy of the model (default: one per GPU of the cluster, else its "
+        "CPUs // --ray-threads; never more than there are cells)",
+    )
+    p.add_argument(
+        "--ray-threads",
+        type=count,
+        metavar="N",
+        help=f"CPU threads of each Ray worker (default: {RayConfig().threads}; Ray reserves as many CPUs for it, "
+        "so workers never oversubscribe the cores)",
+    )
+
+
+def ray_config(args: argparse.Namespace) -> RayConfig | None:
+    """The Ray settings the flags describe; None without --ray (the cells run in this process)."""
+    if args.ray is None:
+        return None
+    threads = RayConfig().threads if args.ray_threads is None else args.ray_threads
+    return RayConfig(address=args.ray or None, n_workers=args.ray_workers, threads=threads)
 
 
 # ---- the task, its prompts and its split ---------------------------------------------------

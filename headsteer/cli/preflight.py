@@ -12,6 +12,8 @@ or pair at fault, and nothing has been written.
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,6 +58,18 @@ def _free(path: Path) -> Path:
     while (candidate := path.with_stem(f"{path.stem}-{n}")).exists():
         n += 1
     return candidate
+
+
+# ---- where the cells run ------------------------------------------------------------------
+def check_ray(args: argparse.Namespace) -> None:
+    """--ray-workers and --ray-threads need --ray, and --ray needs Ray installed (the ``ray`` extra)."""
+    if args.ray is None:
+        for flag, value in (("--ray-workers", args.ray_workers), ("--ray-threads", args.ray_threads)):
+            if value is not None:
+                raise ConfigError(f"{flag} needs --ray (without it every cell runs in this process)")
+        return
+    if importlib.util.find_spec("ray") is None:
+        raise ConfigError("--ray needs Ray, which is not installed: pip install 'headsteer[ray]'")
 
 
 # ---- what the model's config allows -----------------------------------------------------

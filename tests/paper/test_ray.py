@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import headsteer as hs
+from headsteer import cli
 from headsteer.files import settings_path
 from headsteer.paper.results import MalformedRowWarning
 from headsteer.paper.sweep import sweep
@@ -153,3 +154,17 @@ def test_rerunning_on_ray_resumes_from_the_results_file(workers, tmp_path):
     sweep(Counting(), TASK, QA, seeds=[0], **args)
     table = sweep(Counting(), TASK, QA, seeds=[0, 1], **args)
     assert calls == [0, 1] and list(table.seed) == [0, 1]
+
+
+def test_the_command_line_sends_cells_to_ray_with_the_same_results(cluster, tmp_path, capsys):
+    """``--ray`` (the cluster this process joined) gives the files a run in this process gives."""
+    common = ["--model", str(cluster), "--task", "builtin/antonym", "--steps", "2"]
+    sweep_args = ["sweep", *common, "--layers", "0,1", "--seeds", "2", "--max-test", "3"]
+    heads_args = ["heads", *common, "--layer", "1", "--strengths", "0.01", "0.1"]
+    for name, ray_flags in (("here", []), ("there", ["--ray", "--ray-workers", "2", "--ray-threads", "1"])):
+        assert cli.main([*sweep_args, "--out", str(tmp_path / f"{name}.csv"), *ray_flags]) == 0
+        assert cli.main([*heads_args, "--out", str(tmp_path / f"{name}-heads"), *ray_flags]) == 0
+    sweeps = [by_key(pd.read_csv(tmp_path / f"{name}.csv"), ["layer", "seed"]) for name in ("here", "there")]
+    pd.testing.assert_frame_equal(*sweeps)
+    for file in ("heads.csv", "path.csv", "fv_effects.csv", "regularized.json", "unregularized.safetensors"):
+        assert (tmp_path / "here-heads" / file).read_bytes() == (tmp_path / "there-heads" / file).read_bytes(), file
