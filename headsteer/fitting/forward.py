@@ -94,13 +94,20 @@ class PrefixCachedForward:
 
     Prefixes are cached by the identity of the model and of ``tokens`` (a fit
     calls it with the same batches every step); call :meth:`clear` to drop them.
+    ``bf16_unembedding`` (off by default): the NLL reads a bf16 copy of the
+    unembedding, made once per model, with bf16 products
+    (:attr:`~headsteer.fitting.unembed.FinalHidden.low_precision`): faster where
+    the hardware has bf16 arithmetic, not exact.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, bf16_unembedding: bool = False) -> None:
+        self.bf16_unembedding = bf16_unembedding
         self._prefixes: dict[tuple, tuple[TokenBatch, PrefixCache]] = {}
+        self._bf16: dict[tuple, tuple[Tensor, Tensor]] = {}  # the weight's storage -> (weight, its bf16 copy)
 
     def clear(self) -> None:
         self._prefixes.clear()
+        self._bf16.clear()
 
     def __call__(
         self,
@@ -113,7 +120,14 @@ class PrefixCachedForward:
         key = (id(model), id(tokens), n_scored)
         if key not in self._prefixes:  # the entry keeps ``tokens`` alive, so its id stays unique
             self._prefixes[key] = (tokens, build_prefix(model, tokens, n_scored))
-        return run_suffix(model, self._prefixes[key][1], layer, delta)
+        scored = run_suffix(model, self._prefixes[key][1], layer, delta)
+        if not self.bf16_unembedding:
+            return scored
+        weight = scored.weight  # a fresh view of the model's weight each step: keyed by its storage
+        storage = (weight.data_ptr(), tuple(weight.shape), weight.dtype)
+        if storage not in self._bf16:  # the entry keeps the storage alive, so its address stays unique
+            self._bf16[storage] = (weight, weight.to(torch.bfloat16))
+        return FinalHidden(scored.hidden, self._bf16[storage][1], scored.bias, low_precision=True)
 
 
 def run_suffix(

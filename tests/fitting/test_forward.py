@@ -75,3 +75,17 @@ def test_the_cache_does_not_grow_step_after_step(gemma_tiny):
         fast(gemma_tiny, 1, tokens, delta, 2)
         lengths.append(next(iter(fast._prefixes.values()))[1].cache.get_seq_length())
     assert lengths == [int(tokens.last_index.max()) + 2] * 3
+
+
+@pytest.mark.parametrize("loss", ["first_token", "sequence"])
+def test_the_bf16_unembedding_is_close_to_fp32_and_made_once(gemma_tiny, loss):
+    """Off by default; on, the loss and gradient stay within bf16's rounding and the bf16 copy is made once."""
+    assert not PrefixCachedForward().bf16_unembedding
+    low = PrefixCachedForward(bf16_unembedding=True)
+    for seed in (0, 1):
+        ref_loss, ref_grad = loss_and_grad(PrefixCachedForward(), gemma_tiny, loss, seed=seed)
+        got_loss, got_grad = loss_and_grad(low, gemma_tiny, loss, seed=seed)
+        torch.testing.assert_close(got_loss, ref_loss, rtol=2e-2, atol=2e-2)
+        assert torch.nn.functional.cosine_similarity(got_grad.flatten(), ref_grad.flatten(), dim=0) > 0.99
+    ((weight, copy),) = low._bf16.values()
+    assert copy.dtype == torch.bfloat16 and weight.dtype == torch.float32

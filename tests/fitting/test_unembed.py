@@ -32,3 +32,20 @@ def test_option_logits_and_full_logits_agree():
     scored = FinalHidden(torch.randn(2, 1, 4, generator=g), weight, bias)
     ids = torch.tensor([[3, 5], [0, 19]])
     torch.testing.assert_close(scored.logits_of(ids), scored.logits()[:, 0].gather(-1, ids))
+
+
+def test_the_bf16_option_stays_close_to_fp32(monkeypatch):
+    """Low precision: a bf16 copy of W and bf16 products, fp32 softmax sums: within bf16's rounding of fp32."""
+    monkeypatch.setattr(unembed, "CHUNK", 7)
+    g = torch.Generator().manual_seed(2)
+    weight, bias = torch.randn(50, 16, generator=g) * 0.5, torch.randn(50, generator=g)
+    hidden = torch.randn(4, 1, 16, generator=g, requires_grad=True)
+    targets = torch.randint(0, 50, (4, 1), generator=g)
+    exact = FinalHidden(hidden, weight, bias).token_nll(targets)
+    (exact_grad,) = torch.autograd.grad(exact.sum(), hidden)
+    low = FinalHidden(hidden, weight.bfloat16(), bias, low_precision=True).token_nll(targets)
+    (low_grad,) = torch.autograd.grad(low.sum(), hidden)
+    assert low.dtype == torch.float32 and low_grad.dtype == torch.float32
+    torch.testing.assert_close(low, exact, rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(low_grad, exact_grad, rtol=2e-2, atol=2e-2)
+    assert not torch.equal(low, exact), "the option really runs in bf16"
