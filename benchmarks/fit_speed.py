@@ -1,15 +1,21 @@
-"""Naive vs prefix-cached fitting, and sequential vs batched fits, measured side by side.
+"""headsteer's fits against the loop a researcher writes by hand, naive vs prefix-cached, sequential vs batched.
 
-    python benchmarks/fit_speed.py [--steps 10] [--task antonym] [--seeds 5] [--cases fast fast-sequence ...]
+    python benchmarks/fit_speed.py [--steps 10] [--task antonym] [--seeds 5] [--cases hand fast fast-bf16 ...]
 
 Each case runs in its own process (so its peak resident memory is its own)
 on the same model, data and layer, and prints one table:
 
+* single fit, the hand-written loop (``hand``: the plain Hugging Face model, a forward pre-hook on
+  layer 4's ``o_proj`` adding Δ at the last prompt token, Adam on the first-token NLL, full forwards)
+  vs headsteer's prefix-cached fit (``fast``; ``fast-bf16`` with the optional bf16 unembedding):
+  steps per second and their ratio;
 * single fit, naive full forward vs prefix-cached: seconds per step, ratio;
 * single fit, the sequence loss (every answer token and the stop) vs the first-token loss, both prefix-cached;
-* a layer sweep (every layer × ``--seeds`` samples): sequential naive fits
+* a layer sweep (every layer × ``--seeds`` samples): sequential naive or hand-written fits
   (timed on ``--sequential`` of them) vs one batched prefix-cached pass,
   in fit-steps per second, and the ratio;
+* ``figure1``: the paper's Figure-1 sweep end to end (``headsteer.paper.sweep``: every layer ×
+  ``--seeds``, 100 held-out pairs scored per seed, the defaults' 50 steps whatever ``--steps``), in seconds;
 * peak resident memory (model included) of each.
 """
 
@@ -26,29 +32,82 @@ from dataclasses import replace
 
 import torch
 
-CASES = ("naive", "fast", "fast-sequence", "sequential-naive", "batched-fast")
+CASES = ("hand", "fast", "fast-bf16", "naive", "fast-sequence", "sequential-naive", "sequential-hand", "batched-fast")
+OPT_IN = ("figure1",)  # minutes long: run only when named in --cases
+LAYER = 4  # the single fits' layer
+
+
+def hand_fit(model, pairs, template, layer: int, steps: int, gamma: float, lam: float, lr: float) -> None:
+    """The loop a researcher writes by hand: Δ added by a pre-hook on ``o_proj``, Adam, full forwards.
+
+    ``o_proj``'s input is the heads' outputs concatenated (``hook_z`` flattened), so adding Δ there at the
+    last prompt token is headsteer's intervention; the penalty is γ‖Δ‖₁ + λ Σ_h ‖Δ_h‖₂ inside Adam's loss.
+    """
+    from headsteer.prompts import encode_targets
+
+    hf = model.original_model
+    tokens, targets = encode_targets(model.tokenizer, template, pairs)
+    rows, last = torch.arange(len(pairs)), tokens.last_index
+    first = targets.target_ids[:, 0]  # the answer's first token
+    n_heads, d_head = model.cfg.n_heads, model.cfg.d_head
+    delta = torch.zeros(n_heads * d_head, requires_grad=True)
+
+    def add_delta(module, args):
+        (z,) = args
+        added = torch.zeros_like(z)
+        added[rows, last] = delta.to(z.dtype)
+        return (z + added,)
+
+    optimizer = torch.optim.Adam([delta], lr=lr)
+    for p in hf.parameters():
+        p.requires_grad_(False)
+    handle = hf.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(add_delta)
+    try:
+        for step in range(steps + 1):  # as headsteer: steps updates, then the fitted Δ's loss without a gradient
+            with torch.set_grad_enabled(step < steps):
+                logits = hf(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).logits
+                nll = -torch.log_softmax(logits[rows, last].float(), -1)[rows, first].mean()
+                heads = delta.view(n_heads, d_head)
+                loss = nll + gamma * heads.abs().sum() + lam * heads.norm(dim=-1).sum()
+            if step < steps:
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+    finally:
+        handle.remove()
 
 
 def case(name: str, steps: int, task: str, seeds: int, sequential: int) -> dict:
     import headsteer as hs
-    from headsteer.fitting.forward import naive_scored_logits
+    from headsteer.fitting.forward import PrefixCachedForward, naive_scored_logits
     from headsteer.fitting.loop import FitJob, fit_many
+    from headsteer.paper.sweep import sweep
 
     model = hs.load_model()
     loaded, template = hs.load_task(task), hs.get_template("qa")
     train = lambda seed: tuple(hs.split_task(loaded, n_train=10, seed=seed)[0])  # noqa: E731
     config = lambda layer, seed: hs.FitConfig(layer=layer, seed=seed, steps=steps)  # noqa: E731
     start = time.perf_counter()
-    if name in ("naive", "fast", "fast-sequence"):
-        forward = naive_scored_logits if name == "naive" else None
+    hand = lambda layer: hand_fit(model, train(0), template, layer, steps, config(0, 0).gamma, config(0, 0).lam, 0.01)  # noqa: E731
+    if name in ("naive", "fast", "fast-bf16", "fast-sequence"):
+        forward = {"naive": naive_scored_logits, "fast-bf16": PrefixCachedForward(bf16_unembedding=True)}.get(name)
         loss = "sequence" if name == "fast-sequence" else "first_token"
-        hs.fit(model, train(0), template, replace(config(4, 0), loss=loss), forward=forward, progress=False)
+        hs.fit(model, train(0), template, replace(config(LAYER, 0), loss=loss), forward=forward, progress=False)
         fits = 1
-    elif name == "sequential-naive":
+    elif name == "hand":
+        hand(LAYER)
+        fits = 1
+    elif name in ("sequential-naive", "sequential-hand"):
         layers = range(0, model.cfg.n_layers, max(1, model.cfg.n_layers // sequential))[:sequential]
         for layer in layers:
-            hs.fit(model, train(0), template, config(layer, 0), forward=naive_scored_logits, progress=False)
+            if name == "sequential-hand":
+                hand(layer)
+            else:
+                hs.fit(model, train(0), template, config(layer, 0), forward=naive_scored_logits, progress=False)
         fits = len(layers)
+    elif name == "figure1":
+        sweep(model, loaded, template, range(model.cfg.n_layers), range(seeds), progress=False)
+        fits, steps = model.cfg.n_layers * seeds, hs.FitConfig().steps
     else:
         jobs = [FitJob(train(s), config(layer, s)) for layer in range(model.cfg.n_layers) for s in range(seeds)]
         fit_many(model, jobs, template, progress=False)
@@ -90,7 +149,13 @@ def main() -> None:
     parser.add_argument("--task", default="antonym")
     parser.add_argument("--seeds", type=int, default=5, help="training samples per layer in the batched sweep")
     parser.add_argument("--sequential", type=int, default=3, help="naive fits timed for the sequential baseline")
-    parser.add_argument("--cases", nargs="+", choices=CASES, default=list(CASES), help="the cases to run, in order")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=CASES + OPT_IN,
+        default=list(CASES),
+        help=f"the cases to run, in order (default: all but {', '.join(OPT_IN)})",
+    )
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -105,6 +170,8 @@ def main() -> None:
     for r in rows.values():
         print(f"| {r['case']} | {r['fits']} | {r['seconds']:.1f} | {r['fit_steps_per_s']:.2f} | {r['peak_gib']:.2f} |")
     ratios = (
+        ("hand", "fast", "single fit, fast / hand-written loop steps per second", "goal 5x"),
+        ("hand", "fast-bf16", "single fit, fast with bf16 unembedding / hand-written loop", "goal 10x"),
         ("naive", "fast", "single fit, fast / naive steps per second", "target 2.5x"),
         (
             "sequential-naive",
@@ -112,11 +179,18 @@ def main() -> None:
             "layer sweep, batched fast / sequential naive fit-steps per second",
             "target 8x",
         ),
+        (
+            "sequential-hand",
+            "batched-fast",
+            "layer sweep, batched fast / sequential hand-written fit-steps per second",
+            "",
+        ),
         ("fast-sequence", "fast", "sequence-loss step time / first-token step time", "target at most 2x"),
     )
     for slow, fast, what, target in ratios:
         if slow in rows and fast in rows:
-            print(f"{what}: {rows[fast]['fit_steps_per_s'] / rows[slow]['fit_steps_per_s']:.2f}x ({target})")
+            note = f" ({target})" if target else ""
+            print(f"{what}: {rows[fast]['fit_steps_per_s'] / rows[slow]['fit_steps_per_s']:.2f}x{note}")
 
 
 if __name__ == "__main__":
