@@ -156,8 +156,9 @@ def test_rerunning_on_ray_resumes_from_the_results_file(workers, tmp_path):
     assert calls == [0, 1] and list(table.seed) == [0, 1]
 
 
-def test_the_command_line_sends_cells_to_ray_with_the_same_results(cluster, tmp_path, capsys):
+def test_the_command_line_sends_cells_to_ray_with_the_same_results(cluster, workers, tmp_path, capsys):
     """``--ray`` (the cluster this process joined) gives the files a run in this process gives."""
+    workers.shutdown()  # the command's own workers need the cluster's 2 CPUs (the fixture's restart when next used)
     common = ["--model", str(cluster), "--task", "builtin/antonym", "--steps", "2"]
     sweep_args = ["sweep", *common, "--layers", "0,1", "--seeds", "2", "--max-test", "3"]
     heads_args = ["heads", *common, "--layer", "1", "--strengths", "0.01", "0.1"]
