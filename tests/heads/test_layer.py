@@ -1,4 +1,4 @@
-"""Head tables, the regularization path and the Δ-vs-function-vector head overlap."""
+"""One layer's heads: head tables, the regularization path of independent fits and the top-k overlap with FV heads."""
 
 import math
 
