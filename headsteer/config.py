@@ -13,13 +13,16 @@ from typing import Any, Literal, get_args
 
 from headsteer.errors import ConfigError
 
-LossName = Literal["first_token", "sequence", "option_kl"]
+# Losses on (input, output) pairs; and on a distribution over answer options (OptionTargets), which only
+# the opinion table builds: option_kl_reverse is the paper's KL(model ‖ group), option_kl is KL(group ‖ model).
+PairLossName = Literal["first_token", "sequence"]
+OptionLossName = Literal["option_kl_reverse", "option_kl"]
+LossName = Literal[PairLossName, OptionLossName]
 OptimizerName = Literal["prox_adam", "fista", "adam"]
 
 LOSSES: tuple[LossName, ...] = get_args(LossName)
-# The losses a fit on (input, output) pairs can use: option_kl needs a distribution over
-# option tokens per prompt (OptionTargets), which only the opinion table builds.
-PAIR_LOSSES: tuple[str, ...] = ("first_token", "sequence")
+PAIR_LOSSES: tuple[PairLossName, ...] = get_args(PairLossName)
+OPTION_LOSSES: tuple[OptionLossName, ...] = get_args(OptionLossName)
 OPTIMIZERS: tuple[OptimizerName, ...] = get_args(OptimizerName)
 # Step size used when ``lr`` is not given, per optimizer (chosen on antonym layer sweeps, see RESEARCH.md).
 DEFAULT_LR: dict[str, float] = {"prox_adam": 0.15, "fista": 0.3, "adam": 0.05}
@@ -35,7 +38,8 @@ class FitConfig:
         lam: weight λ of the per-head group penalty Σ_h ‖Δ_h‖₂.
         loss: ``first_token`` (NLL of the target's first token, the paper's),
             ``sequence`` (teacher-forced NLL of every target token, answer end
-            included) or ``option_kl`` (KL(target ‖ model) over an option set).
+            included); over an option set, ``option_kl_reverse`` (KL(model ‖ target),
+            the paper's) or ``option_kl`` (KL(target ‖ model)).
         optimizer: ``prox_adam`` (Adam's moments on the task loss, then the
             sparse-group-lasso prox in Adam's metric: exact zeros, the default),
             ``fista`` (accelerated proximal gradient, fixed step, closed-form

@@ -6,6 +6,9 @@
   template's stop string) equals the target after normalisation: surrounding
   whitespace stripped, Unicode case-folded. Nothing else is forgiven
   (punctuation and accents count).
+* ``run_on`` (derived, :func:`run_on`): the answer starts right (first token)
+  but is not the target — typically the right word followed by more text,
+  because nothing taught the model where the answer ends.
 """
 
 from __future__ import annotations
@@ -23,6 +26,10 @@ from headsteer.prompts import Template, answer_first_token, encode_prompts
 from headsteer.steering import RowDeltas, Steering
 from headsteer.tasks import Pair
 
+# Generated tokens per answer: room for every answer in Todd et al.'s tasks with its stop string (the longest,
+# a currency name with its code, is 11 tokens in Gemma 3's tokenizer, stop included), so a right answer is never cut.
+DEFAULT_MAX_NEW_TOKENS = 16
+
 
 def normalize(text: str) -> str:
     return text.strip().casefold()
@@ -34,7 +41,7 @@ def evaluate_pairs(
     template: Template,
     steering: Steering = (),
     batch_size: int = 64,
-    max_new_tokens: int = 6,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     progress: bool = True,
 ) -> pd.DataFrame:
     """One row per pair: input, target, prediction, first_token, exact_match.
@@ -75,11 +82,17 @@ def score_generations(
     )
 
 
+def run_on(scores: pd.DataFrame) -> pd.Series:
+    """Per row of an ``evaluate_pairs`` table: the answer started right (first token) but is not the target."""
+    return scores["first_token"].astype(bool) & ~scores["exact_match"].astype(bool)
+
+
 def summarize(scores: pd.DataFrame) -> dict[str, float]:
-    """Mean accuracies of an ``evaluate_pairs`` table."""
+    """Mean accuracies of an ``evaluate_pairs`` table, and the share of answers that start right but run on."""
     return {
         "first_token": float(scores["first_token"].mean()),
         "exact_match": float(scores["exact_match"].mean()),
+        "run_on": float(run_on(scores).mean()),
         "n": len(scores),
     }
 

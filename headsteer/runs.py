@@ -14,7 +14,7 @@ import pandas as pd
 
 from headsteer.config import FitConfig
 from headsteer.errors import ArtifactError, ConfigError, TaskError
-from headsteer.evaluate import evaluate_pairs, summarize
+from headsteer.evaluate import DEFAULT_MAX_NEW_TOKENS, evaluate_pairs, summarize
 from headsteer.files import ArtifactPaths, json_bytes, write_files_atomic
 from headsteer.fitting.forward import naive_scored_logits
 from headsteer.fitting.loop import FitResult, fit
@@ -71,6 +71,7 @@ def fit_and_score(
     max_test: int | None = 200,
     progress: bool = True,
     fast: bool = True,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
 ) -> Run:
     """Split with ``config.seed``, fit on the training pairs, score zero-shot and Δ on the test pairs.
 
@@ -80,8 +81,10 @@ def fit_and_score(
     forward = None if fast else naive_scored_logits
     result = fit(model, train, template, config, task=task.name, forward=forward, progress=progress)
     result = record_split(result, task, n_train, config.seed)
-    zero = evaluate_pairs(model, test, template, (), progress=progress)
-    fitted = evaluate_pairs(model, test, template, (result.intervention,), progress=progress)
+    zero = evaluate_pairs(model, test, template, (), max_new_tokens=max_new_tokens, progress=progress)
+    fitted = evaluate_pairs(
+        model, test, template, (result.intervention,), max_new_tokens=max_new_tokens, progress=progress
+    )
     return Run(result, train, test, zero, fitted)
 
 

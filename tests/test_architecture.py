@@ -14,7 +14,7 @@ ROOMS = [
     {"hooks", "models", "tasks", "prompts", "training_record"},
     {"steering", "intervention"},
     {"fitting"},
-    {"generation", "evaluate", "runs"},
+    {"generation", "evaluate", "runs", "loss_choice"},
     {"baselines"},
     {"heads"},
     {"display", "plots"},

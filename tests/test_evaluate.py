@@ -70,3 +70,17 @@ def test_row_deltas_score_like_separate_interventions(gemma_tiny):
         together["prediction"].tolist()
         != hs.evaluate_pairs(gemma_tiny, pairs * 2, QA, progress=False)["prediction"].tolist()
     )
+
+
+def test_run_on_counts_answers_that_start_right_but_are_not_the_target():
+    from headsteer.evaluate import run_on
+
+    scores = pd.DataFrame(
+        {
+            "prediction": ["cold", "cold is the opposite", "warm", "colder", ""],
+            "first_token": [True, True, False, True, False],
+            "exact_match": [True, False, False, False, False],
+        }
+    )
+    assert run_on(scores).tolist() == [False, True, False, True, False]
+    assert hs.summarize(scores)["run_on"] == pytest.approx(2 / 5)

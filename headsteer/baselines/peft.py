@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from headsteer.errors import ConfigError
-from headsteer.evaluate import score_generations
+from headsteer.evaluate import DEFAULT_MAX_NEW_TOKENS, score_generations
 from headsteer.prompts import Template, answer_first_token, encode_prompts
 from headsteer.tasks import Pair
 
@@ -152,7 +152,12 @@ def train_peft(
 
 @torch.no_grad()
 def evaluate_hf(
-    trained, tokenizer, pairs: Sequence[Pair], template: Template, batch_size: int = 64, max_new_tokens: int = 6
+    trained,
+    tokenizer,
+    pairs: Sequence[Pair],
+    template: Template,
+    batch_size: int = 64,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
 ) -> pd.DataFrame:
     """``evaluate_pairs``' metrics for a Hugging Face (or peft) model, by its own greedy ``generate``."""
     frames = []

@@ -22,6 +22,8 @@ from headsteer.cli.options import (
     add_data_dir_option,
     add_fit_options,
     add_layer_option,
+    add_loss_option,
+    add_max_new_tokens_option,
     add_max_test_option,
     add_model_options,
     add_n_train_option,
@@ -42,13 +44,14 @@ from headsteer.cli.preflight import (
     check_task_pairs,
     checked_split,
 )
+from headsteer.config import OPTION_LOSSES
 from headsteer.files import check_output_dir, predictions_path, settings_path, summary_path
 from headsteer.heads.maps import MapConfig, map_samples
 from headsteer.heads.resample import RESAMPLINGS
 from headsteer.models import load_from
 from headsteer.paper import composition, opinion, table
 from headsteer.paper.head_study import head_study
-from headsteer.paper.methods import COMPOSE_METHODS, FEW_SHOT_METHODS, OPINION_METHODS
+from headsteer.paper.methods import COMPOSE_METHODS, FEW_SHOT_METHODS, OPINION_METHODS, TABLE_METHODS
 from headsteer.paper.opinionqa import DATA_DIR_ENV as OPINIONQA_ENV
 from headsteer.paper.opinionqa import PAPER_GROUPS, load_group, split_questions
 from headsteer.paper.summary import summary_markdown, with_average
@@ -101,6 +104,7 @@ def add_sweep_parser(sub: Subcommands) -> None:
     add_layers_option(p)
     add_seeds_option(p, default=PAPER_SEEDS)
     add_fit_options(p, layer=False)  # --layers names them
+    add_max_new_tokens_option(p)
     add_token_limit_option(p)
     _out_option(p, table=False)
 
@@ -118,7 +122,19 @@ def run_sweep(args: argparse.Namespace) -> int:
     for seed in seeds(args):
         checked_split(files, template, task, args.n_train, seed, max_test(args), include_stop)
     model = load_from(files)
-    rows = sweep(model, task, template, layers, seeds(args), config, args.n_train, max_test(args), out, fast=args.fast)
+    rows = sweep(
+        model,
+        task,
+        template,
+        layers,
+        seeds(args),
+        config,
+        args.n_train,
+        max_test(args),
+        out,
+        fast=args.fast,
+        max_new_tokens=args.max_new_tokens,
+    )
     summary = rows.groupby("layer")[["first_token", "exact_match", "zero_shot_first_token"]].agg(["mean", "std"])
     print(summary.round(3).to_markdown())
     print(f"wrote {out}")
@@ -148,8 +164,14 @@ def add_table_parser(sub: Subcommands) -> None:
     add_max_test_option(p, "held-out pairs scored per (task, seed)")
     add_seeds_option(p, default=PAPER_SEEDS)
     p.add_argument(
-        "--methods", nargs="+", action=Distinct, default=list(defaults.methods), help="the methods to run, by name"
+        "--methods",
+        nargs="+",
+        action=Distinct,
+        default=list(defaults.methods),
+        help="the methods to run, by name; known: " + "; ".join(TABLE_METHODS),
     )
+    add_loss_option(p, default=defaults.loss)
+    add_max_new_tokens_option(p)
     add_layer_option(p)
     p.add_argument(
         "--fv-top-k", type=count, default=defaults.fv_top_k, metavar="K", help="heads summed into the function vector"
@@ -173,6 +195,8 @@ def table_config(args: argparse.Namespace) -> table.TableConfig:
         fv_top_k=args.fv_top_k,
         peft_steps=args.peft_steps,
         methods=tuple(args.methods),
+        loss=args.loss,
+        max_new_tokens=args.max_new_tokens,
     )
 
 
@@ -223,12 +247,20 @@ def add_compose_parser(sub: Subcommands) -> None:
     add_max_test_option(p, "held-out composed pairs scored per (task, seed)")
     add_seeds_option(p, default=PAPER_SEEDS)
     add_layer_option(p)
+    add_loss_option(p)
+    add_max_new_tokens_option(p)
     add_token_limit_option(p)
     _out_option(p)
 
 
 def run_compose(args: argparse.Namespace) -> int:
-    config = composition.ComposeConfig(n_train=args.n_train, max_test=max_test(args), layer=args.layer)
+    config = composition.ComposeConfig(
+        n_train=args.n_train,
+        max_test=max_test(args),
+        layer=args.layer,
+        loss=args.loss,
+        max_new_tokens=args.max_new_tokens,
+    )
     template = get_template(args.template)
     pairs = args.compose or composition.PAPER_COMPOSITIONS
     names = dict.fromkeys(name for pair in pairs for name in pair)
@@ -277,11 +309,17 @@ def add_opinion_parser(sub: Subcommands) -> None:
     add_max_test_option(p, "held-out questions scored per (group, seed)")
     add_seeds_option(p, default=PAPER_SEEDS)
     add_layer_option(p)
+    p.add_argument(
+        "--loss",
+        choices=OPTION_LOSSES,
+        default=opinion.OpinionConfig().loss,
+        help="Δ's loss: option_kl_reverse, KL(model ‖ group), the paper's; option_kl, KL(group ‖ model)",
+    )
     _out_option(p)
 
 
 def run_opinion(args: argparse.Namespace) -> int:
-    config = opinion.OpinionConfig(n_train=args.n_train, max_test=max_test(args), layer=args.layer)
+    config = opinion.OpinionConfig(n_train=args.n_train, max_test=max_test(args), layer=args.layer, loss=args.loss)
     groups = {name: load_group(name, args.data_dir) for name in args.group or PAPER_GROUPS}
     out = check_results_outputs(args.out, predictions=True, summary=True)
     files = open_model_files(args)
@@ -295,7 +333,9 @@ def run_opinion(args: argparse.Namespace) -> int:
             opinion.option_targets(files.tokenizer, train + test)  # each option letter is one token
     model = load_from(files)
     rows = opinion.build_opinion_table(model, groups, seeds(args), config, out)
-    write_summary(args.out, summary_markdown(with_average(rows), list(OPINION_METHODS), metrics=("kl",)))
+    write_summary(
+        args.out, summary_markdown(with_average(rows), list(OPINION_METHODS), metrics=opinion.OPINION_METRICS)
+    )
     return 0
 
 

@@ -21,6 +21,7 @@ from typing import NoReturn, TypeAlias
 from headsteer.cli.flags import count, non_negative_float, non_negative_int, positive_float
 from headsteer.config import DEFAULT_LR, OPTIMIZERS, PAIR_LOSSES, FitConfig
 from headsteer.errors import ConfigError
+from headsteer.evaluate import DEFAULT_MAX_NEW_TOKENS
 from headsteer.models import CACHE_ENV
 from headsteer.paper.experiment import ExperimentConfig
 from headsteer.prompts import DEFAULT_MAX_TOKENS, TEMPLATES
@@ -178,6 +179,26 @@ def add_steps_option(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_max_new_tokens_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-new-tokens",
+        type=count,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        metavar="N",
+        help="tokens generated per held-out answer before it is cut (results made before 2026-11-24 used 6)",
+    )
+
+
+def add_loss_option(p: argparse.ArgumentParser, default: str = FIT.loss) -> None:
+    p.add_argument(
+        "--loss",
+        choices=PAIR_LOSSES,
+        default=default,
+        help="Δ's loss on pairs: first_token, the answer's first token (the paper's); sequence, every answer token "
+        "and the stop string (answers that finish)",
+    )
+
+
 def add_fit_options(p: argparse.ArgumentParser, layer: bool = True, fast: bool = True) -> None:
     """--layer (unless the command sets the layers), --gamma, --lam, --loss, --optimizer, --steps, --lr, --fast."""
     if layer:
@@ -186,12 +207,7 @@ def add_fit_options(p: argparse.ArgumentParser, layer: bool = True, fast: bool =
     p.add_argument(
         "--lam", type=non_negative_float, default=FIT.lam, help="λ: weight of the per-head group penalty on Δ"
     )
-    p.add_argument(
-        "--loss",
-        choices=PAIR_LOSSES,
-        default=FIT.loss,
-        help="first_token: the answer's first token (the paper's); sequence: every answer token and its end",
-    )
+    add_loss_option(p)
     p.add_argument(
         "--optimizer",
         choices=OPTIMIZERS,

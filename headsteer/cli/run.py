@@ -18,6 +18,7 @@ from headsteer.cli.options import (
     add_command,
     add_data_dir_option,
     add_fit_options,
+    add_max_new_tokens_option,
     add_max_test_option,
     add_model_options,
     add_n_train_option,
@@ -64,6 +65,7 @@ def add_fit_parser(sub: Subcommands) -> None:
     add_task_options(p)
     add_n_train_option(p)
     add_max_test_option(p)
+    add_max_new_tokens_option(p)
     p.add_argument("--seed", type=int, default=FIT.seed, help="seeds the split and the fit")
     add_fit_options(p)
     add_token_limit_option(p)
@@ -86,7 +88,16 @@ def run_fit(args: argparse.Namespace) -> int:
     include_stop = config.loss == "sequence"
     checked_split(files, template, task, args.n_train, config.seed, max_test(args), include_stop)
     model = load_from(files)
-    run = fit_and_score(model, task, template, config, args.n_train, max_test(args), fast=args.fast)
+    run = fit_and_score(
+        model,
+        task,
+        template,
+        config,
+        args.n_train,
+        max_test(args),
+        fast=args.fast,
+        max_new_tokens=args.max_new_tokens,
+    )
     run.save(paths.stem)
     print(run.result.intervention)
     for method in ("zero_shot", "fitted"):
@@ -114,6 +125,7 @@ def add_eval_parser(sub: Subcommands) -> None:
     add_data_dir_option(p)
     add_template_option(p, note="; used only if the intervention records none")
     add_max_test_option(p)
+    add_max_new_tokens_option(p)
     p.add_argument(
         "--seed",
         type=int,
@@ -140,8 +152,8 @@ def run_eval(args: argparse.Namespace) -> int:
     check_task_pairs(task.name, files.tokenizer, template, test)
     model = load_from(files)
     iv.check_fits(model)
-    scores = evaluate_pairs(model, test, template, [iv])
-    baseline = evaluate_pairs(model, test, template, [])
+    scores = evaluate_pairs(model, test, template, [iv], max_new_tokens=args.max_new_tokens)
+    baseline = evaluate_pairs(model, test, template, [], max_new_tokens=args.max_new_tokens)
     split = (
         f"split seed {held.split_seed}, n_train {held.n_train}" if held.split_seed is not None else "no split recorded"
     )
@@ -169,6 +181,7 @@ def add_compare_parser(sub: Subcommands) -> None:
     add_task_options(p)
     add_n_train_option(p, "training pairs per seed")
     add_max_test_option(p, "held-out pairs scored per seed")
+    add_max_new_tokens_option(p)
     add_seeds_option(p, default=COMPARE_SEEDS)
     add_fit_options(p)
     add_token_limit_option(p)
@@ -189,7 +202,15 @@ def run_compare(args: argparse.Namespace) -> int:
         checked_split(files, template, task, args.n_train, seed, max_test(args), include_stop)
     model = load_from(files)
     results = zero_shot_vs_fitted(
-        model, task, template, config, seeds(args), args.n_train, max_test(args), fast=args.fast
+        model,
+        task,
+        template,
+        config,
+        seeds(args),
+        args.n_train,
+        max_test(args),
+        fast=args.fast,
+        max_new_tokens=args.max_new_tokens,
     )
     if out:
         write_csv_atomic(out, results)

@@ -66,6 +66,29 @@ def option_kl(scored: Scored, options: OptionTargets) -> Float[Tensor, " batch"]
     return terms.sum(-1)
 
 
+# The uniform share mixed into a target distribution before KL(model ‖ target): a group that gave an option
+# no answers would otherwise make any model mass there infinitely bad. 1% is a pseudo-count of about one
+# respondent in a hundred spread over the options.
+OPTION_SMOOTHING = 0.01
+
+
+def option_kl_reverse(scored: Scored, options: OptionTargets) -> Float[Tensor, " batch"]:
+    """L_i = KL(q_i ‖ p̃_i) = Σ_k q_ik (log q_ik − log p̃_ik), the paper's direction, with p̃_i = (1 − ε) p_i + ε / K_i.
+
+    q_i is the model's distribution over row i's K_i options (as in :func:`option_kl`), p_i the target's,
+    smoothed by ε = :data:`OPTION_SMOOTHING` so that an option the group never chose costs a finite
+    amount. The reverse direction is mode-seeking: it is small when the model puts its mass where the
+    group's is, even if it leaves some of the group's answers out.
+    """
+    # Padding options have log q = −inf; zero them before any product, or 0 · ∞ poisons the gradient.
+    log_q = option_log_probs(scored, options).masked_fill(~options.option_mask, 0.0)
+    k = options.option_mask.sum(-1, keepdim=True)
+    smoothed = (1 - OPTION_SMOOTHING) * options.probs + OPTION_SMOOTHING / k
+    log_p = smoothed.clamp_min(1e-30).log().masked_fill(~options.option_mask, 0.0)
+    q = log_q.exp() * options.option_mask
+    return (q * (log_q - log_p)).sum(-1)
+
+
 def scored_positions(loss: str, targets: Targets) -> int:
     """How many positions from the last prompt token on the loss reads."""
     if loss == "sequence" and isinstance(targets, AnswerTargets):
@@ -75,10 +98,10 @@ def scored_positions(loss: str, targets: Targets) -> int:
 
 def task_loss(loss: str, scored: Scored, targets: Targets) -> Float[Tensor, " batch"]:
     """Dispatch to the named per-example loss, checking the targets fit it."""
-    if loss == "option_kl":
+    if loss in ("option_kl", "option_kl_reverse"):
         if not isinstance(targets, OptionTargets):
-            raise TypeError("loss 'option_kl' needs OptionTargets (option ids and a target distribution)")
-        return option_kl(scored, targets)
+            raise TypeError(f"loss {loss!r} needs OptionTargets (option ids and a target distribution)")
+        return option_kl(scored, targets) if loss == "option_kl" else option_kl_reverse(scored, targets)
     if not isinstance(targets, AnswerTargets):
         raise TypeError(f"loss {loss!r} needs AnswerTargets (answer token ids)")
     if loss == "first_token":

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pandas as pd
 
 from headsteer.config import FitConfig
-from headsteer.evaluate import summarize
+from headsteer.evaluate import DEFAULT_MAX_NEW_TOKENS, summarize
 from headsteer.prompts import Template
 from headsteer.runs import fit_and_score
 from headsteer.tasks import Task
@@ -24,6 +24,7 @@ def zero_shot_vs_fitted(
     max_test: int | None = 200,
     progress: bool = True,
     fast: bool = True,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
 ) -> pd.DataFrame:
     """One row per (seed, method): first_token, exact_match, n, for zero-shot and the fitted Δ.
 
@@ -31,7 +32,8 @@ def zero_shot_vs_fitted(
     """
     rows = []
     for seed in seeds:
-        run = fit_and_score(model, task, template, replace(config, seed=seed), n_train, max_test, progress, fast)
+        seeded = replace(config, seed=seed)
+        run = fit_and_score(model, task, template, seeded, n_train, max_test, progress, fast, max_new_tokens)
         for method, scores in (("zero-shot", run.zero_shot), ("fitted Δ", run.fitted)):
             rows.append({"task": task.name, "layer": config.layer, "seed": seed, "method": method, **summarize(scores)})
     return pd.DataFrame(rows)

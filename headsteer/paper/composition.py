@@ -29,7 +29,7 @@ import pandas as pd
 
 from headsteer.fitting.loop import FitJob, fit_many
 from headsteer.intervention import Intervention
-from headsteer.paper.experiment import ExperimentConfig, Method, PairCell
+from headsteer.paper.experiment import Method, PairCell, PairConfig
 from headsteer.paper.results import InputHash, Settings, model_settings
 from headsteer.paper.runner import run_methods
 from headsteer.prompts import Template
@@ -96,7 +96,7 @@ def compose_tasks(outer: Task, inner: Task, min_pairs: int = 20) -> ComposedTask
 
 
 @dataclass(frozen=True)
-class ComposeConfig(ExperimentConfig):
+class ComposeConfig(PairConfig):
     """The split sizes and Δ's layer and fit, shared by the single, summed and re-optimized Δ."""
 
     @property

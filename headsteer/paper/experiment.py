@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import pandas as pd
 
-from headsteer.config import FitConfig
+from headsteer.config import PAIR_LOSSES, FitConfig, PairLossName
 from headsteer.errors import ConfigError
-from headsteer.evaluate import evaluate_pairs
+from headsteer.evaluate import DEFAULT_MAX_NEW_TOKENS, evaluate_pairs
 from headsteer.prompts import Template
 from headsteer.steering import Steering
 from headsteer.tasks import Pair
@@ -89,6 +89,29 @@ class ExperimentConfig:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class PairConfig(ExperimentConfig):
+    """An experiment on (input, output) pairs: Δ's loss and how long a generated answer may be.
+
+    Attributes:
+        loss: Δ's task loss on the pairs (``first_token``, the paper's, or ``sequence``: every answer
+            token and the stop string).
+        max_new_tokens: greedy tokens generated per held-out answer before it is cut.
+    """
+
+    loss: PairLossName = "first_token"
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss not in PAIR_LOSSES:
+            raise ConfigError(f"{type(self).__name__}.loss must be one of {PAIR_LOSSES} (--loss), got {self.loss!r}")
+        check_count(self, "max_new_tokens", self.max_new_tokens, 1)
+
+    def fit_config(self, seed: int) -> FitConfig:
+        return replace(super().fit_config(seed), loss=self.loss)
+
+
 ConfigT = TypeVar("ConfigT", bound=ExperimentConfig)
 ItemT = TypeVar("ItemT")
 
@@ -112,15 +135,21 @@ class Cell(Generic[ItemT, ConfigT]):
         return self.config.fit_config(self.seed)
 
 
+PairConfigT = TypeVar("PairConfigT", bound=PairConfig)
+
+
 @dataclass(frozen=True, eq=False)
-class PairCell(Cell[Pair, ConfigT]):
+class PairCell(Cell[Pair, PairConfigT]):
     """A cell of (input, output) pairs scored by greedy generation with a prompt template."""
 
     template: Template
 
     def score(self, template: Template | None = None, steering: Steering = ()) -> pd.DataFrame:
         """``evaluate_pairs`` on the held-out pairs (default: the cell's own template)."""
-        return evaluate_pairs(self.model, self.test, template or self.template, steering, progress=False)
+        chosen = template or self.template
+        return evaluate_pairs(
+            self.model, self.test, chosen, steering, max_new_tokens=self.config.max_new_tokens, progress=False
+        )
 
 
 CellT = TypeVar("CellT", bound=Cell)

@@ -108,7 +108,8 @@ def table_figures(results: Path) -> dict[str, go.Figure]:
             )
     if (results / "opinion.csv").is_file():
         rows = with_average(pd.read_csv(results / "opinion.csv"))
-        figures["opinion_kl"] = plots.method_bars(rows, list(OPINION_METHODS), "kl", what="group")
+        for metric in [m for m in ("kl", "kl_reverse") if m in rows.columns]:
+            figures[f"opinion_{metric}"] = plots.method_bars(rows, list(OPINION_METHODS), metric, what="group")
     return figures
 
 

@@ -10,14 +10,17 @@ One survey question per prompt, its options lettered, then an answer cue::
     Answer:
 
 The model's answer distribution q is the next-token softmax restricted to the
-option letters (" A", " B", ...). Both the fitting loss and the reported
-metric are the forward KL from the group's distribution p,
+option letters (" A", " B", ...). Δ is fitted, and every method scored, by a
+KL divergence between q and the group's distribution p, in both directions:
 
-    KL(p ‖ q) = Σ_k p_k (log p_k − log q_k),
+    KL(q ‖ p̃) = Σ_k q_k (log q_k − log p̃_k)    the paper's (loss ``option_kl_reverse``, the reference),
+    KL(p ‖ q) = Σ_k p_k (log p_k − log q_k)     the other (loss ``option_kl``),
 
-which is large where the model gives little probability to an answer the
-group often gives (mass-covering: a steered model must not drop a common
-opinion), and is finite for any q from a softmax.
+with p̃ = (1 − ε) p + ε/K (ε = 1%) so that an option the group never chose
+costs a finite amount (:func:`headsteer.fitting.losses.option_kl_reverse`).
+The paper's direction is mode-seeking (small when the model answers where the
+group does); the other is mass-covering (large when the model gives little
+probability to an answer the group often gives).
 
 Methods, on the same held-out questions of each (group, seed):
 
@@ -26,13 +29,16 @@ Methods, on the same held-out questions of each (group, seed):
 * ``0-shot``: the plain prompt after one persona line naming the group;
 * ``10-shot``: the persona line, then the 10 training questions each answered
   with the group's most common option (its letter), then the question;
-* ``Δ (ours)``: the plain prompt with Δ fitted (loss ``option_kl``) on the 10
-  training questions.
+* ``Δ (ours)``: the plain prompt with Δ fitted on the 10 training questions with the
+  config's loss (default: the paper's KL(model ‖ group));
+* ``Δ forward KL``: the same with KL(group ‖ model);
+* ``Δ unregularized``: the config's loss without the penalty (γ = λ = 0).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -42,11 +48,11 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from headsteer.config import FitConfig
-from headsteer.errors import TaskError
+from headsteer.config import OPTION_LOSSES, FitConfig, OptionLossName
+from headsteer.errors import ConfigError, TaskError
 from headsteer.fitting.forward import build_prefix, run_suffix, shared_prefix_final_hidden
 from headsteer.fitting.loop import FitResult, fit_encoded
-from headsteer.fitting.losses import option_kl, option_log_probs
+from headsteer.fitting.losses import OPTION_SMOOTHING, option_kl, option_kl_reverse, option_log_probs
 from headsteer.fitting.unembed import FinalHidden
 from headsteer.intervention import Intervention
 from headsteer.paper.experiment import Cell, ExperimentConfig, Method, check_number
@@ -56,6 +62,8 @@ from headsteer.paper.runner import run_methods
 from headsteer.prompts import OptionTargets, encode_continuations, encode_texts
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+# What every method is scored by, per held-out question: KL(group ‖ model) and the paper's KL(model ‖ group).
+OPINION_METRICS = ("kl", "kl_reverse")
 PROMPT_FORMAT = {
     "kind": "opinionqa",
     "prompt": "Question: {question}\n{letter}. {option}\n...\nAnswer:",
@@ -120,7 +128,7 @@ def score_questions(
     context: str = "",
     batch_size: int = 16,
 ) -> pd.DataFrame:
-    """Per question: the model's option distribution q and KL(p ‖ q).
+    """Per question: the model's option distribution q, KL(p ‖ q) and KL(q ‖ p̃).
 
     ``prompts[i]`` is question i's prompt; Δ (``intervention``) goes at its
     last token. ``context`` is text before every prompt (e.g. few-shot
@@ -135,8 +143,12 @@ def score_questions(
         chunk, texts = list(questions[start : start + batch_size]), list(prompts[start : start + batch_size])
         targets = option_targets(model.tokenizer, chunk)
         scored = _final_hidden(model, texts, intervention, context)
-        q, kl = option_log_probs(scored, targets).exp().cpu(), option_kl(scored, targets).cpu()
-        rows += [_row(question, q[i, : len(question.options)], float(kl[i])) for i, question in enumerate(chunk)]
+        q = option_log_probs(scored, targets).exp().cpu()
+        kl, kl_reverse = option_kl(scored, targets).cpu(), option_kl_reverse(scored, targets).cpu()
+        rows += [
+            _row(question, q[i, : len(question.options)], float(kl[i]), float(kl_reverse[i]))
+            for i, question in enumerate(chunk)
+        ]
     return pd.DataFrame(rows)
 
 
@@ -149,43 +161,50 @@ def _final_hidden(model, texts: list[str], intervention: Intervention | None, co
     return run_suffix(model, prefix, intervention.layer, intervention.delta.to(model.cfg.device))
 
 
-def _row(question: OpinionQuestion, q: Float[Tensor, " options"], kl: float) -> dict:
+def _row(question: OpinionQuestion, q: Float[Tensor, " options"], kl: float, kl_reverse: float) -> dict:
     return {
         "key": question.key,
         "target": json.dumps([round(p, 6) for p in question.target]),
         "prediction": json.dumps([round(float(x), 6) for x in q]),
         "kl": kl,
+        "kl_reverse": kl_reverse,
     }
 
 
 def uniform_scores(questions: Sequence[OpinionQuestion]) -> pd.DataFrame:
-    """KL(p ‖ uniform) = log K − H(p) per question."""
+    """Both KLs of the uniform q = 1/K: KL(p ‖ q) = log K − H(p), KL(q ‖ p̃) = −log K − (1/K) Σ_k log p̃_k."""
     rows = []
     for question in questions:
         k = len(question.options)
         p = torch.tensor(question.target, dtype=torch.float64)
         kl = float((p[p > 0] * (p[p > 0] * k).log()).sum())
-        rows.append(_row(question, torch.full((k,), 1.0 / k), kl))
+        smoothed = (1 - OPTION_SMOOTHING) * p + OPTION_SMOOTHING / k
+        kl_reverse = float(-math.log(k) - smoothed.log().mean())
+        rows.append(_row(question, torch.full((k,), 1.0 / k), kl, kl_reverse))
     return pd.DataFrame(rows)
 
 
 @dataclass(frozen=True)
 class OpinionConfig(ExperimentConfig):
-    """The shared split and Δ fit (:class:`ExperimentConfig`), fitted with the loss ``option_kl``.
+    """The shared split and Δ fit (:class:`ExperimentConfig`) over answer options.
 
     Attributes:
+        loss: Δ's loss, ``option_kl_reverse`` (KL(model ‖ group), the paper's) or ``option_kl`` (KL(group ‖ model)).
         lr: Δ's step size (None: the optimizer's default, ``headsteer.config.DEFAULT_LR``).
     """
 
+    loss: OptionLossName = "option_kl_reverse"
     lr: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.loss not in OPTION_LOSSES:
+            raise ConfigError(f"OpinionConfig.loss must be one of {OPTION_LOSSES} (--loss), got {self.loss!r}")
         if self.lr is not None:
             check_number(self, "lr", self.lr, above=0.0)
 
     def fit_config(self, seed: int) -> FitConfig:
-        return replace(super().fit_config(seed), loss="option_kl", lr=self.lr)
+        return replace(super().fit_config(seed), loss=self.loss, lr=self.lr)
 
 
 @dataclass(frozen=True, eq=False)
@@ -208,7 +227,7 @@ class OpinionCell(Cell[OpinionQuestion, OpinionConfig]):
 def fit_opinion(
     model, group: OpinionGroup, train: Sequence[OpinionQuestion], config: FitConfig, progress: bool = True
 ) -> FitResult:
-    """Δ minimising mean_i KL(p_i ‖ q_i(Δ)) + γ‖Δ‖₁ + λ Σ_h ‖Δ_h‖₂ over the training questions' plain prompts."""
+    """Δ minimising mean_i KL_i(Δ) + γ‖Δ‖₁ + λ Σ_h ‖Δ_h‖₂ on the training questions (KL: ``config.loss``)."""
     tokens, targets = (
         encode_texts(model.tokenizer, [question_block(q) for q in train]),
         option_targets(model.tokenizer, train),
@@ -230,6 +249,7 @@ METHOD_RUNS: dict[str, Method[OpinionCell]] = {
     "0-shot": lambda c: c.score(c.plain_prompts, context=persona(c.group) + "\n\n"),
     "10-shot": lambda c: c.score(c.plain_prompts, context=few_shot_context(c.group, c.train)),
     "Δ (ours)": lambda c: _delta(c, c.fit_config()),
+    "Δ forward KL": lambda c: _delta(c, replace(c.fit_config(), loss="option_kl")),
     "Δ unregularized": lambda c: _delta(c, replace(c.fit_config(), gamma=0.0, lam=0.0)),
 }
 
@@ -242,7 +262,7 @@ def build_opinion_table(
     out: str | Path | None = None,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """One row per (group, method, seed) with the mean KL over held-out questions; resumable with ``out``."""
+    """One row per (group, method, seed) with both mean KLs over held-out questions; resumable with ``out``."""
     settings = opinion_settings(model, groups, config)
 
     def make_cell(name: str, seed: int) -> OpinionCell:
@@ -258,7 +278,7 @@ def build_opinion_table(
         out,
         progress,
         desc="opinion",
-        metrics=("kl",),
+        metrics=OPINION_METRICS,
         item_columns=("key", "target", "prediction"),
     )
 

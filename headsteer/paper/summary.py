@@ -17,6 +17,7 @@ METRIC_TITLES = {
     "first_token": "First-token accuracy",
     "gpt_eval": "GPT-Eval (LLM judge)",
     "kl": "KL(group ‖ model) on held-out questions, lower is better",
+    "kl_reverse": "KL(model ‖ group), the paper's direction (group smoothed by 1% uniform), lower is better",
 }
 AVERAGE = "average"  # the task name of the mean over an opinion table's groups
 
@@ -42,9 +43,11 @@ def summary_markdown(
     return "\n\n".join(parts) + "\n"
 
 
-def with_average(rows: pd.DataFrame) -> pd.DataFrame:
-    """Opinion ``rows`` plus, per (method, seed), the mean KL over groups as task "average" (where all have it)."""
+def with_average(rows: pd.DataFrame, metrics: Sequence[str] = ("kl", "kl_reverse")) -> pd.DataFrame:
+    """Opinion ``rows`` plus, per (method, seed), each metric's mean over groups as task "average" (if all have it)."""
+    present = [m for m in metrics if m in rows.columns]
     n_groups = rows["task"].nunique()
     by = rows.groupby(["method", "seed"])
-    mean = by["kl"].mean()[by["task"].nunique() == n_groups].reset_index()
+    complete = by["task"].nunique() == n_groups
+    mean = by[present].mean()[complete].reset_index()
     return pd.concat([rows, mean.assign(task=AVERAGE)], ignore_index=True)

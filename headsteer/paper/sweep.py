@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from headsteer.config import FitConfig
 from headsteer.errors import ConfigError
-from headsteer.evaluate import evaluate_pairs
+from headsteer.evaluate import DEFAULT_MAX_NEW_TOKENS, evaluate_pairs
 from headsteer.fitting.forward import naive_scored_logits
 from headsteer.fitting.loop import FitJob, fit_many
 from headsteer.paper.results import JSON, InputHash, ResultsFile, Settings, model_settings
@@ -56,6 +56,7 @@ def sweep(
     out: str | Path | None = None,
     progress: bool = True,
     fast: bool = True,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
 ) -> pd.DataFrame:
     """Fit and score every (layer, seed) cell; one tidy row per cell.
 
@@ -66,7 +67,7 @@ def sweep(
     empty or repeated layers or seeds and layers the model does not have.
     """
     check_grid(layers, seeds, model.cfg.n_layers)
-    settings = sweep_settings(model, task, template, config, n_train, max_test)
+    settings = sweep_settings(model, task, template, config, n_train, max_test, max_new_tokens)
     store = ResultsFile(Path(out), tuple(COLUMNS), ("layer", "seed"), settings) if out else None
     done = store.open() if store else pd.DataFrame(columns=COLUMNS)
     finished = set(zip(done["layer"].astype(int), done["seed"].astype(int)))
@@ -76,7 +77,9 @@ def sweep(
         if not cell_layers:
             continue
         rows = pd.DataFrame(
-            _run_seed(model, task, template, config, cell_layers, seed, n_train, max_test, progress, fast),
+            _run_seed(
+                model, task, template, config, cell_layers, seed, n_train, max_test, progress, fast, max_new_tokens
+            ),
             columns=COLUMNS,
         )
         done = store.add(rows) if store else pd.concat([done, rows], ignore_index=True)
@@ -102,7 +105,13 @@ def check_grid(layers: Sequence[int], seeds: Sequence[int], n_layers: int) -> No
 
 
 def sweep_settings(
-    model, task: Task, template: Template, config: FitConfig, n_train: int, max_test: int | None
+    model,
+    task: Task,
+    template: Template,
+    config: FitConfig,
+    n_train: int,
+    max_test: int | None,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
 ) -> Settings:
     """What a sweep's rows depend on. The config's layer and seed are left out: each cell sets its own."""
     fit = {k: v for k, v in config.to_dict().items() if k not in ("layer", "seed")}
@@ -112,19 +121,32 @@ def sweep_settings(
         "config": fit,
         "n_train": n_train,
         "max_test": max_test,
+        "max_new_tokens": max_new_tokens,
         "model": model_settings(model),
     }
     return Settings(values, {task.name: InputHash.of_task(task)})
 
 
-def _run_seed(model, task, template, config, layers, seed, n_train, max_test, progress=False, fast=True) -> list[dict]:
+def _run_seed(
+    model,
+    task,
+    template,
+    config,
+    layers,
+    seed,
+    n_train,
+    max_test,
+    progress=False,
+    fast=True,
+    max_new_tokens=DEFAULT_MAX_NEW_TOKENS,
+) -> list[dict]:
     """Fit Δ at every layer on one seed's training sample, then score all of them at once."""
     train, test = split_task(task, n_train=n_train, seed=seed, max_test=max_test)
     jobs = [FitJob(tuple(train), replace(config, layer=layer, seed=seed), task.name) for layer in layers]
     forward = None if fast else naive_scored_logits
     results = fit_many(model, jobs, template, forward, progress=progress)  # an inner bar over steps
-    zero = evaluate_pairs(model, test, template, (), progress=False)
-    steered = _score_all(model, test, template, [r.intervention for r in results])
+    zero = evaluate_pairs(model, test, template, (), max_new_tokens=max_new_tokens, progress=False)
+    steered = _score_all(model, test, template, [r.intervention for r in results], max_new_tokens)
     rows = []
     for k, (layer, result) in enumerate(zip(layers, results)):
         scores = steered.iloc[k * len(test) : (k + 1) * len(test)]
@@ -146,7 +168,7 @@ def _run_seed(model, task, template, config, layers, seed, n_train, max_test, pr
     return rows
 
 
-def _score_all(model, test: list[Pair], template: Template, interventions) -> pd.DataFrame:
+def _score_all(model, test: list[Pair], template: Template, interventions, max_new_tokens: int) -> pd.DataFrame:
     """``evaluate_pairs`` of every intervention on ``test``, as one batch of per-row Δ's."""
     for iv in interventions:
         iv.check_fits(model)
@@ -154,5 +176,11 @@ def _score_all(model, test: list[Pair], template: Template, interventions) -> pd
     layers = torch.tensor([iv.layer for iv in interventions]).repeat_interleave(n)
     deltas = torch.stack([iv.delta for iv in interventions]).repeat_interleave(n, dim=0)
     return evaluate_pairs(
-        model, test * len(interventions), template, RowDeltas(layers, deltas), batch_size=128, progress=False
+        model,
+        test * len(interventions),
+        template,
+        RowDeltas(layers, deltas),
+        batch_size=128,
+        max_new_tokens=max_new_tokens,
+        progress=False,
     )

@@ -21,35 +21,37 @@ from headsteer.baselines.function_vectors import FunctionVector, FVConfig, fit_f
 from headsteer.baselines.icv import fit_icv
 from headsteer.baselines.peft import PEFTConfig, evaluate_hf, train_peft
 from headsteer.baselines.prompting import few_shot_template
-from headsteer.config import FitConfig
+from headsteer.config import FitConfig, PairLossName
 from headsteer.errors import ConfigError
 from headsteer.fitting.loop import fit
 from headsteer.fitting.tuning import DEFAULT_FOLDS, fit_tuned
-from headsteer.paper.experiment import ExperimentConfig, Method, PairCell, check_count, check_number
-from headsteer.paper.methods import CROSS_VALIDATED_METHOD, TABLE_METHODS
+from headsteer.loss_choice import chosen_loss, cross_validate_losses
+from headsteer.paper.experiment import Method, PairCell, PairConfig, check_count, check_number
+from headsteer.paper.methods import CROSS_VALIDATED_METHODS, DEFAULT_TABLE_METHODS, TABLE_METHODS
 from headsteer.paper.results import JSON, InputHash, Settings, model_settings
 from headsteer.paper.runner import run_methods
-from headsteer.prompts import Template
+from headsteer.prompts import Template, get_template
 from headsteer.tasks import Task, split_task
 
 
 @dataclass(frozen=True)
-class TableConfig(ExperimentConfig):
-    """The shared split and Δ fit (:class:`ExperimentConfig`), and each baseline's settings.
+class TableConfig(PairConfig):
+    """The shared split and Δ fit (:class:`PairConfig`), and each baseline's settings.
 
     Attributes:
         fv_top_k: heads summed into the function vector.
         fv_layer: the layer the function vector is added at (None: n_layers // 3).
         icv_strength: α, the in-context vector's strength.
         peft_steps: LoRA, IA3 and prompt-tuning steps; Δ's budget by default (they reach ~0 training loss in 10).
-        methods: the methods to run (names from :data:`TABLE_METHODS`); it selects rows and changes none.
+        methods: the methods to run (names from :data:`TABLE_METHODS`; default: the paper's comparison,
+            :data:`DEFAULT_TABLE_METHODS`); it selects rows and changes none.
     """
 
     fv_top_k: int = 10
     fv_layer: int | None = None
     icv_strength: float = 0.1
     peft_steps: int = FitConfig().steps
-    methods: tuple[str, ...] = TABLE_METHODS
+    methods: tuple[str, ...] = DEFAULT_TABLE_METHODS
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -65,9 +67,10 @@ class TableConfig(ExperimentConfig):
             raise ConfigError(
                 f"n_train must be >= 3 (--n-train; function vectors use leave-one-out prompts), got {self.n_train}"
             )
-        if CROSS_VALIDATED_METHOD in self.methods and self.n_train < DEFAULT_FOLDS:
+        cross_validated = [m for m in self.methods if m in CROSS_VALIDATED_METHODS]
+        if cross_validated and self.n_train < DEFAULT_FOLDS:
             raise ConfigError(
-                f"n_train must be >= {DEFAULT_FOLDS} for {CROSS_VALIDATED_METHOD!r} ({DEFAULT_FOLDS}-fold "
+                f"n_train must be >= {DEFAULT_FOLDS} for {cross_validated[0]!r} ({DEFAULT_FOLDS}-fold "
                 f"cross-validation on the training pairs; --n-train), got {self.n_train}"
             )
 
@@ -87,6 +90,13 @@ class TableCell(PairCell[TableConfig]):
         """The template with every training pair as a demonstration before the query."""
         return few_shot_template(self.template, self.train)
 
+    @cached_property
+    def loss_cv(self) -> pd.DataFrame:
+        """Each pair loss's cross-validated answers on the training pairs (:mod:`headsteer.loss_choice`)."""
+        return cross_validate_losses(
+            self.model, self.train, self.template, self.fit_config(), max_new_tokens=self.config.max_new_tokens
+        )
+
 
 def _icv(cell: TableCell) -> pd.DataFrame:
     return cell.score(steering=[fit_icv(cell.model, cell.train, cell.config.icv_strength, cell.task)])
@@ -96,7 +106,9 @@ def _peft(method: str) -> Method[TableCell]:
     def run(cell: TableCell) -> pd.DataFrame:
         config = PEFTConfig(method=method, steps=cell.config.peft_steps, seed=cell.seed)
         trained, _ = train_peft(cell.model, cell.train, cell.template, config, cell.task)
-        return evaluate_hf(trained, cell.model.tokenizer, cell.test, cell.template)
+        return evaluate_hf(
+            trained, cell.model.tokenizer, cell.test, cell.template, max_new_tokens=cell.config.max_new_tokens
+        )
 
     return run
 
@@ -105,6 +117,28 @@ def _delta(cell: TableCell, config: FitConfig) -> pd.DataFrame:
     """The cell's held-out scores under Δ fitted with ``config`` (the cell's own fit or a variant of it)."""
     result = fit(cell.model, cell.train, cell.template, config, cell.task, progress=False)
     return cell.score(steering=[result.intervention])
+
+
+def _colon(cell: TableCell, loss: PairLossName) -> pd.DataFrame:
+    """Δ fitted and scored with the paper's colon template ("hello:" -> "bonjour") on the cell's pairs."""
+    colon = get_template("colon")
+    result = fit(cell.model, cell.train, colon, replace(cell.fit_config(), loss=loss), cell.task, progress=False)
+    return cell.score(colon, [result.intervention])
+
+
+def _cv_answers(loss: PairLossName) -> Method[TableCell]:
+    """The evidence row for ``loss``: its cross-validated answers to the cell's *training* pairs."""
+
+    def run(cell: TableCell) -> pd.DataFrame:
+        rows = cell.loss_cv[cell.loss_cv["loss"] == loss]
+        return rows.drop(columns=["loss", "fold"]).reset_index(drop=True)
+
+    return run
+
+
+def _delta_loss_by_cv(cell: TableCell) -> pd.DataFrame:
+    loss = chosen_loss(cell.loss_cv)
+    return _delta(cell, replace(cell.fit_config(), loss=loss))
 
 
 def _delta_tuned(cell: TableCell) -> pd.DataFrame:
@@ -127,6 +161,15 @@ METHOD_RUNS: dict[str, Method[TableCell]] = {
     "Δ unregularized": lambda c: _delta(c, replace(c.fit_config(), gamma=0.0, lam=0.0)),
     "Δ Adam": lambda c: _delta(c, replace(c.fit_config(), optimizer="adam", lr=None)),
     "Δ FISTA": lambda c: _delta(c, replace(c.fit_config(), optimizer="fista", lr=None)),
+    "Δ first-token loss": lambda c: _delta(c, replace(c.fit_config(), loss="first_token")),
+    "Δ sequence loss": lambda c: _delta(c, replace(c.fit_config(), loss="sequence")),
+    "Δ loss by CV": _delta_loss_by_cv,
+    "0-shot (colon)": lambda c: c.score(get_template("colon")),
+    "10-shot (colon)": lambda c: c.score(few_shot_template(get_template("colon"), c.train)),
+    "Δ first-token loss (colon)": lambda c: _colon(c, "first_token"),
+    "Δ sequence loss (colon)": lambda c: _colon(c, "sequence"),
+    "CV on training pairs: first-token loss": _cv_answers("first_token"),
+    "CV on training pairs: sequence loss": _cv_answers("sequence"),
 }
 
 

@@ -10,5 +10,6 @@ METRIC_LABELS = {
     "exact_match": "exact match",
     "first_token": "first-token accuracy",
     "kl": "KL(group ‖ model), nats (lower is better)",
+    "kl_reverse": "KL(model ‖ group), nats (lower is better)",
 }
 LAYOUT = dict(template="plotly_white", font=dict(size=14), margin=dict(l=80, r=40, t=80, b=70))

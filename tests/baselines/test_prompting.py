@@ -2,6 +2,7 @@
 
 import headsteer as hs
 from headsteer.baselines.prompting import few_shot_template
+from headsteer.evaluate import DEFAULT_MAX_NEW_TOKENS
 
 QA = hs.get_template("qa")
 
@@ -26,7 +27,9 @@ def test_the_evaluator_answers_after_the_demonstrations(gemma_tiny):
     train, test = hs.split_task(task, n_train=10, seed=0, max_test=8)
     scores = hs.evaluate_pairs(gemma_tiny, test, few_shot_template(QA, train), progress=False)
     shots = "".join(f"Q: {d.input}\nA: {d.output}\n\n" for d in train)
-    by_hand = hs.generate(gemma_tiny, [f"{shots}Q: {p.input}\nA:" for p in test], template=None, max_new_tokens=6)
+    by_hand = hs.generate(
+        gemma_tiny, [f"{shots}Q: {p.input}\nA:" for p in test], template=None, max_new_tokens=DEFAULT_MAX_NEW_TOKENS
+    )
     assert list(scores["prediction"]) == by_hand
     alone = hs.evaluate_pairs(gemma_tiny, test, QA, progress=False)
     assert list(alone["prediction"]) != by_hand  # the shots change this model's answers, so ignoring them shows

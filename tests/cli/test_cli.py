@@ -33,7 +33,7 @@ def test_fit_then_eval(model_dir, tmp_path, capsys):
     assert main(["fit", "--model", model_dir, "--task", "builtin/antonym", "--out", str(out), *FAST]) == 0
     metrics = json.loads((tmp_path / "runs" / "antonym.metrics.json").read_text())
     assert metrics["n_train"] == 10 and metrics["n_test"] == 5 and metrics["layer"] == 1
-    assert set(metrics["fitted"]) == {"first_token", "exact_match", "n"}
+    assert set(metrics["fitted"]) == {"first_token", "exact_match", "run_on", "n"}
     assert (tmp_path / "runs" / "antonym.safetensors").is_file()
     assert len((tmp_path / "runs" / "antonym.history.csv").read_text().splitlines()) == 1 + 4
     scores = tmp_path / "scores.csv"
@@ -542,6 +542,7 @@ DEFAULTS_DIFFER = {
     "--task": "the demo's default task is builtin/antonym; elsewhere it is required",
     "--out": "a stem, a results CSV, a folder: each command writes its own kind",
     "--help": "argparse's",
+    "--loss": "Δ's loss everywhere; opinion fits answer options (the paper's KL), the others pairs",
 }
 
 

@@ -1,5 +1,7 @@
 """The fitter: recovers a sparse solution, decreases each task loss, is deterministic, fails clearly."""
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 import torch
@@ -149,3 +151,30 @@ def test_config_fills_in_each_optimizers_default_step_size():
         assert config.lr == lr and config.to_dict()["lr"] == lr
         assert hs.FitConfig.from_dict(config.to_dict()) == config
     assert hs.FitConfig(optimizer="fista", lr=0.7).lr == 0.7
+
+
+def test_a_sequence_fit_lowers_the_nll_of_every_answer_token_and_of_the_stop(gemma_tiny):
+    """The sequence loss teaches the whole answer and where it ends; the first-token loss only its start."""
+    from headsteer.fitting.forward import naive_scored_logits
+
+    dot = hs.Template("dot", "Q: {input}\nA:", " {output}", stop=" .")  # a stop the tiny tokenizer keeps as a token
+    pairs = [
+        hs.Pair(a, f"{b} {c}") for a, b, c in [("hot", "cold", "up"), ("big", "small", "down"), ("fast", "slow", "up")]
+    ]
+    tokens, targets = encode_targets(gemma_tiny.tokenizer, dot, pairs, include_stop=True)
+    assert targets.target_mask.sum(1).eq(3).all(), "two answer tokens and the stop per pair"
+
+    def nll_per_position(delta):
+        logits = naive_scored_logits(gemma_tiny, 0, tokens, delta, targets.target_ids.shape[1]).float()
+        nll = -torch.log_softmax(logits, -1).gather(-1, targets.target_ids[..., None]).squeeze(-1)
+        return nll.mean(0)  # [answer token 1, answer token 2, stop]
+
+    # Layer 0: in a tiny random model, Δ at the last prompt token reaches later positions only through attention
+    # in the layers after it, and weakly; the most layers after it give the clearest test.
+    config = hs.FitConfig(layer=0, loss="sequence", steps=50, lr=0.5, gamma=0.0, lam=0.0)
+    sequence = hs.fit(gemma_tiny, pairs, dot, config, progress=False).intervention.delta
+    first = hs.fit(gemma_tiny, pairs, dot, replace(config, loss="first_token"), progress=False).intervention.delta
+    with torch.no_grad():
+        before, after, first_only = (nll_per_position(d) for d in (torch.zeros_like(sequence), sequence, first))
+    assert (after < before).all(), (before, after)  # every answer token, and the stop
+    assert after[1:].sum() < first_only[1:].sum(), "the first-token loss does not teach the rest"

@@ -26,7 +26,7 @@ from headsteer.paper.opinion import (
     score_questions,
     uniform_scores,
 )
-from headsteer.paper.opinionqa import OpinionQuestion, load_group, split_questions
+from headsteer.paper.opinionqa import OpinionGroup, OpinionQuestion, load_group, split_questions
 from headsteer.paper.summary import with_average
 from headsteer.prompts import encode_continuations, encode_texts
 from tests.helpers import save_tiny_model
@@ -65,8 +65,21 @@ def test_option_distribution_is_the_softmax_over_the_letters_and_kl_is_to_the_ta
     p = torch.tensor(QUESTION.target, dtype=torch.float64)
     assert json.loads(scores["prediction"][0]) == pytest.approx(q.tolist(), abs=1e-5)
     assert scores["kl"][0] == pytest.approx(float((p * (p / q).log()).sum()), abs=1e-5)
-    uniform = uniform_scores([QUESTION])["kl"][0]
-    assert uniform == pytest.approx(math.log(3) + sum(x * math.log(x) for x in QUESTION.target))
+    smoothed = 0.99 * p + 0.01 / 3  # the paper's direction, KL(q ‖ p̃), with the group smoothed by 1% uniform
+    assert scores["kl_reverse"][0] == pytest.approx(float((q * (q / smoothed).log()).sum()), abs=1e-5)
+    uniform = uniform_scores([QUESTION])
+    assert uniform["kl"][0] == pytest.approx(math.log(3) + sum(x * math.log(x) for x in QUESTION.target))
+    assert uniform["kl_reverse"][0] == pytest.approx(float((smoothed.log().neg() - math.log(3)).mean()), abs=1e-9)
+
+
+def test_the_papers_kl_is_finite_where_the_group_gives_an_option_nothing(gemma_tiny):
+    """KL(model ‖ group) with a zero in the group's distribution: finite (smoothed) loss and gradient."""
+    question = OpinionQuestion("Z", "Is it hot?", ("yes", "no", "maybe"), (0.7, 0.3, 0.0))
+    config = hs.FitConfig(layer=1, loss="option_kl_reverse", steps=3)
+    group = OpinionGroup("Northeast", "CREGION", (question,) * 3, "test")
+    result = fit_opinion(gemma_tiny, group, [question] * 3, config, progress=False)
+    assert torch.isfinite(torch.tensor(result.history["task_loss"].tolist())).all()
+    assert float(score_questions(gemma_tiny, [question], [question_block(question)])["kl_reverse"][0]) < 10
 
 
 def test_a_shared_context_gives_each_prompt_its_own_full_forward(gemma_tiny, group):
@@ -113,6 +126,7 @@ def test_the_table_has_every_method_per_group_and_seed_and_resumes(gemma_tiny, t
         "target",
         "prediction",
         "kl",
+        "kl_reverse",
     }
     again = build_opinion_table(gemma_tiny, {"Northeast": group}, [0, 1], config, out, progress=False)
     pd.testing.assert_frame_equal(rows, again, check_dtype=False)
@@ -126,24 +140,29 @@ def test_the_table_has_every_method_per_group_and_seed_and_resumes(gemma_tiny, t
 def test_each_method_scores_as_its_definition_says(gemma_tiny, tmp_path, group):
     config = OpinionConfig(n_train=4, max_test=3, layer=1, fit_steps=2)
     rows = build_opinion_table(gemma_tiny, {"Northeast": group}, [0], config, tmp_path / "o.csv", progress=False)
-    kl = rows.set_index("method")["kl"]
     train, test = split_questions(group, n_train=4, seed=0, max_test=3)
     plain = [question_block(q) for q in test]
 
-    def mean_kl(intervention=None, context=""):
-        return score_questions(gemma_tiny, test, plain, intervention, context)["kl"].mean()
+    def means(intervention=None, context=""):
+        return score_questions(gemma_tiny, test, plain, intervention, context)[["kl", "kl_reverse"]].mean()
 
-    delta = fit_opinion(gemma_tiny, group, train, hs.FitConfig(layer=1, steps=2, loss="option_kl"), progress=False)
+    def fitted(loss):
+        return fit_opinion(gemma_tiny, group, train, hs.FitConfig(layer=1, steps=2, loss=loss), progress=False)
+
     expected = {
-        "uniform": uniform_scores(test)["kl"].mean(),
-        "unsteered": mean_kl(),
-        "0-shot": mean_kl(context=persona(group) + "\n\n"),
-        "10-shot": mean_kl(context=few_shot_context(group, train)),
-        "Δ (ours)": mean_kl(delta.intervention),
+        "uniform": uniform_scores(test)[["kl", "kl_reverse"]].mean(),
+        "unsteered": means(),
+        "0-shot": means(context=persona(group) + "\n\n"),
+        "10-shot": means(context=few_shot_context(group, train)),
+        "Δ (ours)": means(fitted("option_kl_reverse").intervention),  # the paper's loss is the reference
+        "Δ forward KL": means(fitted("option_kl").intervention),
     }
-    for method, value in expected.items():
-        assert kl[method] == pytest.approx(value, rel=1e-6), method
-    assert len({round(v, 6) for v in expected.values()}) == len(expected)  # the persona, shots and Δ each matter
+    for metric in ("kl", "kl_reverse"):
+        saved = rows.set_index("method")[metric]
+        for method, value in expected.items():
+            assert saved[method] == pytest.approx(value[metric], rel=1e-6), (method, metric)
+    kls = [round(float(v["kl"]), 6) for v in expected.values()]
+    assert len(set(kls)) == len(kls)  # the persona, shots and each loss's Δ each matter
 
 
 def test_the_light_method_names_and_the_opinion_runs_agree():
@@ -156,8 +175,10 @@ def test_opinion_config_names_the_field_at_fault():
     with pytest.raises(ConfigError, match="OpinionConfig.fit_steps must be an int >= 1, got 0"):
         OpinionConfig(fit_steps=0)
     assert OpinionConfig(lr=0.2, gamma=0.0).fit_config(3) == hs.FitConfig(
-        layer=4, gamma=0.0, lam=0.01, loss="option_kl", steps=50, lr=0.2, seed=3
+        layer=4, gamma=0.0, lam=0.01, loss="option_kl_reverse", steps=50, lr=0.2, seed=3
     )
+    with pytest.raises(ConfigError, match="OpinionConfig.loss must be one of"):
+        OpinionConfig(loss="first_token")
 
 
 def test_cli_opinion_writes_the_table(tmp_path, capsys):

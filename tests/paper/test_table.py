@@ -12,8 +12,9 @@ from headsteer.baselines.prompting import few_shot_template
 from headsteer.cli import main
 from headsteer.errors import ConfigError, ResultsFileError
 from headsteer.files import predictions_path, settings_path
+from headsteer.loss_choice import chosen_loss, cross_validate_losses
 from headsteer.paper import table
-from headsteer.paper.methods import TABLE_METHODS
+from headsteer.paper.methods import DEFAULT_TABLE_METHODS, TABLE_METHODS
 from headsteer.paper.summary import summary_markdown
 from headsteer.paper.table import METHOD_RUNS, TableConfig, build_table
 from headsteer.tasks import Task
@@ -29,7 +30,7 @@ def test_every_method_gives_one_row_per_task_and_seed_as_its_definition_says(gem
     real_fv = table.fit_function_vector
     monkeypatch.setattr(table, "fit_function_vector", lambda *a, **k: fv_fits.append(1) or real_fv(*a, **k))
     rows = build_table(gemma_tiny, [task], QA, [0, 1], TableConfig(**SMALL), out, progress=False)
-    assert len(rows) == 2 * len(TABLE_METHODS) and set(rows["method"]) == set(TABLE_METHODS)
+    assert len(rows) == 2 * len(DEFAULT_TABLE_METHODS) and set(rows["method"]) == set(DEFAULT_TABLE_METHODS)
     assert rows["n_test"].eq(4).all() and rows["n_train"].eq(10).all()
     assert len(fv_fits) == 2  # one function vector per cell, shared by its two "+ FV" methods
     # Seed 0's held-out answers, recomputed here from each method's definition.
@@ -52,7 +53,49 @@ def test_every_method_gives_one_row_per_task_and_seed_as_its_definition_says(gem
         assert saved[saved["method"] == method]["prediction"].tolist() == scores["prediction"].tolist(), method
     assert expected["0-shot"]["prediction"].tolist() != expected["10-shot"]["prediction"].tolist()
     first = summary_markdown(rows, list(TABLE_METHODS)).split("\n\n")[1].splitlines()[2:]  # exact match's rows
-    assert [line.split("|")[1].strip() for line in first] == list(TABLE_METHODS)
+    assert [line.split("|")[1].strip() for line in first] == list(DEFAULT_TABLE_METHODS)
+
+
+def test_the_answer_methods_run_as_their_definitions_say(gemma_tiny, tmp_path):
+    """The loss rows, the colon-template rows and the cross-validation evidence, recomputed by hand."""
+    task, out = hs.load_task("builtin/antonym"), tmp_path / "t.csv"
+    methods = tuple(m for m in TABLE_METHODS if m not in DEFAULT_TABLE_METHODS)
+    config = TableConfig(**SMALL, methods=methods)
+    rows = build_table(gemma_tiny, [task], QA, [0], config, out, progress=False)
+    assert list(rows["method"]) == list(methods)
+    train, test = hs.split_task(task, n_train=10, seed=0, max_test=4)
+    colon, fit = hs.get_template("colon"), hs.FitConfig(layer=1, steps=3, seed=0)
+
+    def answers(template, loss=None, shots=False):
+        steering = (
+            [hs.fit(gemma_tiny, train, template, replace(fit, loss=loss), task.name, progress=False).intervention]
+            if loss
+            else []
+        )
+        chosen = few_shot_template(template, train) if shots else template
+        return hs.evaluate_pairs(gemma_tiny, test, chosen, steering, progress=False)["prediction"].tolist()
+
+    cv = cross_validate_losses(gemma_tiny, train, QA, fit)
+    expected = {
+        "Δ first-token loss": answers(QA, "first_token"),
+        "Δ sequence loss": answers(QA, "sequence"),
+        "Δ loss by CV": answers(QA, chosen_loss(cv)),
+        "0-shot (colon)": answers(colon),
+        "10-shot (colon)": answers(colon, shots=True),
+        "Δ first-token loss (colon)": answers(colon, "first_token"),
+        "Δ sequence loss (colon)": answers(colon, "sequence"),
+    }
+    saved = pd.read_csv(predictions_path(out), keep_default_na=False)
+    for method, predictions in expected.items():
+        assert saved[saved["method"] == method]["prediction"].tolist() == predictions, method
+    for loss, method in (
+        ("first_token", "CV on training pairs: first-token loss"),
+        ("sequence", "CV on training pairs: sequence loss"),
+    ):
+        evidence = saved[saved["method"] == method]
+        assert sorted(evidence["input"]) == sorted(p.input for p in train), "the evidence rows are the training pairs"
+        assert evidence["prediction"].tolist() == cv[cv["loss"] == loss]["prediction"].tolist()
+    assert rows.set_index("method").loc["CV on training pairs: sequence loss", "n_test"] == 10
 
 
 def test_the_light_method_names_and_the_table_runs_agree():

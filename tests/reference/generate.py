@@ -43,8 +43,10 @@ def run_case(model, optimizer: str, loss: str, strength: float):
         for layer in LAYERS
     ]
     results = hs.fit_many(model, jobs, hs.get_template("qa"), progress=False)
+    qa = hs.get_template("qa")
+    # Saved with the answer budget of the time (6 tokens); the budget is an argument, not part of the fit.
     predictions = [
-        hs.evaluate_pairs(model, test, hs.get_template("qa"), [r.intervention], progress=False)["prediction"].tolist()
+        hs.evaluate_pairs(model, test, qa, [r.intervention], max_new_tokens=6, progress=False)["prediction"].tolist()
         for r in results
     ]
     return results, predictions
