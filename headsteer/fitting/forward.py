@@ -143,6 +143,8 @@ def run_suffix(
 def build_prefix(model, tokens: TokenBatch, n_scored: int, repeats: int = 1) -> PrefixCache:
     """Split each row at its last prompt token; run the left-padded prefixes once with a KV cache.
 
+    Rows with the same prefix share one run (a batch of many fits on the same training
+    pairs, e.g. every layer and resample of a head map, runs each distinct prompt once).
     With ``repeats`` > 1 every row is repeated that many times (row i becomes
     rows i·repeats .. i·repeats + repeats − 1) after its prefix is computed once.
     """
@@ -165,21 +167,26 @@ def build_prefix(model, tokens: TokenBatch, n_scored: int, repeats: int = 1) -> 
         suffix_ids[i, : len(span)] = span
         suffix_mask[i, : len(span)] = mask[i, s : s + n_scored]
     n_real = prefix_mask.sum(1, keepdim=True)
-    prefix_positions = (prefix_mask.cumsum(-1) - 1).clamp_min(0)
     suffix_positions = n_real + torch.arange(n_scored)
+    # Identical rows (same ids, same padding) have identical prefixes: run each distinct one once.
+    distinct, row_of = torch.unique(torch.cat([prefix_ids, prefix_mask], dim=1), dim=0, return_inverse=True)
     # The prefix needs no Δ and no logits: run the Hugging Face base model (no unembedding).
     cache = model.original_model.base_model(
-        input_ids=prefix_ids.to(device),
-        attention_mask=prefix_mask.to(device),
-        position_ids=prefix_positions.to(device),
+        input_ids=distinct[:, :width].to(device),
+        attention_mask=distinct[:, width:].to(device),
+        position_ids=(distinct[:, width:].cumsum(-1) - 1).clamp_min(0).to(device),
         use_cache=True,
     ).past_key_values
     full_mask = torch.cat([prefix_mask, suffix_mask], dim=1)
     if repeats > 1:
-        cache.batch_repeat_interleave(repeats)
+        row_of = row_of.repeat_interleave(repeats)
         suffix_ids, full_mask, suffix_positions = (
             t.repeat_interleave(repeats, dim=0) for t in (suffix_ids, full_mask, suffix_positions)
         )
+    index = row_of.to(device)
+    for layer in _attention_layers(cache):  # each row's prefix keys/values, from its distinct run
+        if layer.keys is not None and layer.values is not None:
+            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
     saved = [(layer.keys, layer.values) for layer in _attention_layers(cache)]
     return PrefixCache(cache, saved, suffix_ids.to(device), full_mask.to(device), suffix_positions.to(device))
 
