@@ -34,7 +34,7 @@ STATIC_FORMATS = {"png": 2, "pdf": 1, "svg": 1}
 FIGURE_LAYER = 4  # the one-layer figures (the paper's Figure 2) go where Δ was also fitted without penalty, else here
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 NO_CHROMIUM = (
-    "no Chromium found, so only HTML was written; for PNG figures install one (make chromium, or your "
+    "no Chromium found, so only HTML was written; for PNG, PDF and SVG figures install one (make chromium, or your "
     "system's package) or set BROWSER_PATH to it"
 )
 
@@ -177,7 +177,7 @@ def cross_task_figures(studies: list[Path]) -> dict[str, go.Figure]:
 
 
 def build_figures(results: str | Path, out: str | Path, static: bool = True) -> list[Path]:
-    """Every figure the saved results allow; returns the files written (PNGs too with ``static``)."""
+    """Every figure the saved results allow; returns the files written (PNG, PDF and SVG too with ``static``)."""
     results, out = Path(results), Path(out)
     figures = {**sweep_figures(results), **table_figures(results)}
     studies = sorted(p for p in (results / "heads").glob("*") if StudyFiles(p).is_complete())

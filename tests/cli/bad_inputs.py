@@ -135,6 +135,15 @@ COMPARE_FLAGS = {
     "--max-test": "2",
     "--out": "{tmp}/c.csv",
 }
+HEADS_FLAGS = {
+    "--model": "{model}",
+    "--task": "builtin/antonym",
+    "--layers": "0-1",
+    "--steps": "1",
+    "--resamples": "2",
+    "--max-test": "2",
+    "--out": "{tmp}/heads",
+}
 EVAL_FLAGS = {"--model": "{model}", "--task": "builtin/antonym", "--intervention": "{tmp}/edited"}
 FIT_CMD = command("fit", FIT_FLAGS)
 
@@ -149,6 +158,10 @@ def sweep(**flags: str) -> list[str]:
 
 def compare(**flags: str) -> list[str]:
     return command("compare", COMPARE_FLAGS, **flags)
+
+
+def heads(**flags: str) -> list[str]:
+    return command("heads", HEADS_FLAGS, **flags)
 
 
 EVAL = command("eval", EVAL_FLAGS)
@@ -170,6 +183,13 @@ PROBES: list[Probe] = [
     Probe("the opinion loss on word pairs", fit(loss="option_kl"), "--loss"),
     Probe("no training pairs", fit(n_train="0"), "--n-train"),
     Probe("more training pairs than the task has", fit(n_train="70"), "n_train=70"),
+    Probe("a head map with γ ≠ λ (its path is in γ = λ)", heads(gamma="0.01", lam="0.02"), "γ = λ > 0"),
+    Probe("a head map without penalty", heads(gamma="0", lam="0"), "γ = λ > 0"),
+    Probe("a head map with Adam (no exact zeros to count)", heads(optimizer="adam"), "exact zeros"),
+    Probe("an odd number of complementary halves", heads(resamples="3"), "must be even"),
+    Probe("a stability threshold of one half or less", heads(threshold="0.5"), "threshold"),
+    Probe("a λ path that rises", [*heads(), "--strengths", "0.05", "0.1"], "strengths must fall"),
+    Probe("halves too small for the function vector", heads(n_train="4"), "3 distinct pairs per resample"),
     # ---- models and tasks ---------------------------------------------------------------------
     Probe(
         "a model name that is not on disk (offline)",
