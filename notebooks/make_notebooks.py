@@ -13,6 +13,7 @@ HEADSTEER_MODEL (a model name or folder; unset: Gemma 3 270M) and HEADSTEER_QUIC
 """
 
 import argparse
+import ast
 import os
 from pathlib import Path
 
@@ -94,7 +95,7 @@ print(f"{task.name}: {len(train)} training pairs, {len(test)} held-out pairs; {m
     "complementary halves); a head is **stable** when it is chosen in at least 75% of the resamples somewhere "
     "in the top of the path where, on average, at most q_max heads are chosen (Meinshausen & Bühlmann's "
     "stability selection: at most about one falsely stable head). Held-out pairs are only scored, never used "
-    "to choose. With the defaults this takes about 12 minutes on 2 CPU cores; map fewer layers "
+    "to choose. The time each stage took is at the end of this notebook; map fewer layers "
     "(`MapConfig(layers=(2, 3, 4, 5))`) or fewer resamples to try it faster.",
     """if QUICK:  # the tests: a few steps of everything
     config = MapConfig(fit=hs.FitConfig(steps=3), resamples=2, path_points=2, path_steps=1, fv_top_k=3)
@@ -102,10 +103,11 @@ else:
     config = MapConfig()
 found = head_map(model, train, test, template, config, task=task.name)
 found.summary()""",
+    "## Reading the summary\n\n"
     "The summary says which heads are stable, how the stability region was set, how many falsely stable heads "
     "the bound allows, which heads the function vector ranks highest, how the two sets overlap over the "
     "resamples (against the overlap two random sets of those sizes would have), and the layer where Δ scores "
-    "best on the held-out pairs.\n\n"
+    "best on the held-out pairs.",
     "## Every layer, every head\n\n"
     "From left: ‖Δ_h‖₂ at the chosen penalty; the share of its layer's held-out loss gain that Δ_h keeps alone; "
     "the function vector's average indirect effect (numbers: its top ranks); the selection frequency over "
@@ -211,7 +213,11 @@ NOTEBOOKS = {
 
 def build(cells: list[str]) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
-    # Markdown cells start with a heading; code cells never start with "#".
+    # Markdown cells start with a heading; code cells never start with "#", and must parse (prose that
+    # lost its heading would otherwise become a code cell that fails only when run).
+    for cell in cells:
+        if not cell.startswith("#"):
+            ast.parse(cell)
     nb.cells = [nbformat.v4.new_markdown_cell(c) if c.startswith("#") else nbformat.v4.new_code_cell(c) for c in cells]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     return nb
