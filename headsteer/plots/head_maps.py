@@ -99,8 +99,8 @@ def head_map_heatmaps(heads: pd.DataFrame, layers: pd.DataFrame, task: str = "")
     accuracy = by_layer.set_index("layer").reindex(layer_ids)
     fig.add_bar(x=accuracy["accuracy"], y=y, orientation="h", marker_color=COLORS[0], name="with Δ", row=1, col=5)
     fig.add_scatter(
-        x=accuracy["accuracy_zero_shot"], y=y, mode="lines", line=dict(color="black", dash="dash"), name="zero-shot",
-        row=1, col=5,
+        x=accuracy["accuracy_zero_shot"], y=y, mode="lines+markers", line=dict(color="black", dash="dash"),
+        name="zero-shot", row=1, col=5,
     )  # fmt: skip
     fig.update_yaxes(autorange="reversed", title_text="layer", row=1, col=1)  # the heads are named on the x ticks
     fig.update_xaxes(title_text="first-token accuracy", rangemode="tozero", row=1, col=5)
@@ -109,7 +109,8 @@ def head_map_heatmaps(heads: pd.DataFrame, layers: pd.DataFrame, task: str = "")
         title=title,
         width=1500,
         height=260 + 30 * len(layer_ids),
-        legend=dict(orientation="h", x=1, xanchor="right", y=1.06),
+        # top right of the whole figure, level with the title: over the panels it would hide their titles
+        legend=dict(orientation="h", x=1, xanchor="right", y=0.98, yanchor="top", yref="container"),
         **{**LAYOUT, "margin": dict(l=70, r=30, t=110, b=140)},
     )
 
@@ -178,7 +179,8 @@ def stability_path(
         band = norms.groupby("strength")["norm"].quantile([0.1, 0.9]).unstack().sort_index()
         fig.add_scatter(
             x=[*band.index, *band.index[::-1]], y=[*band[0.9], *band[0.1][::-1]], fill="toself", fillcolor=color,
-            opacity=0.2, line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=name, row=1, col=2,
+            mode="lines", opacity=0.2, line=dict(width=0), hoverinfo="skip", showlegend=False, legendgroup=name,
+            row=1, col=2,
         )  # fmt: skip
         full = path[(path["sample"] == 0) & (path["layer"] == layer) & (path["head"] == head)].sort_values("strength")
         fig.add_scatter(
@@ -236,7 +238,10 @@ def delta_vs_fv(heads: pd.DataFrame, threshold: float, fv_top_k: int, note: str 
     )
     fig.add_hline(y=threshold, line_dash="dash", line_color="gray")
     fig.add_vline(x=fv_top_k + 0.5, line_dash="dot", line_color="gray")
-    fig.update_xaxes(type="log", autorange="reversed", title_text="function vector: rank by AIE (log; 1 = largest)")
+    ticks = [t for t in (1, 2, 3, 5, 10, 20, 50, 100, 200, 500, 1000) if t <= table["fv_rank"].max()]
+    fig.update_xaxes(
+        type="log", autorange="reversed", tickvals=ticks, title_text="function vector: rank by AIE (log; 1 = largest)"
+    )
     fig.update_yaxes(title_text="Δ: selection frequency (max over Λ)", range=[-0.05, 1.1])
     task = heads["task"].iloc[0] if "task" in heads else ""
     title = f"Δ's stable heads against the function vector's top {fv_top_k}{f' ({task})' if task else ''}"
