@@ -57,7 +57,7 @@ def test_open_model_reads_config_and_tokenizer_without_the_weights(tmp_path, mon
     directory = save_tiny_model("gpt2", tmp_path / "gpt2")
     monkeypatch.setattr(models, "load_weights", lambda *a, **k: pytest.fail("open_model loaded the weights"))
     files = models.open_model(str(directory))
-    assert (files.name, files.n_layers, files.n_heads, files.soft_caps_logits) == (str(directory), 3, 4, False)
+    assert (files.name, files.n_layers, files.n_heads) == (str(directory), 3, 4)
 
 
 def test_load_from_uses_the_opened_files(tmp_path):

@@ -34,8 +34,7 @@ from headsteer.cli.options import (
     timed,
 )
 from headsteer.cli.preflight import (
-    check_fast_forward,
-    check_fit_model,
+    check_model_layer,
     check_prompts,
     check_results_outputs,
     check_task_pairs,
@@ -106,8 +105,6 @@ def run_sweep(args: argparse.Namespace) -> int:
     out = check_results_outputs(args.out)
     files = open_model_files(args)
     layers = args.layers.resolve(files.n_layers)
-    if args.fast:
-        check_fast_forward(files)
     include_stop = config.loss == "sequence"
     for seed in seeds(args):
         checked_split(files, template, task, args.n_train, seed, max_test(args), include_stop)
@@ -176,7 +173,7 @@ def run_table(args: argparse.Namespace) -> int:
     tasks = [load_task_noting_drops(name, args.data_dir) for name in args.tasks]
     out = check_results_outputs(args.out, predictions=True, summary=True)
     files = open_model_files(args)
-    check_fit_model(files, config.layer, fast=True)
+    check_model_layer(files, config.layer)
     few_shot = any(m in FEW_SHOT_METHODS for m in config.methods)
     for task in tasks:
         for seed in seeds(args):
@@ -230,7 +227,7 @@ def run_compose(args: argparse.Namespace) -> int:
     composed = [composition.compose_tasks(tasks[outer], tasks[inner], config.min_pairs) for outer, inner in pairs]
     out = check_results_outputs(args.out, predictions=True, summary=True)
     files = open_model_files(args)
-    check_fit_model(files, config.layer, fast=True)
+    check_model_layer(files, config.layer)
     for c in composed:
         print(f"{c.name}: {len(c)} chained pairs")
         for seed in seeds(args):
@@ -279,7 +276,7 @@ def run_opinion(args: argparse.Namespace) -> int:
     groups = {name: load_group(name, args.data_dir) for name in args.group or PAPER_GROUPS}
     out = check_results_outputs(args.out, predictions=True, summary=True)
     files = open_model_files(args)
-    check_fit_model(files, config.layer, fast=True)
+    check_model_layer(files, config.layer)
     for name, group in groups.items():
         print(f"{name} ({group.attribute}): {len(group)} questions")
         for seed in seeds(args):
@@ -330,7 +327,7 @@ def run_heads(args: argparse.Namespace) -> int:
     task = load_task_noting_drops(args.task, args.data_dir)
     out = check_output_dir(args.out or f"results/heads/{task.name.replace('/', '-')}")
     files = open_model_files(args)
-    check_fit_model(files, config.layer, fast=True)
+    check_model_layer(files, config.layer)
     train, _ = split_task(task, n_train=args.n_train, seed=config.seed)  # the study fits on the training pairs only
     check_task_pairs(task.name, files.tokenizer, template, train, include_stop=config.loss == "sequence")
     model = load_from(files)
