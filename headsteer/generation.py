@@ -108,6 +108,7 @@ def generate(
     :class:`~headsteer.prompts.Template`, or None for texts that already are
     prompts); the answer is cut at ``stop`` (None: keep all ``max_new_tokens``).
     """
+    model_kind(model)  # a model headsteer cannot run is refused before any work
     texts = [inputs] if isinstance(inputs, str) else list(inputs)
     chosen = get_template(template) if isinstance(template, str) else template
     prompts = [chosen.format_prompt(x) for x in texts] if chosen is not None else texts

@@ -145,21 +145,21 @@ def tiny_tokenizer():
     return AutoTokenizer.from_pretrained(str(_tokenizer_dir()))
 
 
-def tiny_bridge(kind: str = "gemma3", seed: int = 0):
+def tiny_bridge(kind: str = "gemma3", seed: int = 0, dtype: torch.dtype = torch.float32):
     """A TransformerBridge around a tiny random ``kind`` model, named ``tiny-{kind}``."""
-    return wrap_model(tiny_hf_model(kind, seed), tiny_tokenizer(), f"tiny-{kind}")
+    return wrap_model(tiny_hf_model(kind, seed).to(dtype), tiny_tokenizer(), f"tiny-{kind}")
 
 
-def tiny_hooked(kind: str = "gemma3", seed: int = 0, processed: bool = False):
+def tiny_hooked(kind: str = "gemma3", seed: int = 0, dtype: torch.dtype = torch.float32, processed: bool = False):
     """A HookedTransformer (TransformerLens 3.x) with ``tiny_bridge(kind, seed)``'s weights, named ``tiny-{kind}``."""
     from tests.tiny_hooked import hooked_from_hf
 
-    return hooked_from_hf(tiny_hf_model(kind, seed), tiny_tokenizer(), f"tiny-{kind}", processed)
+    return hooked_from_hf(tiny_hf_model(kind, seed).to(dtype), tiny_tokenizer(), f"tiny-{kind}", processed)
 
 
-def tiny_model(model_kind: str, kind: str = "gemma3", seed: int = 0):
+def tiny_model(model_kind: str, kind: str = "gemma3", seed: int = 0, dtype: torch.dtype = torch.float32):
     """``tiny_bridge`` or ``tiny_hooked`` by ``model_kind`` ("bridge" or "hooked")."""
-    return {"bridge": tiny_bridge, "hooked": tiny_hooked}[model_kind](kind, seed)
+    return {"bridge": tiny_bridge, "hooked": tiny_hooked}[model_kind](kind, seed, dtype)
 
 
 def has_hooked_transformer() -> bool:
