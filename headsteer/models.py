@@ -158,8 +158,8 @@ def check_device(device: str) -> str:
     """``device`` if torch can place tensors there on this machine; else a ConfigError saying why not."""
     try:
         parsed = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ConfigError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1): {err}") from None
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
     if parsed.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:
