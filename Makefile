@@ -11,11 +11,12 @@ STAMP := $(VENV)/.installed
 NOTEBOOKS_STAMP := $(VENV)/.notebooks
 TL3_VENV := .venv-tl3
 TL3_STAMP := $(TL3_VENV)/.installed
-# Every test that runs a model of each kind, or checks what differs between them (no real model, no download).
+# Every test that runs a model of each kind, or checks what differs between them (no real model, no download);
+# test_docs runs the README's HookedTransformer example, which the TL 4.x environment skips.
 KIND_TESTS := tests/test_backends.py tests/fitting/test_forward.py tests/fitting/test_loop.py \
 	tests/fitting/test_loop_batched.py tests/fitting/test_unembed.py tests/test_generation.py tests/test_hooks.py \
 	tests/test_evaluate.py tests/baselines tests/test_models.py tests/test_intervention.py tests/test_heads.py \
-	tests/paper/test_opinion.py tests/paper/test_sweep.py tests/test_reference.py
+	tests/paper/test_opinion.py tests/paper/test_sweep.py tests/test_reference.py tests/test_docs.py
 # Jupyter refuses to run as root unless told to.
 JUPYTER_ARGS ?= $(if $(filter 0,$(shell id -u)),--allow-root)
 
