@@ -170,6 +170,8 @@ PROBES: list[Probe] = [
     Probe("the opinion loss on word pairs", fit(loss="option_kl"), "--loss"),
     Probe("no training pairs", fit(n_train="0"), "--n-train"),
     Probe("more training pairs than the task has", fit(n_train="70"), "n_train=70"),
+    Probe("a dtype headsteer does not run in", fit(dtype="float64"), "--dtype"),
+    Probe("a device torch does not know", fit(device="gpu"), "device 'gpu' is not a torch device"),
     # ---- models and tasks ---------------------------------------------------------------------
     Probe(
         "a model name that is not on disk (offline)",
