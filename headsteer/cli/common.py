@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from headsteer.files import summary_path, write_text_atomic
-from headsteer.models import ModelFiles, open_model
+from headsteer.models import ModelFiles, Placement, open_model
 from headsteer.tasks import Task, load_task
 
 
@@ -24,8 +24,13 @@ def load_task_noting_drops(name: str, data_dir: str | None) -> Task:
 
 
 def open_model_files(args: argparse.Namespace) -> ModelFiles:
-    """The model's config and tokenizer (``--model``, ``--cache-dir``): enough for the checks, no weights."""
-    return open_model(args.model, args.cache_dir)
+    """The model's config and tokenizer (``--model``, ``--cache-dir``): enough for the checks, no weights.
+
+    ``--dtype`` and ``--device`` are checked first (a CUDA device this machine lacks is refused here).
+    """
+    auto = args.device == "auto"
+    placement = Placement(None if auto else args.device, args.dtype, "auto" if auto else None)
+    return open_model(args.model, args.cache_dir, placement)
 
 
 def write_summary(out: str, text: str) -> None:

@@ -12,6 +12,8 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
+
 from headsteer.baselines.prompting import few_shot_template
 from headsteer.cli.common import load_task_noting_drops, open_model_files, write_summary
 from headsteer.cli.flags import AppendDistinct, Distinct, LayerSelection, count, non_negative_int, positive_float
@@ -37,8 +39,7 @@ from headsteer.cli.options import (
     timed,
 )
 from headsteer.cli.preflight import (
-    check_fast_forward,
-    check_fit_model,
+    check_model_layer,
     check_prompts,
     check_results_outputs,
     check_task_pairs,
@@ -54,7 +55,7 @@ from headsteer.paper.head_study import head_study
 from headsteer.paper.methods import COMPOSE_METHODS, FEW_SHOT_METHODS, OPINION_METHODS, TABLE_METHODS
 from headsteer.paper.opinionqa import DATA_DIR_ENV as OPINIONQA_ENV
 from headsteer.paper.opinionqa import PAPER_GROUPS, load_group, split_questions
-from headsteer.paper.summary import summary_markdown, with_average
+from headsteer.paper.summary import summary_markdown, with_average, with_run_on
 from headsteer.paper.sweep import sweep
 from headsteer.prompts import get_template
 from headsteer.tasks import TODD_TASKS
@@ -116,8 +117,6 @@ def run_sweep(args: argparse.Namespace) -> int:
     out = check_results_outputs(args.out)
     files = open_model_files(args)
     layers = args.layers.resolve(files.n_layers)
-    if args.fast:
-        check_fast_forward(files)
     include_stop = config.loss == "sequence"
     for seed in seeds(args):
         checked_split(files, template, task, args.n_train, seed, max_test(args), include_stop)
@@ -206,7 +205,7 @@ def run_table(args: argparse.Namespace) -> int:
     tasks = [load_task_noting_drops(name, args.data_dir) for name in args.tasks]
     out = check_results_outputs(args.out, predictions=True, summary=True)
     files = open_model_files(args)
-    check_fit_model(files, config.layer, fast=True)
+    check_model_layer(files, config.layer)
     few_shot = any(m in FEW_SHOT_METHODS for m in config.methods)
     for task in tasks:
         for seed in seeds(args):
@@ -215,7 +214,9 @@ def run_table(args: argparse.Namespace) -> int:
                 check_prompts(task.name, files.tokenizer, few_shot_template(template, train), [p.input for p in test])
     model = load_from(files)
     rows = table.build_table(model, tasks, template, seeds(args), config, out)
-    write_summary(args.out, summary_markdown(rows, config.methods))
+    predictions = pd.read_csv(predictions_path(out), keep_default_na=False)
+    metrics = ("exact_match", "first_token", "run_on")
+    write_summary(args.out, summary_markdown(with_run_on(rows, predictions), config.methods, metrics))
     return 0
 
 
@@ -268,7 +269,7 @@ def run_compose(args: argparse.Namespace) -> int:
     composed = [composition.compose_tasks(tasks[outer], tasks[inner], config.min_pairs) for outer, inner in pairs]
     out = check_results_outputs(args.out, predictions=True, summary=True)
     files = open_model_files(args)
-    check_fit_model(files, config.layer, fast=True)
+    check_model_layer(files, config.layer)
     for c in composed:
         print(f"{c.name}: {len(c)} chained pairs")
         for seed in seeds(args):
@@ -323,7 +324,7 @@ def run_opinion(args: argparse.Namespace) -> int:
     groups = {name: load_group(name, args.data_dir) for name in args.group or PAPER_GROUPS}
     out = check_results_outputs(args.out, predictions=True, summary=True)
     files = open_model_files(args)
-    check_fit_model(files, config.layer, fast=True)
+    check_model_layer(files, config.layer)
     for name, group in groups.items():
         print(f"{name} ({group.attribute}): {len(group)} questions")
         for seed in seeds(args):
@@ -447,7 +448,6 @@ def run_heads(args: argparse.Namespace) -> int:
     out = check_output_dir(args.out or f"results/heads/{task.name.replace('/', '-')}")
     files = open_model_files(args)
     config = map_config(args, args.layers.resolve(files.n_layers))  # refuses a bad γ, λ, threshold... by name
-    check_fast_forward(files)
     include_stop = config.fit.loss == "sequence"
     for seed in seeds(args):  # the fits read the training pairs, the ablations the held-out ones
         train, _ = checked_split(files, template, task, args.n_train, seed, max_test(args), include_stop)

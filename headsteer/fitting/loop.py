@@ -20,6 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from headsteer.backends import model_kind
 from headsteer.config import PAIR_LOSSES, FitConfig
 from headsteer.errors import ConfigError, NonFiniteLossError
 from headsteer.fitting.forward import PrefixCachedForward, ScoredForward
@@ -113,6 +114,7 @@ def fit_many(
     """Fit every job in one batched pass; the same results as fitting them one by one."""
     if not jobs:
         raise ValueError("fit_many: no jobs")
+    model_kind(model)  # a model headsteer cannot run is refused before any work
     configs = [job.config for job in jobs]
     loss = configs[0].loss
     if loss not in PAIR_LOSSES:
@@ -166,6 +168,7 @@ def fit_encoded(
     record holds only the number of prompts: their inputs are not known here.
     """
     check_template(prompt_format or {})  # before the fit, not after it
+    model_kind(model)
     fit_of_row = torch.zeros(len(tokens), dtype=torch.long)
     deltas, histories = optimize(model, tokens, targets, fit_of_row, [config], forward, progress, desc=task or "fit")
     iv = Intervention(

@@ -190,6 +190,8 @@ PROBES: list[Probe] = [
     Probe("a stability threshold of one half or less", heads(threshold="0.5"), "threshold"),
     Probe("a λ path that rises", [*heads(), "--strengths", "0.05", "0.1"], "strengths must fall"),
     Probe("halves too small for the function vector", heads(n_train="4"), "3 distinct pairs per resample"),
+    Probe("a dtype headsteer does not run in", fit(dtype="float64"), "--dtype"),
+    Probe("a device torch does not know", fit(device="gpu"), "device 'gpu' is not a torch device"),
     # ---- models and tasks ---------------------------------------------------------------------
     Probe(
         "a model name that is not on disk (offline)",

@@ -441,14 +441,6 @@ def test_a_folder_without_write_permission_is_refused_before_the_model(capsys, t
     )
 
 
-def test_a_soft_capped_model_needs_the_full_forward(capsys, tmp_path, model_dir, monkeypatch, stop_at_weights):
-    monkeypatch.setattr(models.ModelFiles, "soft_caps_logits", property(lambda self: True))
-    argv = ["fit", "--model", model_dir, "--task", "builtin/antonym", "--out", str(tmp_path / "x"), "--layer", "1"]
-    refused(capsys, argv, "soft-caps its logits", "pass --no-fast")
-    with pytest.raises(WeightsReached):
-        main([*argv, "--no-fast"])
-
-
 def test_judge_settings_that_do_not_fit_are_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("HEADSTEER_JUDGE_BASE_URL", "http://127.0.0.1:9/v1")  # never reached: refused first
     monkeypatch.setenv("HEADSTEER_JUDGE_MODEL", "judge")
