@@ -1,6 +1,7 @@
 """headsteer's fits against the loop a researcher writes by hand, naive vs prefix-cached, sequential vs batched.
 
     python benchmarks/fit_speed.py [--steps 10] [--task antonym] [--seeds 5] [--cases hand fast fast-bf16 ...]
+        [--kind bridge|hooked] [--dtype float32|bfloat16] [--device cpu|cuda]
 
 Each case runs in its own process (so its peak resident memory is its own)
 on the same model, data and layer, and prints one table:
@@ -16,7 +17,10 @@ on the same model, data and layer, and prints one table:
   in fit-steps per second, and the ratio;
 * ``figure1``: the paper's Figure-1 sweep end to end (``headsteer.paper.sweep``: every layer ×
   ``--seeds``, 100 held-out pairs scored per seed, the defaults' 50 steps whatever ``--steps``), in seconds;
-* peak resident memory (model included) of each.
+* peak resident memory (model included) of each, and on CUDA the peak GPU memory.
+
+``--kind hooked`` runs the same fits on a HookedTransformer of the same weights
+(TransformerLens 3.x; unprocessed, from the converted default model).
 """
 
 from __future__ import annotations
@@ -77,13 +81,33 @@ def hand_fit(model, pairs, template, layer: int, steps: int, gamma: float, lam: 
         handle.remove()
 
 
-def case(name: str, steps: int, task: str, seeds: int, sequential: int) -> dict:
+def load(kind: str, dtype: str, device: str):
+    """The default model as a TransformerBridge, or as a HookedTransformer of the same converted weights."""
+    import headsteer as hs
+    from headsteer import models
+
+    if kind == "bridge":
+        return hs.load_model(device=device, dtype=dtype)
+    from transformer_lens import HookedTransformer
+
+    files = models.open_model(placement=models.Placement(device, dtype))
+    return HookedTransformer.from_pretrained_no_processing(
+        hs.DEFAULT_MODEL,
+        hf_model=models.load_weights(files),
+        tokenizer=files.tokenizer,
+        device=device,
+        dtype=files.placement.torch_dtype,
+    )
+
+
+def case(args: argparse.Namespace) -> dict:
     import headsteer as hs
     from headsteer.fitting.forward import PrefixCachedForward, naive_scored_logits
     from headsteer.fitting.loop import FitJob, fit_many
     from headsteer.paper.sweep import sweep
 
-    model = hs.load_model()
+    name, steps, task, seeds, sequential = args.case, args.steps, args.task, args.seeds, args.sequential
+    model = load(args.kind, args.dtype, args.device)
     loaded, template = hs.load_task(task), hs.get_template("qa")
     train = lambda seed: tuple(hs.split_task(loaded, n_train=10, seed=seed)[0])  # noqa: E731
     config = lambda layer, seed: hs.FitConfig(layer=layer, seed=seed, steps=steps)  # noqa: E731
@@ -112,8 +136,11 @@ def case(name: str, steps: int, task: str, seeds: int, sequential: int) -> dict:
         jobs = [FitJob(train(s), config(layer, s)) for layer in range(model.cfg.n_layers) for s in range(seeds)]
         fit_many(model, jobs, template, progress=False)
         fits = len(jobs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    gpu_gib = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else 0.0
     # steps + 1 forward/backward passes per fit (the last evaluates the returned Δ)
     return {
         "case": name,
@@ -121,24 +148,14 @@ def case(name: str, steps: int, task: str, seeds: int, sequential: int) -> dict:
         "seconds": seconds,
         "fit_steps_per_s": fits * (steps + 1) / seconds,
         "peak_gib": peak_gib,
+        "gpu_gib": gpu_gib,
     }
 
 
 def run_case(name: str, args: argparse.Namespace) -> dict:
-    cmd = [
-        sys.executable,
-        __file__,
-        "--case",
-        name,
-        "--steps",
-        str(args.steps),
-        "--task",
-        args.task,
-        "--seeds",
-        str(args.seeds),
-        "--sequential",
-        str(args.sequential),
-    ]
+    cmd = [sys.executable, __file__, "--case", name, "--steps", str(args.steps), "--task", args.task]
+    cmd += ["--seeds", str(args.seeds), "--sequential", str(args.sequential), "--kind", args.kind]
+    cmd += ["--dtype", args.dtype, "--device", args.device]
     out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -156,19 +173,29 @@ def main() -> None:
         default=list(CASES),
         help=f"the cases to run, in order (default: all but {', '.join(OPT_IN)})",
     )
+    parser.add_argument("--kind", choices=["bridge", "hooked"], default="bridge", help="hooked: TransformerLens 3.x")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.kind == "hooked" and {"hand", "sequential-hand"} & set(args.cases or ()):
+        parser.error("the hand-written loop runs a Hugging Face model: use it with --kind bridge")
     if args.case:
-        print(json.dumps(case(args.case, args.steps, args.task, args.seeds, args.sequential)))
+        print(json.dumps(case(args)))
         return
+    gpu = f", {torch.cuda.get_device_name(args.device)}" if args.device.startswith("cuda") else ""
     print(
-        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, "
-        f"torch {torch.__version__}; task {args.task}, N=10, {args.steps} steps per fit"
+        f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads{gpu}, "
+        f"torch {torch.__version__}; {args.kind} on {args.device} in {args.dtype}; "
+        f"task {args.task}, N=10, {args.steps} steps per fit"
     )
     rows = {name: run_case(name, args) for name in args.cases}
-    print("| case | fits | wall s | fit-steps/s | peak RSS GiB |\n|---|---:|---:|---:|---:|")
+    print("| case | fits | wall s | fit-steps/s | peak RSS GiB | peak GPU GiB |\n|---|---:|---:|---:|---:|---:|")
     for r in rows.values():
-        print(f"| {r['case']} | {r['fits']} | {r['seconds']:.1f} | {r['fit_steps_per_s']:.2f} | {r['peak_gib']:.2f} |")
+        print(
+            f"| {r['case']} | {r['fits']} | {r['seconds']:.1f} | {r['fit_steps_per_s']:.2f} | {r['peak_gib']:.2f} "
+            f"| {r['gpu_gib']:.2f} |"
+        )
     ratios = (
         ("hand", "fast", "single fit, fast / hand-written loop steps per second", "goal 5x"),
         ("hand", "fast-bf16", "single fit, fast with bf16 unembedding / hand-written loop", "goal 10x"),

@@ -20,6 +20,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from headsteer.backends import model_kind
 from headsteer.errors import TaskError
 from headsteer.generation import cut_at_stop, decode_tokens, greedy_ids
 from headsteer.prompts import Template, answer_first_token, encode_prompts
@@ -51,6 +52,7 @@ def evaluate_pairs(
     """
     if not pairs:
         raise TaskError("evaluate_pairs: no pairs to evaluate")
+    model_kind(model)  # a model headsteer cannot run is refused before any work
     if isinstance(steering, RowDeltas) and len(steering.layers) != len(pairs):
         raise ValueError(f"RowDeltas has {len(steering.layers)} rows for {len(pairs)} pairs")
     frames = []

@@ -1,9 +1,10 @@
 """Steered greedy generation: :func:`generate` for people, :func:`greedy_ids` for batched scoring.
 
-The prompt minus its last token is run once through the base model (no logits);
-the last prompt token then runs with Δ added, and every generated token after
-it reads the KV cache, so Δ is added exactly once per prompt, at its last token
-(see :mod:`headsteer.steering`). Rows that finish leave the batch.
+The prompt minus its last token is run once with a KV cache (no logits); the
+last prompt token then runs with Δ added, and every generated token after it
+reads the KV cache, so Δ is added exactly once per prompt, at its last token
+(see :mod:`headsteer.steering`). Rows that finish leave the batch. How each
+kind of model runs with a KV cache is :mod:`headsteer.backends`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from headsteer.backends import KVCache, ModelKind, model_kind
 from headsteer.fitting.forward import build_prefix
+from headsteer.fitting.unembed import FinalHidden
 from headsteer.hooks import PerPass, added_hooks
 from headsteer.prompts import Template, TokenBatch, encode_texts, get_template
 from headsteer.steering import Steering, steer, steering_hooks
@@ -53,32 +56,34 @@ def greedy_ids(
 
 
 def _decode(model, tokens: TokenBatch, prompt_end: PerPass, max_new_tokens: int, stop: str | None, eos: int) -> Tensor:
+    kind = model_kind(model)
     prefix = build_prefix(model, tokens, n_scored=1)  # every prompt token but the last: no prompt end here
-    mask, positions, cache = prefix.mask, prefix.suffix_positions, prefix.cache
+    cache = prefix.cache
     prompt_end.current = torch.zeros(len(tokens), dtype=torch.long)  # the last prompt token, position 0 of its pass
-    logits = model(prefix.suffix_ids, attention_mask=mask, position_ids=positions, past_key_values=cache)
+    logits = _next_logits(model, kind, cache, prefix.suffix_ids, prefix.suffix_mask)
     prompt_end.current = None  # generated tokens: past the prompt
     out = torch.full((len(tokens), max_new_tokens), eos, dtype=torch.long)
     active = torch.arange(len(tokens))  # rows of ``out`` still generating, in cache order
     for step in range(max_new_tokens):
-        nxt = logits[:, -1].argmax(-1, keepdim=True).cpu()
+        nxt = logits.argmax(-1, keepdim=True).cpu()
         out[active, step] = nxt.squeeze(-1)
         going = ~_finished(model, out[active, : step + 1], eos, stop)
         if step == max_new_tokens - 1 or not going.any():
             break
         if not going.all():
             keep = torch.nonzero(going).squeeze(-1)
-            active, nxt, mask, positions = (
-                active[keep],
-                nxt[keep],
-                mask[keep.to(mask.device)],
-                positions[keep.to(mask.device)],
-            )
-            cache.batch_select_indices(keep.to(mask.device))
-        mask = torch.cat([mask, torch.ones_like(nxt, device=mask.device)], dim=1)
-        positions = positions[:, -1:] + 1
-        logits = model(nxt.to(mask.device), attention_mask=mask, position_ids=positions, past_key_values=cache)
+            active, nxt = active[keep], nxt[keep]
+            cache.keep_rows(keep)
+        logits = _next_logits(model, kind, cache, nxt, torch.ones_like(nxt))
     return out
+
+
+def _next_logits(
+    model, kind: ModelKind, cache: KVCache, ids: Int[Tensor, "batch new"], mask: Int[Tensor, "batch new"]
+) -> Float[Tensor, "batch vocab"]:
+    """The next-token logits after ``ids``, which continue ``cache`` (and are kept in it)."""
+    hidden = kind.final_hidden(model, cache, ids, mask, keep=True)
+    return FinalHidden(hidden[:, -1:], *kind.unembedding(model)).logits()[:, 0]
 
 
 def _finished(model, ids: Int[Tensor, "rows new"], eos: int, stop: str | None) -> Tensor:
@@ -103,6 +108,7 @@ def generate(
     :class:`~headsteer.prompts.Template`, or None for texts that already are
     prompts); the answer is cut at ``stop`` (None: keep all ``max_new_tokens``).
     """
+    model_kind(model)  # a model headsteer cannot run is refused before any work
     texts = [inputs] if isinstance(inputs, str) else list(inputs)
     chosen = get_template(template) if isinstance(template, str) else template
     prompts = [chosen.format_prompt(x) for x in texts] if chosen is not None else texts

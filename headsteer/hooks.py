@@ -14,8 +14,8 @@ where it goes (or that the pass gets none):
   prompt and gets Δ at ``last_index``; a shorter pass continues a KV cache
   (generated tokens) and is left alone.
 * :class:`PromptTracker` — for passes headsteer did not tokenise
-  (``with iv.applied(model): model.generate(...)``): a hook on the input
-  embeddings recognises the prompt pass (Δ at its final position), a pass that
+  (``with iv.applied(model): model.generate(...)``): a hook on the first
+  block's input recognises the prompt pass (Δ at its final position), a pass that
   re-runs the prompt plus generated tokens without a KV cache (Δ again at the
   prompt's last position, not at the new final one) and a one-token KV-cache
   step (no Δ: the cached keys and values already carry it). This fits
@@ -33,10 +33,13 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from headsteer.backends import model_kind
 from headsteer.errors import ConfigError
 
 Hook = tuple[str, Callable]  # (hook name, fn(act, hook) -> act), as TransformerLens takes them
-EMBED_HOOK = "hook_embed"  # the token embeddings, [batch, pos, d_model], in HookedTransformer and TransformerBridge
+# The first block's input [batch, pos, d_model]: it fires in every pass of either model kind, before any hook_z,
+# also where HookedTransformer.generate embeds the tokens itself (and so skips hook_embed).
+PASS_INPUT_HOOK = "blocks.0.hook_resid_pre"
 
 
 def hook_z_name(layer: int) -> str:
@@ -55,7 +58,8 @@ def head_label(layer: int, head: int) -> str:
 
 
 def check_layer(model, layer: int) -> str:
-    """The hook name for ``layer``, after checking the layer exists and the hook is real."""
+    """The hook name for ``layer``, once the model is of a kind headsteer takes, the layer and its hook exist."""
+    model_kind(model)
     n_layers = model.cfg.n_layers
     if not isinstance(layer, int) or not 0 <= layer < n_layers:
         raise ConfigError(f"layer {layer!r} is out of range: this model has layers 0..{n_layers - 1}")
@@ -86,13 +90,14 @@ class AtIndex:
 class PromptTracker:
     """Finds the prompt's last token in passes run by someone else's loop (e.g. ``model.generate``).
 
-    :meth:`observe` is a hook on the input embeddings ``[batch, pos, d_model]``,
-    which fire before any ``hook_z`` of the same pass. With P the recorded
-    prompt's length, a pass is
+    :meth:`observe` is a hook on the first block's input ``[batch, pos, d_model]``
+    (:data:`PASS_INPUT_HOOK`), which fires before any ``hook_z`` of the same pass.
+    With P the recorded prompt's length, a pass is
 
     * a KV-cache step when one position long after a prompt: no Δ;
-    * a re-run of the prompt when longer than P and its first P embeddings
-      equal the recorded prompt's (bitwise: an embedding is a table lookup):
+    * a re-run of the prompt when longer than P and its first P inputs
+      equal the recorded prompt's (bitwise: a token's embedding, plus a learned
+      position embedding where the model has one, is a table lookup):
       Δ at position P − 1;
     * otherwise a new prompt: recorded, Δ at its final position.
 
@@ -105,8 +110,8 @@ class PromptTracker:
         self._prompt: Tensor | None = None
         self._index: Tensor | None = None
 
-    def observe(self, embeddings: Float[Tensor, "batch pos d_model"], hook) -> Tensor:
-        batch, pos = embeddings.shape[:2]
+    def observe(self, inputs: Float[Tensor, "batch pos d_model"], hook) -> Tensor:
+        batch, pos = inputs.shape[:2]
         prompt = self._prompt
         if prompt is not None and prompt.shape[0] == batch and pos == 1:
             self._index = None
@@ -114,19 +119,19 @@ class PromptTracker:
             prompt is not None
             and prompt.shape[0] == batch
             and pos > prompt.shape[1]
-            and torch.equal(embeddings[:, : prompt.shape[1]], prompt)
+            and torch.equal(inputs[:, : prompt.shape[1]], prompt)
         ):
-            self._index = torch.full((batch,), prompt.shape[1] - 1, device=embeddings.device)
+            self._index = torch.full((batch,), prompt.shape[1] - 1, device=inputs.device)
         else:
-            self._prompt = embeddings.detach().clone()
-            self._index = torch.full((batch,), pos - 1, device=embeddings.device)
-        return embeddings
+            self._prompt = inputs.detach().clone()
+            self._index = torch.full((batch,), pos - 1, device=inputs.device)
+        return inputs
 
     def index(self, batch: int, pos: int, device: torch.device) -> Int[Tensor, " batch"] | None:
         return None if self._index is None else self._index.to(device)
 
     def hook(self) -> Hook:
-        return EMBED_HOOK, self.observe
+        return PASS_INPUT_HOOK, self.observe
 
 
 def prompt_positions(

@@ -113,7 +113,7 @@ class Intervention(Applies):
     def __add__(self, other: Intervention) -> Intervention:
         if not isinstance(other, Intervention):
             return NotImplemented
-        if (other.layer, other.model) != (self.layer, self.model):
+        if other.layer != self.layer or self.model.mismatches(other.model):
             raise ValueError(
                 f"cannot add interventions at layer {self.layer} ({self.model.name}) and layer "
                 f"{other.layer} ({other.model.name}); apply them together with steer() instead"

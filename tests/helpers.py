@@ -1,4 +1,4 @@
-"""Test helpers: tiny random-init models (no downloads) wrapped in a TransformerBridge."""
+"""Test helpers: tiny random-init models (no downloads) as a TransformerBridge or a HookedTransformer."""
 
 from __future__ import annotations
 
@@ -11,12 +11,14 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, processors
 from transformers import (
     AutoTokenizer,
+    Gemma2Config,
     Gemma3TextConfig,
     GPT2Config,
     LlamaConfig,
     PreTrainedTokenizerFast,
 )
 
+from headsteer.backends import hooked_transformer_class
 from headsteer.models import wrap_model
 
 REPO = Path(__file__).resolve().parents[1]  # the checkout: tests may run from any folder
@@ -75,6 +77,25 @@ TINY_CONFIGS = {
         bos_token_id=1,
         eos_token_id=2,
     ),
+    # Soft-capped logits (Gemma 2's final_logit_softcapping), small enough that the cap bends them.
+    "gemma2": lambda: Gemma2Config(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        query_pre_attn_scalar=8,
+        max_position_embeddings=128,
+        sliding_window=16,
+        final_logit_softcapping=2.0,
+        attn_logit_softcapping=5.0,
+        architectures=["Gemma2ForCausalLM"],
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    ),
     "gpt2": lambda: GPT2Config(
         vocab_size=VOCAB_SIZE,
         n_positions=128,
@@ -124,9 +145,26 @@ def tiny_tokenizer():
     return AutoTokenizer.from_pretrained(str(_tokenizer_dir()))
 
 
-def tiny_bridge(kind: str = "gemma3", seed: int = 0):
+def tiny_bridge(kind: str = "gemma3", seed: int = 0, dtype: torch.dtype = torch.float32):
     """A TransformerBridge around a tiny random ``kind`` model, named ``tiny-{kind}``."""
-    return wrap_model(tiny_hf_model(kind, seed), tiny_tokenizer(), f"tiny-{kind}")
+    return wrap_model(tiny_hf_model(kind, seed).to(dtype), tiny_tokenizer(), f"tiny-{kind}")
+
+
+def tiny_hooked(kind: str = "gemma3", seed: int = 0, dtype: torch.dtype = torch.float32, processed: bool = False):
+    """A HookedTransformer (TransformerLens 3.x) with ``tiny_bridge(kind, seed)``'s weights, named ``tiny-{kind}``."""
+    from tests.tiny_hooked import hooked_from_hf
+
+    return hooked_from_hf(tiny_hf_model(kind, seed).to(dtype), tiny_tokenizer(), f"tiny-{kind}", processed)
+
+
+def tiny_model(model_kind: str, kind: str = "gemma3", seed: int = 0, dtype: torch.dtype = torch.float32):
+    """``tiny_bridge`` or ``tiny_hooked`` by ``model_kind`` ("bridge" or "hooked")."""
+    return {"bridge": tiny_bridge, "hooked": tiny_hooked}[model_kind](kind, seed, dtype)
+
+
+def has_hooked_transformer() -> bool:
+    """Whether the installed TransformerLens has HookedTransformer (3.x; 4.0 removed it)."""
+    return hooked_transformer_class() is not None
 
 
 def save_tiny_model(kind: str, directory: Path) -> Path:

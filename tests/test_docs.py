@@ -2,10 +2,12 @@
 
 The ```python blocks of each Markdown file (README.md first) run in order, in one namespace per file,
 in a temporary working directory (so ``runs/...`` and other relative paths land there), with
-``headsteer.load_model`` and Hugging Face's ``from_pretrained`` returning tiny random Gemma 3 models:
-no download and no real model. The tiny model has 6 layers rather than ``tiny_bridge``'s 3, so the
-snippets can use layer 4, the default and the layer the docs recommend. Each ``headsteer ...`` line of
-a ```bash block is parsed by ``headsteer.cli.build_parser()`` (nothing runs).
+``headsteer.load_model``, Hugging Face's ``from_pretrained`` and (TransformerLens 3.x)
+``HookedTransformer.from_pretrained`` returning tiny random Gemma 3 models: no download and no real model.
+A snippet that imports HookedTransformer is skipped where TransformerLens has none (4.x). The tiny
+model has 6 layers rather than ``tiny_bridge``'s 3, so the snippets can use layer 4, the default and
+the layer the docs recommend. Each ``headsteer ...`` line of a ```bash block is parsed by
+``headsteer.cli.build_parser()`` (nothing runs).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import transformers
 import headsteer
 import headsteer.models
 from headsteer.cli import build_parser
-from tests.helpers import REPO, TINY_CONFIGS, tiny_tokenizer
+from tests.helpers import REPO, TINY_CONFIGS, has_hooked_transformer, tiny_tokenizer
 
 ROOT = REPO
 README = ROOT / "README.md"
@@ -83,6 +85,13 @@ def offline_models(docs_model, monkeypatch):
     monkeypatch.setattr(headsteer.models, "load_model", load_model)
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: tiny_docs_hf_model())
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tokenizer)
+    if has_hooked_transformer():
+        from transformer_lens import HookedTransformer
+
+        from tests.tiny_hooked import hooked_from_hf
+
+        hooked = hooked_from_hf(tiny_docs_hf_model(), tokenizer, "tiny-gemma3-docs")
+        monkeypatch.setattr(HookedTransformer, "from_pretrained", lambda *a, **k: hooked)
 
 
 PYTHON_DOCS = [p for p in DOCS if blocks(p, "python")]
@@ -99,6 +108,8 @@ def test_python_snippets_run_in_order(path, offline_models, tmp_path, monkeypatc
     monkeypatch.setenv("HEADSTEER_CACHE_DIR", str(tmp_path / "cache"))
     namespace: dict[str, object] = {"__name__": f"docs:{path.name}"}
     for first_line, code in blocks(path, "python"):
+        if "import HookedTransformer" in code and not has_hooked_transformer():
+            continue  # TransformerLens 4.x removed it; the TransformerLens 3.x environment runs this snippet
         # Padded so that a traceback names the line in the Markdown file.
         exec(compile("\n" * (first_line - 1) + code, str(path), "exec"), namespace)
 

@@ -10,9 +10,9 @@ from headsteer.generation import cut_at_stop
 QA = hs.get_template("qa")
 
 
-def test_evaluate_pairs_scores_each_pair(gemma_tiny):
+def test_evaluate_pairs_scores_each_pair(gemma_kinds):
     pairs = [hs.Pair("hot", "cold"), hs.Pair("big", "small")]
-    scores = hs.evaluate_pairs(gemma_tiny, pairs, QA, progress=False)
+    scores = hs.evaluate_pairs(gemma_kinds, pairs, QA, progress=False)
     assert list(scores.columns) == ["input", "target", "prediction", "first_token", "exact_match"]
     assert scores["input"].tolist() == ["hot", "big"]
     assert scores["exact_match"].tolist() == [
@@ -22,11 +22,11 @@ def test_evaluate_pairs_scores_each_pair(gemma_tiny):
     assert summary["n"] == 2 and 0 <= summary["first_token"] <= 1
 
 
-def test_first_token_hit_when_the_model_is_forced_to_the_answer(gemma_tiny):
+def test_first_token_hit_when_the_model_is_forced_to_the_answer(gemma_kinds):
     """Plant the answer: a Δ fitted hard on one pair must score it right."""
     pair = hs.Pair("hot", "cold")
-    result = hs.fit(gemma_tiny, [pair], QA, hs.FitConfig(layer=2, steps=40, lr=2.0, gamma=0, lam=0), progress=False)
-    scores = hs.evaluate_pairs(gemma_tiny, [pair], QA, [result.intervention], progress=False)
+    result = hs.fit(gemma_kinds, [pair], QA, hs.FitConfig(layer=2, steps=40, lr=2.0, gamma=0, lam=0), progress=False)
+    scores = hs.evaluate_pairs(gemma_kinds, [pair], QA, [result.intervention], progress=False)
     assert scores["first_token"].all()
 
 
@@ -54,21 +54,21 @@ def test_mean_std_across_seeds():
     assert format_mean_std(table).set_index("method").loc["a", "first_token"] == "0.200 ± 0.100"
 
 
-def test_row_deltas_score_like_separate_interventions(gemma_tiny):
+def test_row_deltas_score_like_separate_interventions(gemma_kinds):
     import torch
 
     from tests.test_hooks import make_iv
 
     pairs = [hs.Pair("hot", "cold"), hs.Pair("big", "small"), hs.Pair("up", "down")]
-    a = make_iv(gemma_tiny, scale=3.0, seed=1)
-    b = hs.Intervention(make_iv(gemma_tiny, scale=3.0, seed=2).delta, 2, a.model)
+    a = make_iv(gemma_kinds, scale=3.0, seed=1)
+    b = hs.Intervention(make_iv(gemma_kinds, scale=3.0, seed=2).delta, 2, a.model)
     rows = hs.RowDeltas(torch.tensor([1] * 3 + [2] * 3), torch.stack([a.delta] * 3 + [b.delta] * 3))
-    together = hs.evaluate_pairs(gemma_tiny, pairs * 2, QA, rows, batch_size=4, progress=False)
-    separate = pd.concat([hs.evaluate_pairs(gemma_tiny, pairs, QA, [iv], progress=False) for iv in (a, b)])
+    together = hs.evaluate_pairs(gemma_kinds, pairs * 2, QA, rows, batch_size=4, progress=False)
+    separate = pd.concat([hs.evaluate_pairs(gemma_kinds, pairs, QA, [iv], progress=False) for iv in (a, b)])
     pd.testing.assert_frame_equal(together, separate.reset_index(drop=True))
     assert (
         together["prediction"].tolist()
-        != hs.evaluate_pairs(gemma_tiny, pairs * 2, QA, progress=False)["prediction"].tolist()
+        != hs.evaluate_pairs(gemma_kinds, pairs * 2, QA, progress=False)["prediction"].tolist()
     )
 
 

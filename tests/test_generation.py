@@ -110,25 +110,27 @@ def test_model_generate_under_applied_adds_delta_once_with_or_without_a_kv_cache
         assert runs[True] == runs[False] == ours, word
 
 
-def test_generate_renders_inputs_with_the_template_and_steers(gemma_tiny):
+def test_generate_renders_inputs_with_the_template_and_steers(gemma_kinds):
     """``hs.generate``: the people's entry point equals the batched path on the same prompts."""
-    iv = make_iv(gemma_tiny, scale=3.0)
-    tokens = hs.encode_prompts(gemma_tiny.tokenizer, QA, INPUTS)
-    assert hs.generate(gemma_tiny, INPUTS, [iv], max_new_tokens=4) == hs.greedy_generate(gemma_tiny, tokens, [iv], 4)
-    assert hs.generate(gemma_tiny, INPUTS, [iv], max_new_tokens=4) != hs.generate(gemma_tiny, INPUTS, max_new_tokens=4)
-    assert hs.generate(gemma_tiny, "Q: hot\nA:", template=None, max_new_tokens=4) == hs.generate(
-        gemma_tiny, ["hot"], max_new_tokens=4
+    iv = make_iv(gemma_kinds, scale=3.0)
+    tokens = hs.encode_prompts(gemma_kinds.tokenizer, QA, INPUTS)
+    assert hs.generate(gemma_kinds, INPUTS, [iv], max_new_tokens=4) == hs.greedy_generate(gemma_kinds, tokens, [iv], 4)
+    assert hs.generate(gemma_kinds, INPUTS, [iv], max_new_tokens=4) != hs.generate(
+        gemma_kinds, INPUTS, max_new_tokens=4
+    )
+    assert hs.generate(gemma_kinds, "Q: hot\nA:", template=None, max_new_tokens=4) == hs.generate(
+        gemma_kinds, ["hot"], max_new_tokens=4
     )
 
 
-def test_an_in_context_vector_acts_at_every_position_through_the_same_protocol(gemma_tiny, monkeypatch):
+def test_an_in_context_vector_acts_at_every_position_through_the_same_protocol(gemma_kinds, monkeypatch):
     """Steering at every position (ICV) is changed in every pass of headsteer's decoding, Δ only once."""
     from headsteer.baselines.icv import fit_icv
 
-    icv = fit_icv(gemma_tiny, [hs.Pair("hot", "cold"), hs.Pair("up", "down"), hs.Pair("big", "small")], 1.0)
-    tokens = hs.encode_prompts(gemma_tiny.tokenizer, QA, INPUTS)
-    plain = hs.greedy_ids(gemma_tiny, tokens, max_new_tokens=3, stop=None)
-    with icv.applied(gemma_tiny):  # the old way: hooks around everything
-        around = hs.greedy_ids(gemma_tiny, tokens, max_new_tokens=3, stop=None)
-    assert torch.equal(hs.greedy_ids(gemma_tiny, tokens, [icv], max_new_tokens=3, stop=None), around)
+    icv = fit_icv(gemma_kinds, [hs.Pair("hot", "cold"), hs.Pair("up", "down"), hs.Pair("big", "small")], 1.0)
+    tokens = hs.encode_prompts(gemma_kinds.tokenizer, QA, INPUTS)
+    plain = hs.greedy_ids(gemma_kinds, tokens, max_new_tokens=3, stop=None)
+    with icv.applied(gemma_kinds):  # the old way: hooks around everything
+        around = hs.greedy_ids(gemma_kinds, tokens, max_new_tokens=3, stop=None)
+    assert torch.equal(hs.greedy_ids(gemma_kinds, tokens, [icv], max_new_tokens=3, stop=None), around)
     assert not torch.equal(around, plain)

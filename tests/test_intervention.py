@@ -34,11 +34,11 @@ def trained_iv(model, seed=0):
     )
 
 
-def test_save_load_round_trips_every_field(gemma_tiny, tmp_path):
-    iv = trained_iv(gemma_tiny)
+def test_save_load_round_trips_every_field(gemma_kinds, tmp_path):
+    iv = trained_iv(gemma_kinds)
     tensors, meta = iv.save(tmp_path / "iv")
     assert tensors.name == "iv.safetensors" and meta.name == "iv.json"
-    loaded = hs.Intervention.load(tmp_path / "iv", model=gemma_tiny)
+    loaded = hs.Intervention.load(tmp_path / "iv", model=gemma_kinds)
     assert torch.equal(loaded.delta, iv.delta)
     for name in ("layer", "model", "task", "template", "fit_config", "training"):
         assert getattr(loaded, name) == getattr(iv, name), name
@@ -58,15 +58,15 @@ def test_a_hand_made_intervention_round_trips_without_a_record(gemma_tiny, tmp_p
     assert loaded.training is None and torch.equal(loaded.delta, iv.delta)
 
 
-def test_load_refuses_a_model_of_another_shape_or_name(gemma_tiny, tmp_path):
-    make_iv(gemma_tiny).save(tmp_path / "iv")
+def test_load_refuses_a_model_of_another_shape_or_name(gemma_kinds, tmp_path):
+    make_iv(gemma_kinds).save(tmp_path / "iv")
     with pytest.raises(hs.ModelMismatchError, match=r"d_head: trained on 12, model has 8"):
         hs.Intervention.load(tmp_path / "iv", model=tiny_bridge("llama"))
     other = tiny_bridge("gemma3", seed=1)
     other.cfg.model_name = "some-other-gemma"
     with pytest.raises(hs.ModelMismatchError, match="name: trained on 'tiny-gemma3'"):
         hs.Intervention.load(tmp_path / "iv", model=other)
-    with pytest.raises(hs.ModelMismatchError), make_iv(gemma_tiny).applied(tiny_bridge("gpt2")):
+    with pytest.raises(hs.ModelMismatchError), make_iv(gemma_kinds).applied(tiny_bridge("gpt2")):
         pass
 
 

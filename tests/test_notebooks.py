@@ -1,4 +1,8 @@
-"""Every notebook runs top to bottom, headless, on a tiny model (HEADSTEER_QUICK=1), so none can rot."""
+"""Every notebook runs top to bottom, headless, on a tiny model (HEADSTEER_QUICK=1), so none can rot.
+
+The committed notebooks carry the real model's outputs (``make_notebooks.py --execute``); the
+tests run a copy in memory and never write it back.
+"""
 
 import sys
 
@@ -17,7 +21,8 @@ def tiny_model_dir(tmp_path_factory):
 
 
 def test_the_committed_notebooks_are_what_the_generator_writes():
-    """notebooks/make_notebooks.py is the source: every notebook it defines is committed, cell for cell."""
+    """notebooks/make_notebooks.py is the source: every notebook it defines is committed, cell for cell
+    (outputs aside)."""
     sys.path.insert(0, str(REPO / "notebooks"))
     try:
         from make_notebooks import NOTEBOOKS as SOURCES
@@ -33,8 +38,10 @@ def test_the_committed_notebooks_are_what_the_generator_writes():
 def test_notebook_runs(path, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("HEADSTEER_MODEL", str(tiny_model_dir))
     monkeypatch.setenv("HEADSTEER_QUICK", "1")
+    committed = path.read_bytes()
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    assert path.read_bytes() == committed  # the tiny model's outputs stay in memory
     outputs = [o for cell in nb.cells if cell.cell_type == "code" for o in cell.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert any(

@@ -2,8 +2,10 @@
 
 import pandas as pd
 import pytest
+import torch
 
 import headsteer as hs
+from tests.conftest import NO_HOOKED
 from tests.helpers import REPO
 
 pytestmark = pytest.mark.real_model
@@ -73,3 +75,26 @@ def test_committed_layer4_fit_reproduces(gemma):
         rows[["method", "first_token", "exact_match", "n"]].values.tolist()
         == saved[["method", "first_token", "exact_match", "n"]].values.tolist()
     )
+
+
+@NO_HOOKED
+def test_a_committed_delta_steers_a_hooked_transformer_of_the_same_weights_like_the_bridge(gemma):
+    """TransformerLens 3.x: Gemma 3 270M as a HookedTransformer (unprocessed), from the same converted weights.
+
+    The committed Δ (recorded for ``google/gemma-3-270m``) loads on it (``gemma-3-270m``) and moves its logits
+    as it moves the bridge's, within fp32 tolerance.
+    """
+    from transformer_lens import HookedTransformer
+
+    from headsteer import models
+
+    files = models.open_model()
+    hooked = HookedTransformer.from_pretrained_no_processing(
+        hs.DEFAULT_MODEL, hf_model=models.load_weights(files), tokenizer=files.tokenizer, device="cpu"
+    )
+    iv = hs.Intervention.load(REPO / "results/heads/antonym/regularized", hooked)
+    tokens = hs.encode_prompts(gemma.tokenizer, hs.get_template("qa"), ["hot", "early", "strong"])
+    ours, theirs = (hs.next_token_logits(m, tokens, [iv]) for m in (gemma, hooked))
+    assert not torch.allclose(ours, hs.next_token_logits(gemma, tokens), atol=1e-2)  # Δ moves the logits
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-3)
+    assert hs.generate(hooked, ["hot", "early"], [iv]) == hs.generate(gemma, ["hot", "early"], [iv])

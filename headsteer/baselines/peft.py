@@ -1,7 +1,8 @@
 """Parameter-efficient fine-tuning baselines (``peft``) on the same pairs and the same loss as Δ.
 
 Each method trains a copy of the wrapped Hugging Face model, so the bridge the
-other methods use is never touched:
+other methods use is never touched (a HookedTransformer holds no Hugging Face
+model, so these baselines need a TransformerBridge):
 
 * ``lora``: rank-4 LoRA (α = 8) on the attention query and value projections;
 * ``ia3``: IA3 scaling vectors on the key, value and MLP down projections;
@@ -23,6 +24,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from headsteer.backends import model_kind
 from headsteer.errors import ConfigError
 from headsteer.evaluate import DEFAULT_MAX_NEW_TOKENS, score_generations
 from headsteer.prompts import Template, answer_first_token, encode_prompts
@@ -87,18 +89,21 @@ def peft_model(model, config: PEFTConfig, task: str = ""):
 
 
 def plain_hf_copy(model):
-    """A fresh Hugging Face model with ``model``'s weights, free of the bridge's wrapper modules."""
+    """A fresh Hugging Face model with ``model``'s weights, free of the bridge's wrapper modules.
+
+    A HookedTransformer holds no Hugging Face model: a ConfigError says so before any training.
+    """
     from transformers import AutoModelForCausalLM
 
-    source = model.original_model
-    fresh = AutoModelForCausalLM.from_config(source.config, attn_implementation="eager", torch_dtype=source.dtype)
-    weights = {k.replace("._original_component", ""): v for k, v in source.state_dict().items()}
+    config, weights = model_kind(model).hugging_face_weights(model)
+    sample = next(iter(weights.values()))
+    fresh = AutoModelForCausalLM.from_config(config, attn_implementation="eager", torch_dtype=sample.dtype)
     wanted = fresh.state_dict().keys()
     missing = [k for k in wanted if k not in weights]
     if missing:
         raise ValueError(f"cannot copy the model for PEFT: no weights for {missing[:3]}")
     fresh.load_state_dict({k: weights[k].clone() for k in wanted}, strict=True)
-    return fresh.to(next(source.parameters()).device).eval()
+    return fresh.to(sample.device).eval()
 
 
 def _prompt_tuning_model(hf, spec, tokenizer, description: str):

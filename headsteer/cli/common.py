@@ -8,7 +8,7 @@ from pathlib import Path
 
 from headsteer.cli.options import ray_config
 from headsteer.files import summary_path, write_text_atomic
-from headsteer.models import ModelFiles, load_from, open_model
+from headsteer.models import ModelFiles, Placement, load_from, open_model
 from headsteer.paper.workers import ModelOrWorkers, ModelSource, RayWorkers
 from headsteer.tasks import Task, load_task
 
@@ -26,8 +26,13 @@ def load_task_noting_drops(name: str, data_dir: str | None) -> Task:
 
 
 def open_model_files(args: argparse.Namespace) -> ModelFiles:
-    """The model's config and tokenizer (``--model``, ``--cache-dir``): enough for the checks, no weights."""
-    return open_model(args.model, args.cache_dir)
+    """The model's config and tokenizer (``--model``, ``--cache-dir``): enough for the checks, no weights.
+
+    ``--dtype`` and ``--device`` are checked first (a CUDA device this machine lacks is refused here).
+    """
+    auto = args.device == "auto"
+    placement = Placement(None if auto else args.device, args.dtype, "auto" if auto else None)
+    return open_model(args.model, args.cache_dir, placement)
 
 
 def load_model_or_workers(args: argparse.Namespace, files: ModelFiles) -> ModelOrWorkers:
@@ -35,7 +40,7 @@ def load_model_or_workers(args: argparse.Namespace, files: ModelFiles) -> ModelO
     config = ray_config(args)
     if config is None:
         return load_from(files)
-    return RayWorkers(ModelSource(args.model, args.cache_dir), config)
+    return RayWorkers(ModelSource(args.model, args.cache_dir, args.dtype), config)
 
 
 def write_summary(out: str, text: str) -> None:

@@ -20,7 +20,7 @@ from headsteer.cli.options import (
     add_token_limit_option,
     timed,
 )
-from headsteer.cli.preflight import check_fit_model, checked_split
+from headsteer.cli.preflight import check_model_layer, checked_split
 from headsteer.config import FitConfig
 from headsteer.models import load_from
 from headsteer.prompts import Template, get_template
@@ -55,7 +55,7 @@ def run_demo(args: argparse.Namespace) -> int:
     template = get_template(DEFAULT_TEMPLATE)
     task = load_task_noting_drops(args.task, args.data_dir)
     files = open_model_files(args)
-    check_fit_model(files, config.layer, fast=True)
+    check_model_layer(files, config.layer)
     checked_split(files, template, task, SPLIT.n_train, config.seed, None)
     show_demo(load_from(files), task, template, config)
     return 0

@@ -9,11 +9,21 @@ weights load. The times quoted in the help were measured with the defaults.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
+
+import pandas as pd
 
 from headsteer.baselines.prompting import few_shot_template
 from headsteer.cli.common import load_model_or_workers, load_task_noting_drops, open_model_files, write_summary
-from headsteer.cli.flags import AppendDistinct, Distinct, LayerSelection, count, non_negative_float
+from headsteer.cli.flags import (
+    AppendDistinct,
+    Distinct,
+    LayerSelection,
+    count,
+    non_negative_int,
+    positive_float,
+)
 from headsteer.cli.options import (
     FIT,
     Subcommands,
@@ -37,8 +47,7 @@ from headsteer.cli.options import (
     timed,
 )
 from headsteer.cli.preflight import (
-    check_fast_forward,
-    check_fit_model,
+    check_model_layer,
     check_prompts,
     check_ray,
     check_results_outputs,
@@ -47,16 +56,17 @@ from headsteer.cli.preflight import (
 )
 from headsteer.config import OPTION_LOSSES
 from headsteer.files import check_output_dir, predictions_path, settings_path, summary_path
-from headsteer.heads import DEFAULT_PATH
+from headsteer.heads.maps import MapConfig, map_samples
+from headsteer.heads.resample import RESAMPLINGS
 from headsteer.paper import composition, opinion, table
 from headsteer.paper.head_study import head_study
 from headsteer.paper.methods import COMPOSE_METHODS, FEW_SHOT_METHODS, OPINION_METHODS, TABLE_METHODS
 from headsteer.paper.opinionqa import DATA_DIR_ENV as OPINIONQA_ENV
 from headsteer.paper.opinionqa import PAPER_GROUPS, load_group, split_questions
-from headsteer.paper.summary import summary_markdown, with_average
+from headsteer.paper.summary import summary_markdown, with_average, with_run_on
 from headsteer.paper.sweep import sweep
 from headsteer.prompts import get_template
-from headsteer.tasks import TODD_TASKS, split_task
+from headsteer.tasks import TODD_TASKS
 
 PAPER_SEEDS = 5  # the paper's tables and figures average over seeds 0..4
 
@@ -71,6 +81,15 @@ def _out_option(p: argparse.ArgumentParser, table: bool = True) -> None:
         metavar="OUT.csv",
         help=f"results CSV, with {', '.join(path.name for path in beside)} beside it; rerun the same command to resume",
     )
+
+
+def add_layers_option(p: argparse.ArgumentParser, what: str = "") -> None:
+    """--layers, one parser for every command (argparse parses the string default with it)."""
+    p.add_argument("--layers", type=PARSE_LAYERS, default="all", help=f"{what}{LAYERS_HELP}")
+
+
+PARSE_LAYERS = LayerSelection.parse  # one object: a bound classmethod is a new object at every access
+LAYERS_HELP = "'all', a list '0,2,4', a range '0-8', or both '0-3,8'"
 
 
 # ---- sweep --------------------------------------------------------------------------------
@@ -91,12 +110,7 @@ def add_sweep_parser(sub: Subcommands) -> None:
     add_task_options(p)
     add_n_train_option(p, "training pairs per seed")
     add_max_test_option(p, "held-out pairs scored per seed")
-    p.add_argument(
-        "--layers",
-        type=LayerSelection.parse,
-        default="all",  # argparse parses a string default with the flag's type
-        help="'all', a list '0,2,4', a range '0-8', or both '0-3,8'",
-    )
+    add_layers_option(p)
     add_seeds_option(p, default=PAPER_SEEDS)
     add_fit_options(p, layer=False)  # --layers names them
     add_max_new_tokens_option(p)
@@ -113,8 +127,6 @@ def run_sweep(args: argparse.Namespace) -> int:
     out = check_results_outputs(args.out)
     files = open_model_files(args)
     layers = args.layers.resolve(files.n_layers)
-    if args.fast:
-        check_fast_forward(files)
     include_stop = config.loss == "sequence"
     for seed in seeds(args):
         checked_split(files, template, task, args.n_train, seed, max_test(args), include_stop)
@@ -205,7 +217,7 @@ def run_table(args: argparse.Namespace) -> int:
     tasks = [load_task_noting_drops(name, args.data_dir) for name in args.tasks]
     out = check_results_outputs(args.out, predictions=True, summary=True)
     files = open_model_files(args)
-    check_fit_model(files, config.layer, fast=True)
+    check_model_layer(files, config.layer)
     few_shot = any(m in FEW_SHOT_METHODS for m in config.methods)
     for task in tasks:
         for seed in seeds(args):
@@ -214,7 +226,9 @@ def run_table(args: argparse.Namespace) -> int:
                 check_prompts(task.name, files.tokenizer, few_shot_template(template, train), [p.input for p in test])
     model = load_model_or_workers(args, files)
     rows = table.build_table(model, tasks, template, seeds(args), config, out)
-    write_summary(args.out, summary_markdown(rows, config.methods))
+    predictions = pd.read_csv(predictions_path(out), keep_default_na=False)
+    metrics = ("exact_match", "first_token", "run_on")
+    write_summary(args.out, summary_markdown(with_run_on(rows, predictions), config.methods, metrics))
     return 0
 
 
@@ -269,7 +283,7 @@ def run_compose(args: argparse.Namespace) -> int:
     composed = [composition.compose_tasks(tasks[outer], tasks[inner], config.min_pairs) for outer, inner in pairs]
     out = check_results_outputs(args.out, predictions=True, summary=True)
     files = open_model_files(args)
-    check_fit_model(files, config.layer, fast=True)
+    check_model_layer(files, config.layer)
     for c in composed:
         print(f"{c.name}: {len(c)} chained pairs")
         for seed in seeds(args):
@@ -326,7 +340,7 @@ def run_opinion(args: argparse.Namespace) -> int:
     groups = {name: load_group(name, args.data_dir) for name in args.group or PAPER_GROUPS}
     out = check_results_outputs(args.out, predictions=True, summary=True)
     files = open_model_files(args)
-    check_fit_model(files, config.layer, fast=True)
+    check_model_layer(files, config.layer)
     for name, group in groups.items():
         print(f"{name} ({group.attribute}): {len(group)} questions")
         for seed in seeds(args):
@@ -343,48 +357,126 @@ def run_opinion(args: argparse.Namespace) -> int:
 
 
 # ---- heads --------------------------------------------------------------------------------
+MAP = MapConfig()  # every head-map flag's default
+
+
 def add_heads_parser(sub: Subcommands) -> None:
     p = add_command(
         sub,
         "heads",
-        "which heads a task uses: Δ with and without penalty, the λ path, FV head effects (about 2.5 min)",
+        "which heads a task uses, model-wide and how stably: the head map (about 12 min per task and seed)",
         timed(
-            "Fit Δ on one seed's training pairs with and without the penalty and along a path of\n"
-            "strengths γ = λ, and measure each head's function-vector effect: the tables behind the\n"
-            "head figures (headsteer figures).",
-            "about 2.5 min per task",
+            "Map which heads Δ uses at every layer of --layers, on each seed's training pairs: ‖Δ_h‖ at the\n"
+            "chosen γ = λ; the λ path by warm-started continuation (where each head switches on); stability\n"
+            "selection over --resamples resamples of the training pairs; each head's causal share on the\n"
+            "held-out pairs (Δ without it, it alone); the function vector's indirect effect of every head.\n"
+            "Writes the tables behind the head figures (headsteer figures) to --out.",
+            "about 12 min per task and seed with the defaults (--layers all, --resamples 10; 2 threads)",
         ),
         run_heads,
     )
     add_model_options(p)
     add_task_options(p)
-    add_n_train_option(p)
-    p.add_argument("--seed", type=int, default=FIT.seed, help="seeds the split and the fits")
-    add_fit_options(p, fast=False)  # every fit here is prefix-cached
+    add_n_train_option(p, "training pairs per seed (fitted on and resampled)")
+    add_max_test_option(p, "held-out pairs scored per seed (causal shares and per-layer accuracy)")
+    add_seeds_option(p, default=1)
+    add_layers_option(p, "the layers mapped: ")
+    add_fit_options(p, layer=False, fast=False)  # every fit here is prefix-cached
+    p.add_argument(
+        "--resamples", type=count, default=MAP.resamples, metavar="B", help="resamples of the training pairs"
+    )
+    p.add_argument(
+        "--resampling",
+        choices=RESAMPLINGS,
+        default=MAP.resampling,
+        help="halves: complementary halves (Shah & Samworth; B/2 splits); bootstrap: N draws with replacement",
+    )
+    p.add_argument(
+        "--threshold",
+        type=positive_float,
+        default=MAP.threshold,
+        help="π_thr: the selection frequency (in (0.5, 1]) a stable head reaches",
+    )
+    p.add_argument(
+        "--expected-false",
+        type=positive_float,
+        default=MAP.expected_false,
+        metavar="E_V",
+        help="bound on the expected number of falsely stable heads; sets how many heads the region may select",
+    )
+    p.add_argument(
+        "--path-points",
+        type=count,
+        default=MAP.path_points,
+        metavar="K",
+        help="strengths on the λ path above the chosen one, log-spaced from the largest entry strength",
+    )
     p.add_argument(
         "--strengths",
-        type=non_negative_float,
+        type=positive_float,
         nargs="+",
         action=Distinct,
-        default=list(DEFAULT_PATH),
-        help="the path of γ = λ values",
+        help="an explicit λ path instead (falling, above --gamma; the chosen strength is appended)",
+    )
+    p.add_argument("--path-steps", type=count, default=MAP.path_steps, help="steps per warm-started path segment")
+    p.add_argument("--path-lr", type=positive_float, default=MAP.path_lr, help="step size of the path segments")
+    p.add_argument(
+        "--fv-top-k", type=count, default=MAP.fv_top_k, metavar="K", help="the function vector's top heads compared"
+    )
+    p.add_argument(
+        "--resample-fv",
+        action=argparse.BooleanOptionalAction,
+        default=MAP.resample_fv,
+        help="also rank heads by the function vector on every resample (the spread of the overlap)",
+    )
+    p.add_argument(
+        "--unregularized-layer",
+        type=non_negative_int,
+        default=MAP.unregularized_layer,
+        metavar="LAYER",
+        help="also fit Δ without penalty at this layer when mapped (Figure 2 sets the two side by side)",
     )
     add_token_limit_option(p)
     add_ray_options(p)
     p.add_argument("--out", metavar="FOLDER", help="output folder (default: results/heads/<task>)")
 
 
+def map_config(args: argparse.Namespace, layers: list[int]) -> MapConfig:
+    return MapConfig(
+        fit=fit_config(args, seed=0, layer=FIT.layer),  # each seed sets its own; the layers are below
+        layers=tuple(layers),
+        resamples=args.resamples,
+        resampling=args.resampling,
+        threshold=args.threshold,
+        expected_false=args.expected_false,
+        path_points=args.path_points,
+        strengths=tuple(args.strengths) if args.strengths else None,
+        path_steps=args.path_steps,
+        path_lr=args.path_lr,
+        fv_top_k=args.fv_top_k,
+        resample_fv=args.resample_fv,
+        unregularized_layer=args.unregularized_layer,
+    )
+
+
 def run_heads(args: argparse.Namespace) -> int:
     check_ray(args)
-    config = fit_config(args, args.seed)
     template = get_template(args.template)
     task = load_task_noting_drops(args.task, args.data_dir)
     out = check_output_dir(args.out or f"results/heads/{task.name.replace('/', '-')}")
     files = open_model_files(args)
-    check_fit_model(files, config.layer, fast=True)
-    train, _ = split_task(task, n_train=args.n_train, seed=config.seed)  # the study fits on the training pairs only
-    check_task_pairs(task.name, files.tokenizer, template, train, include_stop=config.loss == "sequence")
+    config = map_config(args, args.layers.resolve(files.n_layers))  # refuses a bad γ, λ, threshold... by name
+    include_stop = config.fit.loss == "sequence"
+    for seed in seeds(args):  # the fits read the training pairs, the ablations the held-out ones
+        train, _ = checked_split(files, template, task, args.n_train, seed, max_test(args), include_stop)
+        check_prompts(task.name, files.tokenizer, few_shot_template(template, train), [p.input for p in train])
+        map_samples(train, replace(config, fit=replace(config.fit, seed=seed)))  # refuses too few pairs per resample
     model = load_model_or_workers(args, files)
-    head_study(model, task, template, config, out, args.n_train, args.strengths)
-    print(f"wrote {out}/: regularized, unregularized, heads.csv, path.csv, fv_effects.csv")
+    maps = head_study(model, task, template, config, out, seeds(args), args.n_train, max_test(args))
+    for found in maps:
+        print(found.summary().to_markdown(index=False))
+    print(
+        f"wrote {out}/: heads.csv, layers.csv, path.csv, entry.csv, fv_effects.csv, fv_overlap.csv, "
+        "stability.json, interventions/"
+    )
     return 0

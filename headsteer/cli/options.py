@@ -22,7 +22,7 @@ from headsteer.cli.flags import count, non_negative_float, non_negative_int, pos
 from headsteer.config import DEFAULT_LR, OPTIMIZERS, PAIR_LOSSES, FitConfig
 from headsteer.errors import ConfigError
 from headsteer.evaluate import DEFAULT_MAX_NEW_TOKENS
-from headsteer.models import CACHE_ENV
+from headsteer.models import CACHE_ENV, DTYPES
 from headsteer.paper.experiment import ExperimentConfig
 from headsteer.paper.workers import RayConfig
 from headsteer.prompts import DEFAULT_MAX_TOKENS, TEMPLATES
@@ -101,6 +101,18 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cache-dir",
         help=f"where the converted default model is kept (default: ${CACHE_ENV}, else ~/.cache/headsteer)",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=list(DTYPES),
+        default="float32",
+        help="the model's weights and activations (Δ and its optimiser state stay float32)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        help="where the model runs: cpu, cuda, cuda:1, ...; auto splits it over every GPU (Hugging Face's "
+        "device_map='auto')",
     )
 
 
@@ -263,8 +275,7 @@ def add_fit_options(p: argparse.ArgumentParser, layer: bool = True, fast: bool =
             "--fast",
             action=argparse.BooleanOptionalAction,
             default=True,
-            help="fit with the prefix-cached forward; --no-fast runs the full forward (the reference; slower; "
-            "needed for a model that soft-caps its logits)",
+            help="fit with the prefix-cached forward; --no-fast runs the full forward (the reference; slower)",
         )
 
 

@@ -33,8 +33,8 @@ def add_figures_parser(sub: Subcommands) -> None:
     p = add_command(
         sub,
         "figures",
-        "redraw every figure from saved results (HTML + PNG)",
-        "Redraw every figure the saved results allow, as interactive HTML and, with --static, PNG.\n"
+        "redraw every figure from saved results (HTML + PNG, PDF, SVG)",
+        "Redraw every figure the saved results allow, as interactive HTML and, with --static, PNG, PDF and SVG.\n"
         "Reads what sweep, table, compose, opinion and heads wrote; trains nothing, loads no model.",
         run_figures,
     )
@@ -44,7 +44,7 @@ def add_figures_parser(sub: Subcommands) -> None:
         "--static",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="also write PNGs through kaleido, which needs a Chromium (make chromium, or BROWSER_PATH); "
+        help="also write PNG, PDF and SVG through kaleido, which needs a Chromium (make chromium, or BROWSER_PATH); "
         "default: when one is found, else HTML only with a note",
     )
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from headsteer.errors import ConfigError, ModelMismatchError, OutputPathError, TaskError
 from headsteer.files import check_output_file, predictions_path, settings_path, summary_path
 from headsteer.intervention import Intervention
-from headsteer.models import ModelFiles
+from headsteer.models import ModelFiles, canonical_name
 from headsteer.prompts import Template, check_pairs, prompt_tokens
 from headsteer.tasks import Pair, Task, split_task
 
@@ -62,7 +62,7 @@ def _free(path: Path) -> Path:
 
 # ---- where the cells run ------------------------------------------------------------------
 def check_ray(args: argparse.Namespace) -> None:
-    """--ray-workers and --ray-threads need --ray, and --ray needs Ray installed (the ``ray`` extra)."""
+    """--ray-workers and --ray-threads need --ray; --ray needs Ray installed (the ``ray`` extra) and no --device."""
     if args.ray is None:
         for flag, value in (("--ray-workers", args.ray_workers), ("--ray-threads", args.ray_threads)):
             if value is not None:
@@ -70,6 +70,11 @@ def check_ray(args: argparse.Namespace) -> None:
         return
     if importlib.util.find_spec("ray") is None:
         raise ConfigError("--ray needs Ray, which is not installed: pip install 'headsteer[ray]'")
+    if args.device != "cpu":
+        raise ConfigError(
+            f"--device {args.device} with --ray: each Ray worker runs on its own GPU where it has one, "
+            "else on CPU (--device places a model run in this process)"
+        )
 
 
 # ---- what the model's config allows -----------------------------------------------------
@@ -78,28 +83,15 @@ def check_model_layer(files: ModelFiles, layer: int, flag: str = "--layer") -> N
         raise ConfigError(f"{flag} {layer} is out of range: model {files.name!r} has layers 0..{files.n_layers - 1}")
 
 
-def check_fit_model(files: ModelFiles, layer: int, fast: bool) -> None:
-    """Δ's layer exists, and the model suits the prefix-cached fitter where it is used."""
-    check_model_layer(files, layer)
-    if fast:
-        check_fast_forward(files)
-
-
-def check_fast_forward(files: ModelFiles) -> None:
-    """The prefix-cached fitter reads the unembedding as one affine map; a soft-capped head is not one."""
-    if files.soft_caps_logits:
-        raise ConfigError(
-            f"model {files.name!r} soft-caps its logits, which the prefix-cached fitter cannot "
-            "score; pass --no-fast (headsteer fit, compare, sweep) for the full forward"
-        )
-
-
 def check_intervention_model(iv: Intervention, files: ModelFiles, flag: str = "--intervention") -> None:
-    """What can be compared before the weights load: the model's name and number of layers."""
+    """What can be compared before the weights load: the model's name (as ModelSignature compares it) and layers."""
     problems = [
         f"{what}: trained on {theirs!r}, model has {ours!r}"
-        for what, theirs, ours in (("name", iv.model.name, files.name), ("n_layers", iv.model.n_layers, files.n_layers))
-        if theirs != ours
+        for what, theirs, ours, same in (
+            ("name", iv.model.name, files.name, canonical_name(iv.model.name) == canonical_name(files.name)),
+            ("n_layers", iv.model.n_layers, files.n_layers, iv.model.n_layers == files.n_layers),
+        )
+        if not same
     ]
     if problems:
         raise ModelMismatchError(

@@ -33,8 +33,8 @@ from headsteer.cli.options import (
     timed,
 )
 from headsteer.cli.preflight import (
-    check_fit_model,
     check_intervention_model,
+    check_model_layer,
     check_new_output_file,
     check_task_pairs,
     checked_split,
@@ -84,7 +84,7 @@ def run_fit(args: argparse.Namespace) -> int:
     task = load_task_noting_drops(args.task, args.data_dir)
     paths = check_artifact_output(args.out)
     files = open_model_files(args)
-    check_fit_model(files, config.layer, args.fast)
+    check_model_layer(files, config.layer)
     include_stop = config.loss == "sequence"
     checked_split(files, template, task, args.n_train, config.seed, max_test(args), include_stop)
     model = load_from(files)
@@ -196,7 +196,7 @@ def run_compare(args: argparse.Namespace) -> int:
     task = load_task_noting_drops(args.task, args.data_dir)
     out = check_new_output_file(args.out) if args.out else None
     files = open_model_files(args)
-    check_fit_model(files, config.layer, args.fast)
+    check_model_layer(files, config.layer)
     include_stop = config.loss == "sequence"
     for seed in seeds(args):
         checked_split(files, template, task, args.n_train, seed, max_test(args), include_stop)

@@ -18,11 +18,12 @@ Two implementations, with the same values and gradients (up to fp32 summation or
   hidden states with the unembedding, which the losses read in one streaming
   pass instead of materialising ``[rows, vocab]`` logits::
 
-      h_i = base_model(x_i[p_i : p_i + n_scored] | KV(x_i[:p_i]));  Δ added at suffix position 0
+      h_i = final_hidden(x_i[p_i : p_i + n_scored] | KV(x_i[:p_i]));  Δ added at suffix position 0
 
   The cost per step is the suffix through every layer plus one read of the
   unembedding for ``n_scored`` rows, instead of every position's logits and
-  their gradient.
+  their gradient. How each kind of model (HookedTransformer, TransformerBridge)
+  runs with a KV cache, and where its unembedding is, is :mod:`headsteer.backends`.
 """
 
 from __future__ import annotations
@@ -33,12 +34,10 @@ from typing import Protocol, runtime_checkable
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
-from transformers import Cache
-from transformers.cache_utils import CacheLayerMixin
 
-from headsteer.errors import ConfigError
+from headsteer.backends import KVCache, model_kind
 from headsteer.fitting.losses import Scored
-from headsteer.fitting.unembed import FinalHidden, output_embedding
+from headsteer.fitting.unembed import FinalHidden
 from headsteer.hooks import AtIndex, added_hooks, delta_hooks
 from headsteer.prompts import TokenBatch
 
@@ -80,13 +79,11 @@ def naive_scored_logits(
 
 @dataclass
 class PrefixCache:
-    """The Δ-independent part of one batch, computed once."""
+    """The Δ-independent part of one batch, computed once: the prefixes' KV cache and each row's suffix."""
 
-    cache: Cache  # the prefix keys/values, restored to them before each step
-    saved: list[tuple[Tensor | None, Tensor | None]]  # each layer's prefix keys/values, restored before every step
+    cache: KVCache  # the prefixes' keys and values; each suffix runs against it and leaves it as it was
     suffix_ids: Int[Tensor, "batch n_scored"]
-    mask: Int[Tensor, "batch prefix_plus_suffix"]
-    suffix_positions: Int[Tensor, "batch n_scored"]
+    suffix_mask: Int[Tensor, "batch n_scored"]
 
 
 class PrefixCachedForward:
@@ -127,7 +124,7 @@ class PrefixCachedForward:
         storage = (weight.data_ptr(), tuple(weight.shape), weight.dtype)
         if storage not in self._bf16:  # the entry keeps the storage alive, so its address stays unique
             self._bf16[storage] = (weight, weight.to(torch.bfloat16))
-        return FinalHidden(scored.hidden, self._bf16[storage][1], scored.bias, low_precision=True)
+        return FinalHidden(scored.hidden, self._bf16[storage][1], scored.bias, scored.softcap, low_precision=True)
 
 
 def run_suffix(
@@ -139,30 +136,24 @@ def run_suffix(
     """The suffix of every row against its prefix cache, Δ added at ``layer``, suffix position 0 (neither: no Δ)."""
     if (layer is None) != (delta is None):
         raise ValueError("run_suffix: give both layer and delta, or neither")
-    _restore(prefix)
     at_first = torch.zeros(len(prefix.suffix_ids), dtype=torch.long)
     hooks = [] if layer is None or delta is None else delta_hooks(layer, delta, AtIndex(at_first, prompt_len=1))
+    kind = model_kind(model)
     with added_hooks(model, hooks):
-        hidden = model.original_model.base_model(
-            input_ids=prefix.suffix_ids,
-            attention_mask=prefix.mask,
-            position_ids=prefix.suffix_positions,
-            past_key_values=prefix.cache,
-            use_cache=True,
-        ).last_hidden_state
-    return FinalHidden(hidden, *output_embedding(model))
+        hidden = kind.final_hidden(model, prefix.cache, prefix.suffix_ids, prefix.suffix_mask, keep=False)
+    return FinalHidden(hidden, *kind.unembedding(model))
 
 
 @torch.no_grad()
 def build_prefix(model, tokens: TokenBatch, n_scored: int, repeats: int = 1) -> PrefixCache:
     """Split each row at its last prompt token; run the left-padded prefixes once with a KV cache.
 
+    Rows with the same prefix share one run (a batch of many fits on the same training
+    pairs, e.g. every layer and resample of a head map, runs each distinct prompt once).
     With ``repeats`` > 1 every row is repeated that many times (row i becomes
     rows i·repeats .. i·repeats + repeats − 1) after its prefix is computed once.
     """
-    device = model.cfg.device
     ids, mask, last = tokens.input_ids, tokens.attention_mask, tokens.last_index
-    rows = range(len(tokens))
     starts = [int(s) for s in last]
     if min(starts) < 1:
         raise ValueError("every prompt needs at least one token before its last one to use the prefix cache")
@@ -171,31 +162,23 @@ def build_prefix(model, tokens: TokenBatch, n_scored: int, repeats: int = 1) -> 
     prefix_mask = torch.zeros((len(tokens), width), dtype=torch.long)
     suffix_ids = torch.zeros((len(tokens), n_scored), dtype=torch.long)
     suffix_mask = torch.zeros((len(tokens), n_scored), dtype=torch.long)
-    for i, s in zip(rows, starts):
+    for i, s in enumerate(starts):
         real = mask[i, :s].bool()
         prefix_ids[i, width - int(real.sum()) :] = ids[i, :s][real]
         prefix_mask[i, width - int(real.sum()) :] = 1
         span = ids[i, s : s + n_scored]
         suffix_ids[i, : len(span)] = span
         suffix_mask[i, : len(span)] = mask[i, s : s + n_scored]
-    n_real = prefix_mask.sum(1, keepdim=True)
-    prefix_positions = (prefix_mask.cumsum(-1) - 1).clamp_min(0)
-    suffix_positions = n_real + torch.arange(n_scored)
-    # The prefix needs no Δ and no logits: run the Hugging Face base model (no unembedding).
-    cache = model.original_model.base_model(
-        input_ids=prefix_ids.to(device),
-        attention_mask=prefix_mask.to(device),
-        position_ids=prefix_positions.to(device),
-        use_cache=True,
-    ).past_key_values
-    full_mask = torch.cat([prefix_mask, suffix_mask], dim=1)
+    # Identical rows (same ids, same padding) have identical prefixes: run each distinct one once.
+    distinct, row_of = torch.unique(torch.cat([prefix_ids, prefix_mask], dim=1), dim=0, return_inverse=True)
+    # The prefix needs no Δ and no logits.
+    cache = model_kind(model).prefill(model, distinct[:, :width], distinct[:, width:])
     if repeats > 1:
-        cache.batch_repeat_interleave(repeats)
-        suffix_ids, full_mask, suffix_positions = (
-            t.repeat_interleave(repeats, dim=0) for t in (suffix_ids, full_mask, suffix_positions)
-        )
-    saved = [(layer.keys, layer.values) for layer in _attention_layers(cache)]
-    return PrefixCache(cache, saved, suffix_ids.to(device), full_mask.to(device), suffix_positions.to(device))
+        row_of = row_of.repeat_interleave(repeats)
+        suffix_ids, suffix_mask = (t.repeat_interleave(repeats, dim=0) for t in (suffix_ids, suffix_mask))
+    cache.keep_rows(row_of)  # each row's prefix keys/values, copied from its distinct run
+    device = model.cfg.device
+    return PrefixCache(cache, suffix_ids.to(device), suffix_mask.to(device))
 
 
 @torch.no_grad()
@@ -208,37 +191,11 @@ def shared_prefix_final_hidden(model, shared_ids: list[int], suffixes: TokenBatc
     (see :func:`headsteer.prompts.encode_continuations`). For many prompts
     behind one long context, e.g. few-shot demonstrations.
     """
-    device, base = model.cfg.device, model.original_model.base_model
-    rows, width = suffixes.input_ids.shape
-    cache = base(input_ids=torch.tensor([shared_ids], device=device), use_cache=True).past_key_values
-    cache.batch_repeat_interleave(rows)
-    mask = torch.cat([torch.ones(rows, len(shared_ids), dtype=torch.long), suffixes.attention_mask], dim=1)
-    positions = (len(shared_ids) + torch.arange(width)).expand(rows, -1)
-    hidden = base(
-        input_ids=suffixes.input_ids.to(device),
-        attention_mask=mask.to(device),
-        position_ids=positions.to(device),
-        past_key_values=cache,
-        use_cache=True,
-    ).last_hidden_state
-    last = hidden[torch.arange(rows, device=device), suffixes.last_index.to(device)]
-    return FinalHidden(last[:, None], *output_embedding(model))
-
-
-def _restore(prefix: PrefixCache) -> None:
-    """Reset the cache to the prefix: the previous step appended (differentiable) suffix keys/values."""
-    for layer, (keys, values) in zip(_attention_layers(prefix.cache), prefix.saved):
-        layer.keys, layer.values = keys, values
-        if hasattr(layer, "cumulative_length") and keys is not None:  # sliding-window layers count what they hold
-            layer.cumulative_length = keys.shape[-2]
-
-
-def _attention_layers(cache: Cache) -> list[CacheLayerMixin]:
-    """The cache's per-block key/value layers; a block of another kind (e.g. linear attention) has no prefix to keep."""
-    layers = [layer for layer in cache.layers if isinstance(layer, CacheLayerMixin)]
-    if len(layers) != len(cache.layers):
-        raise ConfigError(
-            "the prefix-cached forward needs a key/value cache in every block; this model has blocks of another "
-            "kind: fit with the naive forward (--no-fast)"
-        )
-    return layers
+    kind = model_kind(model)
+    rows = len(suffixes)
+    shared = torch.tensor([shared_ids])
+    cache = kind.prefill(model, shared, torch.ones_like(shared))
+    cache.repeat_rows(rows)
+    hidden = kind.final_hidden(model, cache, suffixes.input_ids, suffixes.attention_mask, keep=False)
+    last = hidden[torch.arange(rows, device=hidden.device), suffixes.last_index.to(hidden.device)]
+    return FinalHidden(last[:, None], *kind.unembedding(model))

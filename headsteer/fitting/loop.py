@@ -20,6 +20,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from headsteer.backends import model_kind
 from headsteer.config import PAIR_LOSSES, FitConfig
 from headsteer.errors import ConfigError, NonFiniteLossError
 from headsteer.fitting.forward import PrefixCachedForward, ScoredForward
@@ -39,13 +40,18 @@ MAX_ROWS = 128
 __all__ = ["FitJob", "FitResult", "NonFiniteLossError", "fit", "fit_encoded", "fit_many", "frozen", "optimize"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FitJob:
-    """One fit of a batch: its training pairs and config (layer, seed, γ, λ, lr may differ per job)."""
+    """One fit of a batch: its training pairs and config (layer, seed, γ, λ, lr may differ per job).
+
+    ``init`` is where the fit starts (a warm start, e.g. the previous strength's Δ along a
+    regularization path); None starts at Δ = 0, as every fit of the paper does.
+    """
 
     pairs: tuple[Pair, ...]
     config: FitConfig
     task: str = ""
+    init: Float[Tensor, "n_heads d_head"] | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,7 @@ def fit_many(
     """Fit every job in one batched pass; the same results as fitting them one by one."""
     if not jobs:
         raise ValueError("fit_many: no jobs")
+    model_kind(model)  # a model headsteer cannot run is refused before any work
     configs = [job.config for job in jobs]
     loss = configs[0].loss
     if loss not in PAIR_LOSSES:
@@ -119,7 +126,13 @@ def fit_many(
     fit_of_row = torch.tensor([k for k, job in enumerate(jobs) for _ in job.pairs], dtype=torch.long)
     tokens, targets = encode_targets(model.tokenizer, template, pairs, include_stop=loss == "sequence")
     desc = jobs[0].task or "fit" if len(jobs) == 1 else f"{len(jobs)} fits"
-    deltas, histories = optimize(model, tokens, targets, fit_of_row, configs, forward, progress, max_rows, desc)
+    init = None
+    if any(job.init is not None for job in jobs):
+        shape = (model.cfg.n_heads, model.cfg.d_head)
+        init = torch.stack([torch.zeros(shape) if job.init is None else job.init.detach().cpu() for job in jobs])
+    deltas, histories = optimize(
+        model, tokens, targets, fit_of_row, configs, forward, progress, max_rows, desc, init=init
+    )
     signature = ModelSignature.of(model)
     return [
         FitResult(
@@ -155,6 +168,7 @@ def fit_encoded(
     record holds only the number of prompts: their inputs are not known here.
     """
     check_template(prompt_format or {})  # before the fit, not after it
+    model_kind(model)
     fit_of_row = torch.zeros(len(tokens), dtype=torch.long)
     deltas, histories = optimize(model, tokens, targets, fit_of_row, [config], forward, progress, desc=task or "fit")
     iv = Intervention(
@@ -179,14 +193,16 @@ def optimize(
     progress: bool = True,
     max_rows: int = MAX_ROWS,
     desc: str = "fit",
+    init: Float[Tensor, "fits n_heads d_head"] | None = None,
 ) -> tuple[Float[Tensor, "fits n_heads d_head"], list[pd.DataFrame]]:
     """The fitting loop: minimise Σ_k F_k(Δ_k), fit k owning the training rows where ``fit_of_row == k``.
 
         F_k(Δ_k) = f_k(Δ_k) + γ_k‖Δ_k‖₁ + λ_k Σ_h ‖Δ_{k,h}‖₂,   f_k = (1/N_k) Σ_{i: fit_of_row[i] = k} L_task(i)
 
     F_k depends on Δ_k alone, so one loop over the stacked Δ ``[K, n_heads, d_head]``
-    fits every Δ_k exactly as a fit of its own would. Returns the fitted Δ's and,
-    per fit, one history row per gradient step plus one for the result.
+    fits every Δ_k exactly as a fit of its own would. Each Δ_k starts at ``init[k]``
+    (zeros when None). Returns the fitted Δ's and, per fit, one history row per
+    gradient step plus one for the result.
     """
     _check_configs(model, configs, fit_of_row)
     # The prefix-cached forward (default) computes the Δ-independent prefix of every row once,
@@ -222,7 +238,8 @@ def optimize(
             losses += per_fit.detach()
         return losses, grad
 
-    rule = UPDATE_RULES[configs[0].optimizer]((n_fits, model.cfg.n_heads, model.cfg.d_head), lr, gamma, lam, steps)
+    shape = (n_fits, model.cfg.n_heads, model.cfg.d_head)
+    rule = UPDATE_RULES[configs[0].optimizer](shape, lr, gamma, lam, steps, init)
     histories: list[list[dict]] = [[] for _ in configs]
     with frozen(model):  # the model's weights never move, and need no gradients
         bar = tqdm(range(steps + 1), desc=desc, disable=not progress, leave=False)

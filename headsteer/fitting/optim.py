@@ -5,7 +5,9 @@ rule holds its state (Δ, moments, momentum) and is driven by the fitting loop
 (:func:`headsteer.fitting.loop.optimize`), which asks it for the point where
 the next gradient is taken (:meth:`UpdateRule.point`), hands it the smooth
 part's gradient there (:meth:`UpdateRule.update`), and finally takes the
-fitted Δ (:meth:`UpdateRule.result`). The sparse-group-lasso penalty
+fitted Δ (:meth:`UpdateRule.result`). Every rule starts at ``init`` (zeros when None: a
+warm start, e.g. from the previous strength of a regularization path, passes the
+previous Δ's). The sparse-group-lasso penalty
 R(Δ) = γ‖Δ‖₁ + λ Σ_h ‖Δ_h‖₂ is each rule's own business: the proximal rules
 apply its prox, Adam adds its subgradient.
 """
@@ -43,6 +45,15 @@ class UpdateRule(Protocol):
         ...
 
 
+def _start(shape: tuple[int, ...], init: Deltas | None) -> Deltas:
+    """Where a rule starts: zeros, or a copy of ``init`` (the caller's tensor is never updated in place)."""
+    if init is None:
+        return torch.zeros(shape)
+    if tuple(init.shape) != tuple(shape):
+        raise ValueError(f"init has shape {tuple(init.shape)}, the fits need {tuple(shape)}")
+    return init.detach().to(torch.float32).clone()
+
+
 def _per_fit(x: PerFit) -> Float[Tensor, "fits 1 1"]:
     """A per-fit value ``[K]`` broadcast against Δ ``[K, n_heads, d_head]``."""
     return x[:, None, None]
@@ -66,8 +77,10 @@ class ProxAdam:
     (0 ∈ ∇f + ∂R when m̂ = ∇f) and exact zeros.
     """
 
-    def __init__(self, shape: tuple[int, ...], lr: PerFit, gamma: PerFit, lam: PerFit, steps: int) -> None:
-        self.delta, self.m, self.v = torch.zeros(shape), torch.zeros(shape), torch.zeros(shape)
+    def __init__(
+        self, shape: tuple[int, ...], lr: PerFit, gamma: PerFit, lam: PerFit, steps: int, init: Deltas | None = None
+    ) -> None:
+        self.delta, self.m, self.v = _start(shape, init), torch.zeros(shape), torch.zeros(shape)
         self.lr, self.gamma, self.lam, self.steps = lr, gamma, lam, steps
 
     def point(self) -> Deltas:
@@ -94,8 +107,10 @@ class Fista:
     is taken at the extrapolated point y, not at x.
     """
 
-    def __init__(self, shape: tuple[int, ...], lr: PerFit, gamma: PerFit, lam: PerFit, steps: int) -> None:
-        self.x = torch.zeros(shape)
+    def __init__(
+        self, shape: tuple[int, ...], lr: PerFit, gamma: PerFit, lam: PerFit, steps: int, init: Deltas | None = None
+    ) -> None:
+        self.x = _start(shape, init)
         self.x_prev, self.t = self.x.clone(), torch.ones(shape[0])
         self.lr, self.gamma, self.lam = lr, gamma, lam
         self.y, self.t_next = self.x, self.t
@@ -124,8 +139,10 @@ class Adam:
     No exact zeros: a coordinate only oscillates around 0.
     """
 
-    def __init__(self, shape: tuple[int, ...], lr: PerFit, gamma: PerFit, lam: PerFit, steps: int) -> None:
-        self.delta, self.m, self.v = torch.zeros(shape), torch.zeros(shape), torch.zeros(shape)
+    def __init__(
+        self, shape: tuple[int, ...], lr: PerFit, gamma: PerFit, lam: PerFit, steps: int, init: Deltas | None = None
+    ) -> None:
+        self.delta, self.m, self.v = _start(shape, init), torch.zeros(shape), torch.zeros(shape)
         self.lr, self.gamma, self.lam = lr, gamma, lam
 
     def point(self) -> Deltas:

@@ -10,12 +10,13 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from headsteer.evaluate import format_mean_std, mean_std
+from headsteer.evaluate import format_mean_std, mean_std, run_on
 
 METRIC_TITLES = {
     "exact_match": "Exact match",
     "first_token": "First-token accuracy",
     "gpt_eval": "GPT-Eval (LLM judge)",
+    "run_on": "Run-on share: the answer's first token is right but the answer is not the target, lower is better",
     "kl": "KL(group ‖ model) on held-out questions, lower is better",
     "kl_reverse": "KL(model ‖ group), the paper's direction (group smoothed by 1% uniform), lower is better",
 }
@@ -41,6 +42,17 @@ def summary_markdown(
         note = ", (n) = seeds in the cell" if uneven else ""
         parts.append(f"{title} (mean ± std over seeds{note})\n\n" + by_method.to_markdown())
     return "\n\n".join(parts) + "\n"
+
+
+def with_run_on(rows: pd.DataFrame, predictions: pd.DataFrame) -> pd.DataFrame:
+    """Method ``rows`` (one per task, method, seed) with ``run_on``: that cell's share of run-on predictions.
+
+    ``predictions`` has one row per held-out item (task, method, seed, first_token, exact_match), as the
+    table's ``OUT.predictions.csv``; a cell without predictions gets no value.
+    """
+    keys = ["task", "method", "seed"]
+    share = predictions.assign(run_on=run_on(predictions)).groupby(keys, as_index=False)["run_on"].mean()
+    return rows.drop(columns="run_on", errors="ignore").merge(share, on=keys, how="left")
 
 
 def with_average(rows: pd.DataFrame, metrics: Sequence[str] = ("kl", "kl_reverse")) -> pd.DataFrame:

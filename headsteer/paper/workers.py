@@ -107,10 +107,14 @@ def as_workers(model: ModelOrWorkers) -> Workers:
 # ---- Ray ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ModelSource:
-    """How a worker loads the model: as ``headsteer.models.open_model(name, cache_dir)`` would (None: the default)."""
+    """How a worker loads the model: as ``headsteer.models.open_model(name, cache_dir)`` would (None: the default).
+
+    ``dtype``: the weights' precision; each worker runs on its own GPU where Ray gave it one, else on CPU.
+    """
 
     name: str | None = None
     cache_dir: str | None = None
+    dtype: str = "float32"
 
 
 @dataclass(frozen=True)
@@ -154,11 +158,11 @@ class _Actor:
     def __init__(self, source: ModelSource, threads: int) -> None:
         import torch
 
-        from headsteer.models import load_from, open_model
+        from headsteer.models import Placement, load_from, open_model
 
         set_threads(threads)
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.bridge = load_from(open_model(source.name, source.cache_dir), device=device)
+        placement = Placement("cuda" if torch.cuda.is_available() else "cpu", source.dtype)
+        self.bridge = load_from(open_model(source.name, source.cache_dir, placement))
 
     def info(self) -> ModelInfo:
         return ModelInfo.of(self.bridge)

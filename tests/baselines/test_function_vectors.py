@@ -105,20 +105,20 @@ def test_head_output_vector_is_the_heads_share_of_the_attention_output(kind):
     torch.testing.assert_close(head_output_vector(any_model, z, heads), expected, rtol=1e-4, atol=1e-5)
 
 
-def test_function_vector_steers_and_refuses_other_models(gemma_tiny):
-    fv, table = fit_function_vector(gemma_tiny, PAIRS, QA, FVConfig(top_k=3), task="antonym")
-    assert fv.layer == gemma_tiny.cfg.n_layers // 3 and len(fv.heads) == 3
+def test_function_vector_steers_and_refuses_other_models(gemma_kinds):
+    fv, table = fit_function_vector(gemma_kinds, PAIRS, QA, FVConfig(top_k=3), task="antonym")
+    assert fv.layer == gemma_kinds.cfg.n_layers // 3 and len(fv.heads) == 3
     assert list(table["rank"][:3]) == [1, 2, 3] and fv.heads == tuple(zip(table["layer"][:3], table["head"][:3]))
-    tokens = hs.encode_prompts(gemma_tiny.tokenizer, QA, ["up", "big"])
+    tokens = hs.encode_prompts(gemma_kinds.tokenizer, QA, ["up", "big"])
     strong = FunctionVector(10 * fv.vector, fv.layer, fv.heads, fv.model, fv.task)
     assert not torch.allclose(
-        hs.next_token_logits(gemma_tiny, tokens), hs.next_token_logits(gemma_tiny, tokens, [strong])
+        hs.next_token_logits(gemma_kinds, tokens), hs.next_token_logits(gemma_kinds, tokens, [strong])
     )
-    plain = hs.evaluate_pairs(gemma_tiny, PAIRS, QA, progress=False)["prediction"].tolist()
-    assert hs.evaluate_pairs(gemma_tiny, PAIRS, QA, [fv], progress=False)["prediction"].tolist() != plain
+    plain = hs.evaluate_pairs(gemma_kinds, PAIRS, QA, progress=False)["prediction"].tolist()
+    assert hs.evaluate_pairs(gemma_kinds, PAIRS, QA, [fv], progress=False)["prediction"].tolist() != plain
     with pytest.raises(ModelMismatchError):
         fv.check_fits(tiny_bridge("llama"))
     with pytest.raises(ValueError, match="top_k must be"):
         FVConfig(top_k=0)
     with pytest.raises(ValueError, match="out of range"):
-        fit_function_vector(gemma_tiny, PAIRS, QA, FVConfig(layer=7))
+        fit_function_vector(gemma_kinds, PAIRS, QA, FVConfig(layer=7))

@@ -38,19 +38,19 @@ def test_norm_preserving_add_moves_direction_not_length():
     assert act.data_ptr() != out.data_ptr()
 
 
-def test_icv_applies_to_prompt_and_generated_tokens_alike(gemma_tiny):
+def test_icv_applies_to_prompt_and_generated_tokens_alike(gemma_kinds):
     """Cached greedy decoding under the ICV equals re-running the whole sequence under it each step."""
-    icv = fit_icv(gemma_tiny, PAIRS, strength=1.0)
-    tokens = hs.encode_prompts(gemma_tiny.tokenizer, QA, ["up", "big"])
-    with icv.applied(gemma_tiny):
-        cached = hs.greedy_ids(gemma_tiny, tokens, max_new_tokens=3, stop=None)
+    icv = fit_icv(gemma_kinds, PAIRS, strength=1.0)
+    tokens = hs.encode_prompts(gemma_kinds.tokenizer, QA, ["up", "big"])
+    with icv.applied(gemma_kinds):
+        cached = hs.greedy_ids(gemma_kinds, tokens, max_new_tokens=3, stop=None)
         ids, mask = tokens.input_ids, tokens.attention_mask
         for _ in range(3):
-            nxt = gemma_tiny(ids, attention_mask=mask)[:, -1].argmax(-1, keepdim=True)
+            nxt = gemma_kinds(ids, attention_mask=mask)[:, -1].argmax(-1, keepdim=True)
             ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
     assert torch.equal(cached, ids[:, tokens.input_ids.shape[1] :])
-    plain = hs.greedy_ids(gemma_tiny, tokens, max_new_tokens=3, stop=None)
+    plain = hs.greedy_ids(gemma_kinds, tokens, max_new_tokens=3, stop=None)
     assert not torch.equal(plain, cached)  # it did something, and it was removed on exit
-    assert torch.equal(plain, hs.greedy_ids(gemma_tiny, tokens, max_new_tokens=3, stop=None))
+    assert torch.equal(plain, hs.greedy_ids(gemma_kinds, tokens, max_new_tokens=3, stop=None))
     with pytest.raises(ModelMismatchError), icv.applied(tiny_bridge("llama")):
         pass

@@ -21,15 +21,15 @@ def test_braces_in_demonstrations_survive_formatting():
     assert shot.format_prompt("a") == "{x}:}y{\n\na:"
 
 
-def test_the_evaluator_answers_after_the_demonstrations(gemma_tiny):
+def test_the_evaluator_answers_after_the_demonstrations(gemma_kinds):
     """Scored with a k-shot template, each query is answered after the demonstrations' text, not alone."""
     task = hs.load_task("builtin/antonym")
     train, test = hs.split_task(task, n_train=10, seed=0, max_test=8)
-    scores = hs.evaluate_pairs(gemma_tiny, test, few_shot_template(QA, train), progress=False)
+    scores = hs.evaluate_pairs(gemma_kinds, test, few_shot_template(QA, train), progress=False)
     shots = "".join(f"Q: {d.input}\nA: {d.output}\n\n" for d in train)
     by_hand = hs.generate(
-        gemma_tiny, [f"{shots}Q: {p.input}\nA:" for p in test], template=None, max_new_tokens=DEFAULT_MAX_NEW_TOKENS
+        gemma_kinds, [f"{shots}Q: {p.input}\nA:" for p in test], template=None, max_new_tokens=DEFAULT_MAX_NEW_TOKENS
     )
     assert list(scores["prediction"]) == by_hand
-    alone = hs.evaluate_pairs(gemma_tiny, test, QA, progress=False)
+    alone = hs.evaluate_pairs(gemma_kinds, test, QA, progress=False)
     assert list(alone["prediction"]) != by_hand  # the shots change this model's answers, so ignoring them shows

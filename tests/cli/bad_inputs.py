@@ -135,6 +135,15 @@ COMPARE_FLAGS = {
     "--max-test": "2",
     "--out": "{tmp}/c.csv",
 }
+HEADS_FLAGS = {
+    "--model": "{model}",
+    "--task": "builtin/antonym",
+    "--layers": "0-1",
+    "--steps": "1",
+    "--resamples": "2",
+    "--max-test": "2",
+    "--out": "{tmp}/heads",
+}
 EVAL_FLAGS = {"--model": "{model}", "--task": "builtin/antonym", "--intervention": "{tmp}/edited"}
 FIT_CMD = command("fit", FIT_FLAGS)
 
@@ -149,6 +158,10 @@ def sweep(**flags: str) -> list[str]:
 
 def compare(**flags: str) -> list[str]:
     return command("compare", COMPARE_FLAGS, **flags)
+
+
+def heads(**flags: str) -> list[str]:
+    return command("heads", HEADS_FLAGS, **flags)
 
 
 EVAL = command("eval", EVAL_FLAGS)
@@ -168,11 +181,21 @@ PROBES: list[Probe] = [
     Probe("Ray workers without --ray", sweep(ray_workers="2"), "--ray-workers needs --ray"),
     Probe("Ray threads without --ray", sweep(ray_threads="2"), "--ray-threads needs --ray"),
     Probe("no Ray worker", [*sweep(ray_workers="0"), "--ray"], "--ray-workers"),
+    Probe("a --device beside --ray (each worker takes its own GPU)", [*sweep(device="cuda"), "--ray"], "with --ray"),
     Probe("a layer the model does not have", fit(layer="99"), "layer 99"),
     Probe("an unknown template", fit(template="nope"), "--template"),
     Probe("the opinion loss on word pairs", fit(loss="option_kl"), "--loss"),
     Probe("no training pairs", fit(n_train="0"), "--n-train"),
     Probe("more training pairs than the task has", fit(n_train="70"), "n_train=70"),
+    Probe("a head map with γ ≠ λ (its path is in γ = λ)", heads(gamma="0.01", lam="0.02"), "γ = λ > 0"),
+    Probe("a head map without penalty", heads(gamma="0", lam="0"), "γ = λ > 0"),
+    Probe("a head map with Adam (no exact zeros to count)", heads(optimizer="adam"), "exact zeros"),
+    Probe("an odd number of complementary halves", heads(resamples="3"), "must be even"),
+    Probe("a stability threshold of one half or less", heads(threshold="0.5"), "threshold"),
+    Probe("a λ path that rises", [*heads(), "--strengths", "0.05", "0.1"], "strengths must fall"),
+    Probe("halves too small for the function vector", heads(n_train="4"), "3 distinct pairs per resample"),
+    Probe("a dtype headsteer does not run in", fit(dtype="float64"), "--dtype"),
+    Probe("a device torch does not know", fit(device="gpu"), "device 'gpu' is not a torch device"),
     # ---- models and tasks ---------------------------------------------------------------------
     Probe(
         "a model name that is not on disk (offline)",

@@ -8,6 +8,7 @@ import argparse
 import json
 import sys
 
+import pandas as pd
 import pytest
 import torch
 
@@ -74,6 +75,19 @@ def test_eval_refuses_a_mismatched_model(tmp_path, capsys):
     assert main(["fit", "--model", gemma_dir, "--task", "builtin/antonym", "--out", str(out), *FAST]) == 0
     assert main(["eval", "--model", gpt2_dir, "--task", "builtin/antonym", "--intervention", str(out)]) == 2
     assert "does not fit this model" in capsys.readouterr().err
+
+
+def test_heads_writes_a_head_map(model_dir, tmp_path, capsys):
+    out = tmp_path / "heads"
+    args = ["heads", "--model", model_dir, "--task", "builtin/antonym", "--out", str(out), "--layers", "0-1"]
+    args += ["--steps", "3", "--resamples", "2", "--path-points", "2", "--path-steps", "2", "--max-test", "4"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "stable heads" in printed and f"wrote {out}/" in printed
+    heads = pd.read_csv(out / "heads.csv")
+    assert len(heads) == 2 * 4 and heads["task"].eq("builtin/antonym").all()
+    record = json.loads((out / "stability.json").read_text())
+    assert record["settings"]["map_config"]["layers"] == [0, 1] and record["settings"]["max_test"] == 4
 
 
 def test_sweep_writes_a_resumable_csv(model_dir, tmp_path, capsys):
@@ -206,7 +220,11 @@ def test_table_flags_that_repeat_are_refused(capsys, tmp_path, no_weights):
         ("sweep", ["--layers", "0-3"], "--layers 0-3: layer 3 is out of range: this model has layers 0..2"),
         ("fit", ["--layer", "1", "--n-train", "60"], "task 'builtin/antonym' has 60 pairs: too few for n_train=60"),
         ("compare", ["--layer", "1", "--n-train", "60", "--seeds", "1"], "(lower --n-train)"),
-        ("heads", ["--layer", "3"], "--layer 3 is out of range"),
+        ("heads", ["--layers", "3"], "--layers 3: layer 3 is out of range"),
+        ("heads", ["--gamma", "0.01", "--lam", "0.02"], "a head map needs γ = λ > 0"),
+        ("heads", ["--threshold", "0.4"], "threshold must be in (0.5, 1]"),
+        ("heads", ["--resamples", "3"], "resamples must be even"),
+        ("heads", ["--n-train", "4"], "function vectors need 3 distinct pairs per resample"),
     ],
 )
 def test_checks_against_the_model_come_before_its_weights(
@@ -423,14 +441,6 @@ def test_a_folder_without_write_permission_is_refused_before_the_model(capsys, t
     )
 
 
-def test_a_soft_capped_model_needs_the_full_forward(capsys, tmp_path, model_dir, monkeypatch, stop_at_weights):
-    monkeypatch.setattr(models.ModelFiles, "soft_caps_logits", property(lambda self: True))
-    argv = ["fit", "--model", model_dir, "--task", "builtin/antonym", "--out", str(tmp_path / "x"), "--layer", "1"]
-    refused(capsys, argv, "soft-caps its logits", "pass --no-fast")
-    with pytest.raises(WeightsReached):
-        main([*argv, "--no-fast"])
-
-
 def test_judge_settings_that_do_not_fit_are_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("HEADSTEER_JUDGE_BASE_URL", "http://127.0.0.1:9/v1")  # never reached: refused first
     monkeypatch.setenv("HEADSTEER_JUDGE_MODEL", "judge")
@@ -506,7 +516,7 @@ def test_fit_out_names_all_four_files():
         ("sweep", "about 13-14 min per task"),
         ("compose", "about 21 min"),
         ("opinion", "about 49 min"),
-        ("heads", "about 2.5 min per task"),
+        ("heads", "about 12 min per task and seed"),
         ("compare", "about 1 min per seed"),
         ("demo", "about 30 s"),
     ],
@@ -548,18 +558,20 @@ def test_seeds_is_a_count_in_every_command():
 
 
 def test_flag_defaults_are_the_configs_defaults():
-    from headsteer.cli.experiments import table_config
+    from headsteer.cli.experiments import map_config, table_config
     from headsteer.cli.options import fit_config
     from headsteer.config import FitConfig
+    from headsteer.heads.maps import MapConfig
     from headsteer.paper.table import TableConfig
 
     parser = build_parser()
-    for command in ("fit", "compare", "heads"):
+    for command in ("fit", "compare"):
         args = parser.parse_args([command, "--task", "t", "--out", "o"])
         assert fit_config(args, seed=0) == FitConfig(), command
+    assert map_config(parser.parse_args(["heads", "--task", "t"]), [0, 1]) == MapConfig(layers=(0, 1))
     assert table_config(parser.parse_args(["table", "--out", "o"])) == TableConfig()
     max_test = {name: a.default for name, p in subcommands().items() for a in p._actions if a.dest == "max_test"}
-    assert set(max_test) == {"fit", "eval", "compare", "sweep", "table", "compose", "opinion"}
+    assert set(max_test) == {"fit", "eval", "compare", "sweep", "table", "compose", "opinion", "heads"}
     assert set(max_test.values()) == {TableConfig().max_test}
 
 

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 import headsteer as hs
-from headsteer.fitting.forward import PrefixCachedForward, naive_scored_logits
+from headsteer.backends import model_kind
+from headsteer.fitting.forward import PrefixCachedForward, build_prefix, naive_scored_logits, run_suffix
 from headsteer.fitting.losses import scored_positions, task_loss
 from headsteer.prompts import encode_targets
 
@@ -65,16 +66,42 @@ def test_cache_follows_the_batch(gemma_tiny):
             )
 
 
-def test_the_cache_does_not_grow_step_after_step(gemma_tiny):
-    """Each step appends the suffix's keys/values; they must be dropped before the next step."""
+def test_the_cache_does_not_grow_step_after_step(any_model):
+    """Each step runs the suffix against the prefix's keys/values; the suffix's must not stay in the cache."""
     fast = PrefixCachedForward()
-    tokens, _ = encode_targets(gemma_tiny.tokenizer, QA, PAIRS)
-    delta = torch.zeros(gemma_tiny.cfg.n_heads, gemma_tiny.cfg.d_head)
+    tokens, _ = encode_targets(any_model.tokenizer, QA, PAIRS)
+    delta = torch.zeros(any_model.cfg.n_heads, any_model.cfg.d_head)
     lengths = []
     for _ in range(3):
-        fast(gemma_tiny, 1, tokens, delta, 2)
-        lengths.append(next(iter(fast._prefixes.values()))[1].cache.get_seq_length())
-    assert lengths == [int(tokens.last_index.max()) + 2] * 3
+        fast(any_model, 1, tokens, delta, 2)
+        lengths.append(len(next(iter(fast._prefixes.values()))[1].cache))
+    assert lengths == [int(tokens.last_index.max())] * 3  # the left-padded prefixes, and nothing more
+
+
+def test_repeated_rows_share_one_prefix_run_and_keep_their_values(any_model, monkeypatch):
+    """A batch of many fits on the same pairs (a head map's layers and resamples) runs each distinct prefix once."""
+    pairs = [PAIRS[1], PAIRS[0], PAIRS[1], PAIRS[2], PAIRS[0], PAIRS[1]]
+    tokens, _ = encode_targets(any_model.tokenizer, QA, pairs)
+    kind = type(model_kind(any_model))
+    batch_sizes = []
+    real_prefill = kind.prefill
+
+    def counting(self, model, ids, mask):
+        batch_sizes.append(len(ids))
+        return real_prefill(self, model, ids, mask)
+
+    monkeypatch.setattr(kind, "prefill", counting)
+    layers = torch.tensor([0, 1, 2, 1, 0, 2])
+    delta = torch.randn(
+        len(pairs), any_model.cfg.n_heads, any_model.cfg.d_head, generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        prefix = build_prefix(any_model, tokens, n_scored=1, repeats=2)
+        got = run_suffix(any_model, prefix, layers.repeat_interleave(2), delta.repeat_interleave(2, dim=0)).logits()
+        want = naive_scored_logits(any_model, layers, tokens, delta, 1)
+    assert batch_sizes == [3]  # three distinct prompts among six rows, one prefix run
+    torch.testing.assert_close(got[::2], want, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[1::2], want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("loss", ["first_token", "sequence"])

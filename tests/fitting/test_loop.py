@@ -72,9 +72,9 @@ def test_fit_lowers_the_task_loss_on_a_tiny_model(any_model, loss, optimizer):
     assert list(result.head_norms().columns) == ["layer", "head", "norm"]
 
 
-def test_option_kl_fit_moves_the_option_distribution_to_the_target(gemma_tiny):
-    tokens = encode_prompts(gemma_tiny.tokenizer, QA, ["hot", "big"])
-    ids = gemma_tiny.tokenizer.convert_tokens_to_ids(["cold", "small", "down"])
+def test_option_kl_fit_moves_the_option_distribution_to_the_target(gemma_kinds):
+    tokens = encode_prompts(gemma_kinds.tokenizer, QA, ["hot", "big"])
+    ids = gemma_kinds.tokenizer.convert_tokens_to_ids(["cold", "small", "down"])
     options = OptionTargets(
         torch.tensor([ids, ids]),
         torch.tensor([[True, True, True], [True, True, False]]),
@@ -82,7 +82,7 @@ def test_option_kl_fit_moves_the_option_distribution_to_the_target(gemma_tiny):
     )
     config = hs.FitConfig(layer=1, loss="option_kl", steps=60, lr=0.1, gamma=0.0, lam=0.0)
     result = hs.fit_encoded(
-        gemma_tiny, tokens, options, config, task="opinions", prompt_format={"kind": "test"}, progress=False
+        gemma_kinds, tokens, options, config, task="opinions", prompt_format={"kind": "test"}, progress=False
     )
     assert result.history["task_loss"].iloc[-1] < 0.3 * result.history["task_loss"].iloc[0]
     assert (result.intervention.task, result.intervention.template, result.config) == (
@@ -93,15 +93,15 @@ def test_option_kl_fit_moves_the_option_distribution_to_the_target(gemma_tiny):
     assert result.intervention.training == TrainingRecord(n_examples=2)  # pre-tokenised: no inputs to record
 
 
-def test_fit_is_deterministic_and_restores_the_model(gemma_tiny):
-    gemma_tiny.train()
+def test_fit_is_deterministic_and_restores_the_model(gemma_kinds):
+    gemma_kinds.train()
     config = hs.FitConfig(layer=2, steps=5, lr=0.5)
-    a = hs.fit(gemma_tiny, TRAIN, QA, config, progress=False)
-    b = hs.fit(gemma_tiny, TRAIN, QA, config, progress=False)
+    a = hs.fit(gemma_kinds, TRAIN, QA, config, progress=False)
+    b = hs.fit(gemma_kinds, TRAIN, QA, config, progress=False)
     assert torch.equal(a.intervention.delta, b.intervention.delta)
     pd.testing.assert_frame_equal(a.history, b.history)
-    assert gemma_tiny.training and all(p.requires_grad for p in gemma_tiny.parameters())
-    gemma_tiny.eval()
+    assert gemma_kinds.training and all(p.requires_grad for p in gemma_kinds.parameters())
+    gemma_kinds.eval()
 
 
 def test_non_finite_loss_is_reported_with_its_step(gemma_tiny):

@@ -39,3 +39,23 @@ def test_batched_fits_must_share_loss_optimizer_and_steps(gemma_tiny):
         fit_many(gemma_tiny, [a, other], QA, progress=False)
     with pytest.raises(ValueError, match="layer 9 is out of range"):
         fit_many(gemma_tiny, [a, FitJob(b.pairs, hs.FitConfig(layer=9, steps=6))], QA, progress=False)
+
+
+def test_a_warm_start_begins_at_init_and_batches_like_a_fit_alone(gemma_tiny):
+    """``FitJob.init``: the first step is taken at the given Δ (its loss is the earlier fit's final loss),
+    zeros are the default, the caller's tensor is left alone, and warm and cold jobs batch exactly."""
+    first, cold = jobs()[:2]
+    earlier = fit_many(gemma_tiny, [first], QA, progress=False)[0]
+    start = earlier.intervention.delta.clone()
+    warm = FitJob(first.pairs, first.config, first.task, init=earlier.intervention.delta)
+    together = fit_many(gemma_tiny, [warm, cold], QA, progress=False, max_rows=5)
+    assert together[0].history["task_loss"].iloc[0] == pytest.approx(earlier.history["task_loss"].iloc[-1], rel=1e-5)
+    assert torch.equal(earlier.intervention.delta, start)  # init is copied, never updated in place
+    alone = fit_many(gemma_tiny, [warm], QA, progress=False)[0]
+    torch.testing.assert_close(together[0].intervention.delta, alone.intervention.delta, rtol=1e-4, atol=1e-5)
+    zeros = FitJob(cold.pairs, cold.config, cold.task, init=torch.zeros_like(start))
+    torch.testing.assert_close(
+        fit_many(gemma_tiny, [zeros], QA, progress=False)[0].intervention.delta, together[1].intervention.delta
+    )
+    with pytest.raises(ValueError, match="init has shape"):
+        fit_many(gemma_tiny, [FitJob(cold.pairs, cold.config, init=torch.zeros(2, 2))], QA, progress=False)

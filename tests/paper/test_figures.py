@@ -1,40 +1,42 @@
-"""Figures are drawn from saved results only: a tiny head study plus small sweep and table files."""
+"""Figures are drawn from saved results only: tiny head maps of two tasks plus small sweep and table files."""
 
+import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import headsteer as hs
 from headsteer import plots
 from headsteer.cli import main
-from headsteer.paper.figures import build_figures, head_figures
+from headsteer.heads.maps import MapConfig
+from headsteer.paper.figures import build_figures, chromium_found, head_figures
 from headsteer.paper.head_study import head_study
+from headsteer.paper.study_files import TABLES, StudyFiles
 from tests.helpers import REPO
 
 QA = hs.get_template("qa")
-HAS_BROWSER = any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome", "chrome"))
+HAS_BROWSER = chromium_found()
+MAP = MapConfig(
+    fit=hs.FitConfig(steps=4, lr=0.5, gamma=0.05, lam=0.05),
+    resamples=4,
+    path_points=3,
+    path_steps=2,
+    fv_top_k=3,
+    unregularized_layer=1,
+)
 
 
 @pytest.fixture(scope="module")
 def results(gemma_tiny, tmp_path_factory):
     root = tmp_path_factory.mktemp("results")
-    task = hs.load_task("builtin/antonym")
-    head_study(
-        gemma_tiny,
-        task,
-        QA,
-        hs.FitConfig(layer=1, steps=4, lr=0.5),
-        root / "heads" / "antonym",
-        n_train=6,
-        strengths=(1.0, 0.05, 0.0),
-        fv_top_k=2,
-        progress=False,
-    )
+    for name, seeds in (("antonym", (0, 1)), ("english-french", (0,))):
+        task = hs.load_task(f"builtin/{name}")
+        head_study(gemma_tiny, task, QA, MAP, root / "heads" / name, seeds, n_train=6, max_test=8, progress=False)
     sweep = pd.DataFrame(
         [
             {
@@ -74,16 +76,24 @@ def results(gemma_tiny, tmp_path_factory):
 
 
 def test_head_study_writes_every_result(results):
-    study = results / "heads" / "antonym"
-    names = {p.name for p in study.iterdir()}
-    assert {"regularized.safetensors", "unregularized.json", "heads.csv", "path.csv", "fv_effects.csv"} <= names
-    heads = pd.read_csv(study / "heads.csv")
-    assert set(heads["variant"]) == {"regularized", "unregularized"} and heads["layer"].eq(1).all()
-    assert sorted(pd.read_csv(study / "path.csv")["strength"].unique()) == [0.0, 0.05, 1.0]
-    train, _ = hs.split_task(hs.load_task("builtin/antonym"), n_train=6, seed=0)
-    for variant in ("regularized", "unregularized"):
-        record = hs.Intervention.load(study / variant).training
-        assert record.pairs == tuple(train) and (record.split_seed, record.n_train) == (0, 6), variant
+    files = StudyFiles(results / "heads" / "antonym")
+    assert files.is_complete() and all(files.table(name).is_file() for name in TABLES)
+    heads = pd.read_csv(files.table("heads"))
+    assert heads.groupby("seed").size().tolist() == [12, 12] and set(heads["layer"]) == {0, 1, 2}
+    assert set(pd.read_csv(files.table("path"))["sample"]) == set(range(5))
+    record = json.loads(files.stability.read_text())
+    assert set(record["seeds"]) == {"0", "1"} and record["settings"]["map_config"]["resamples"] == 4
+    assert record["seeds"]["0"]["stable"] == [
+        f"L{r.layer}.H{r.head}" for r in heads[heads["seed"].eq(0) & heads["stable"]].itertuples()
+    ]
+    for seed in (0, 1):
+        train, _ = hs.split_task(hs.load_task("builtin/antonym"), n_train=6, seed=seed)
+        for layer in range(3):
+            record = hs.Intervention.load(files.intervention(seed, layer, "regularized")).training
+            assert record.pairs == tuple(train) and (record.split_seed, record.n_train) == (seed, 6)
+        unregularized = hs.Intervention.load(files.intervention(seed, 1, "unregularized"))
+        assert unregularized.layer == 1 and unregularized.fit_config["gamma"] == 0.0
+    assert not (files.folder / "interventions" / "seed0" / "layer00_unregularized.json").exists()
 
 
 def test_figures_have_titles_axis_labels_and_the_data(results):
@@ -92,8 +102,15 @@ def test_figures_have_titles_axis_labels_and_the_data(results):
     assert [a.text for a in heatmap.layout.annotations] == ["regularized", "unregularized"]
     assert len(heatmap.data) == 2 and len(heatmap.data[0].z) == 4 and "layer 1" in heatmap.layout.title.text
     path = figs["antonym_regularization_path"]
-    assert path.layout.xaxis.type == "log" and {tr.name for tr in path.data} == {f"head {h}" for h in range(4)}
-    assert "overlap" in figs["antonym_delta_vs_fv_heads"].layout.title.text
+    assert path.layout.xaxis.type == "log" and {tr.name for tr in path.data} <= {f"head {h}" for h in range(4)}
+    head_map = figs["antonym_head_map"]
+    heads = pd.read_csv(results / "heads" / "antonym" / "heads.csv")
+    mean_norm = heads.groupby(["layer", "head"])["norm"].mean().unstack().to_numpy()
+    assert [tr.type for tr in head_map.data[:4]] == ["heatmap"] * 4 and len(head_map.data[0].z) == 3
+    np.testing.assert_allclose(head_map.data[0].z, mean_norm)  # both seeds, averaged
+    stability = figs["antonym_stability_path"]
+    assert stability.layout.xaxis.type == "log" and stability.data
+    assert "function vector" in figs["antonym_delta_vs_fv"].layout.title.text
     sweep = plots.layer_sweep(pd.read_csv(results / "sweep_antonym.csv"), "first_token")
     fitted = next(tr for tr in sweep.data if tr.name == "antonym: fitted Δ")
     assert list(fitted.y) == pytest.approx([0.005, 0.105, 0.205]) and "2 seeds" in sweep.layout.title.text
@@ -111,6 +128,7 @@ def test_build_figures_writes_html_without_static(results, tmp_path):
     assert "layer_sweep_exact_match.html" in names and "methods_first_token.html" in names
     assert "antonym_head_heatmap.html" in names and (tmp_path / "figs" / "plotly.min.js").is_file()
     assert {"compose_exact_match.html", "compose_first_token.html", "opinion_kl.html", "heads_by_task.html"} <= names
+    assert {"antonym_head_map.html", "english-french_stability_path.html", "heads_task_overlap.html"} <= names
 
 
 def test_regenerating_a_figure_rewrites_the_same_bytes(results, tmp_path):
@@ -147,11 +165,15 @@ def test_opinion_bars_show_each_group_and_their_average(results):
 
 
 @pytest.mark.skipif(not HAS_BROWSER, reason="static export needs a Chromium (apt-get install chromium)")
-def test_cli_figures_writes_png(results, tmp_path):
+def test_cli_figures_writes_png_pdf_and_svg_at_the_figures_size(results, tmp_path):
     assert main(["figures", "--results", str(results), "--out", str(tmp_path / "figs")]) == 0
-    png = tmp_path / "figs" / "antonym_head_norms.png"
-    width, height = struct.unpack(">II", png.read_bytes()[16:24])  # the PNG header's IHDR
-    assert (width, height) == (1600, 900)  # 800 × 450 at scale 2
+    figs = tmp_path / "figs"
+    width, height = struct.unpack(">II", (figs / "antonym_head_norms.png").read_bytes()[16:24])  # the IHDR
+    assert (width, height) == (1600, 900)  # 800 × 450 at scale 2: each figure's own size, not plotly's default
+    for stem in ("antonym_head_map", "heads_task_overlap", "layer_sweep_exact_match"):
+        assert (figs / f"{stem}.pdf").read_bytes().startswith(b"%PDF")
+        svg = (figs / f"{stem}.svg").read_text(encoding="utf-8")
+        assert svg.lstrip().startswith("<svg") and "</svg>" in svg
 
 
 def test_figures_without_results_say_so(tmp_path, capsys):
@@ -168,17 +190,16 @@ def test_heatmap_grows_with_the_head_count():
     assert llama.layout.height >= 2 * 22 * 32 > small.layout.height  # about 22 px per head row
 
 
-def test_head_share_by_task_has_one_row_per_task_in_shares():
-    heads = pd.DataFrame(
-        [
-            {"task": t, "layer": 4, "head": h, "share": share}
-            for t, shares in {"antonym": [0.1, 0.9], "french": [0.5, 0.5]}.items()
-            for h, share in enumerate(shares)
-        ]
-    )
-    fig = plots.head_share_by_task(heads)
-    assert list(fig.data[0].y) == ["antonym", "french"] and list(fig.data[0].x) == ["L4.H0", "L4.H1"]
-    assert fig.data[0].z.tolist() == [[0.1, 0.9], [0.5, 0.5]] and fig.layout.xaxis.title.text
+def test_cross_task_figures_keep_a_task_without_stable_heads(results):
+    from headsteer.paper.figures import cross_task_figures
+
+    studies = [results / "heads" / "antonym", results / "heads" / "english-french"]
+    overlap = cross_task_figures(studies)["heads_task_overlap"]
+    stable, fv = overlap.data
+    assert len(stable.x) == len(fv.x) == 2  # both tasks, even one with no stable head
+    assert fv.z[0][0] == 1.0 and overlap.layout.annotations[0].text.startswith("Δ")
+    by_task = cross_task_figures(studies)["heads_by_task"]
+    assert list(by_task.data[0].y) == ["builtin/antonym", "builtin/english-french"] and len(by_task.data[0].x) == 12
 
 
 def test_without_a_chromium_the_cli_writes_html_and_says_so_in_one_line(results, tmp_path, capsys, monkeypatch):

@@ -58,10 +58,10 @@ def test_option_letters_must_be_single_tokens():
         option_token_ids(SplitsLetters(), 3)
 
 
-def test_option_distribution_is_the_softmax_over_the_letters_and_kl_is_to_the_target(gemma_tiny):
-    scores = score_questions(gemma_tiny, [QUESTION], [question_block(QUESTION)])
-    logits = hs.next_token_logits(gemma_tiny, encode_texts(gemma_tiny.tokenizer, [question_block(QUESTION)]))[0]
-    q = torch.softmax(logits[option_token_ids(gemma_tiny.tokenizer, 3)].double(), -1)
+def test_option_distribution_is_the_softmax_over_the_letters_and_kl_is_to_the_target(gemma_kinds):
+    scores = score_questions(gemma_kinds, [QUESTION], [question_block(QUESTION)])
+    logits = hs.next_token_logits(gemma_kinds, encode_texts(gemma_kinds.tokenizer, [question_block(QUESTION)]))[0]
+    q = torch.softmax(logits[option_token_ids(gemma_kinds.tokenizer, 3)].double(), -1)
     p = torch.tensor(QUESTION.target, dtype=torch.float64)
     assert json.loads(scores["prediction"][0]) == pytest.approx(q.tolist(), abs=1e-5)
     assert scores["kl"][0] == pytest.approx(float((p * (p / q).log()).sum()), abs=1e-5)
@@ -82,18 +82,17 @@ def test_the_papers_kl_is_finite_where_the_group_gives_an_option_nothing(gemma_t
     assert float(score_questions(gemma_tiny, [question], [question_block(question)])["kl_reverse"][0]) < 10
 
 
-def test_a_shared_context_gives_each_prompt_its_own_full_forward(gemma_tiny, group):
+def test_a_shared_context_gives_each_prompt_its_own_full_forward(gemma_kinds, group):
     """The tiny Gemma's sliding window (16) is shorter than the context: the cache must still agree."""
     context = few_shot_context(group, group.questions[1:4]) + question_block(group.questions[0]) + "\n\n"
     short = OpinionQuestion("S", "hot", ("up", "down"), (0.5, 0.5))
     prompts = [question_block(q) for q in (QUESTION, short, *group.questions[4:7])]
-    shared_ids, suffixes = encode_continuations(gemma_tiny.tokenizer, context, prompts)
+    shared_ids, suffixes = encode_continuations(gemma_kinds.tokenizer, context, prompts)
     assert len(shared_ids) > 16 and int(suffixes.attention_mask.sum(1).min()) < suffixes.input_ids.shape[1]
-    hidden = shared_prefix_final_hidden(gemma_tiny, shared_ids, suffixes).hidden[:, 0]
+    logits = shared_prefix_final_hidden(gemma_kinds, shared_ids, suffixes).logits()[:, 0]
     for row, prompt in enumerate(prompts):  # one prompt at a time: no padding anywhere
-        alone = hs.next_token_logits(gemma_tiny, encode_texts(gemma_tiny.tokenizer, [context + prompt]))[0]
-        logits = hidden[row] @ gemma_tiny.original_model.get_output_embeddings().weight.T
-        torch.testing.assert_close(logits, alone, atol=1e-4, rtol=1e-4)
+        alone = hs.next_token_logits(gemma_kinds, encode_texts(gemma_kinds.tokenizer, [context + prompt]))[0]
+        torch.testing.assert_close(logits[row], alone, atol=1e-4, rtol=1e-4)
 
 
 def test_an_intervention_cannot_be_combined_with_a_shared_context(gemma_tiny, group):
@@ -102,12 +101,12 @@ def test_an_intervention_cannot_be_combined_with_a_shared_context(gemma_tiny, gr
         score_questions(gemma_tiny, [QUESTION], [question_block(QUESTION)], result.intervention, context="x\n\n")
 
 
-def test_fitting_delta_moves_the_training_answers_toward_the_group(gemma_tiny, group):
+def test_fitting_delta_moves_the_training_answers_toward_the_group(gemma_kinds, group):
     train, _ = split_questions(group, n_train=6, seed=0)
     config = hs.FitConfig(layer=1, loss="option_kl", steps=40, lr=0.1, gamma=0.0, lam=0.0)
-    result = fit_opinion(gemma_tiny, group, train, config, progress=False)
-    before = score_questions(gemma_tiny, train, [question_block(q) for q in train])["kl"].mean()
-    after = score_questions(gemma_tiny, train, [question_block(q) for q in train], result.intervention)["kl"].mean()
+    result = fit_opinion(gemma_kinds, group, train, config, progress=False)
+    before = score_questions(gemma_kinds, train, [question_block(q) for q in train])["kl"].mean()
+    after = score_questions(gemma_kinds, train, [question_block(q) for q in train], result.intervention)["kl"].mean()
     assert after < 0.5 * before
     assert (
         result.intervention.task == "opinionqa/CREGION/Northeast"

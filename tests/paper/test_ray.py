@@ -23,6 +23,7 @@ import headsteer as hs
 from headsteer import cli
 from headsteer.files import settings_path
 from headsteer.paper.results import MalformedRowWarning
+from headsteer.paper.study_files import TABLES
 from headsteer.paper.sweep import sweep
 from headsteer.paper.table import TableConfig, build_table
 from headsteer.paper.workers import ModelInfo, ModelSource, RayConfig, RayWorkers, Workers
@@ -161,11 +162,16 @@ def test_the_command_line_sends_cells_to_ray_with_the_same_results(cluster, work
     workers.shutdown()  # the command's own workers need the cluster's 2 CPUs (the fixture's restart when next used)
     common = ["--model", str(cluster), "--task", "builtin/antonym", "--steps", "2"]
     sweep_args = ["sweep", *common, "--layers", "0,1", "--seeds", "2", "--max-test", "3"]
-    heads_args = ["heads", *common, "--layer", "1", "--strengths", "0.01", "0.1"]
+    heads_args = ["heads", *common, "--layers", "0-1", "--resamples", "2", "--path-points", "2", "--path-steps", "2"]
+    heads_args += ["--max-test", "3"]
     for name, ray_flags in (("here", []), ("there", ["--ray", "--ray-workers", "2", "--ray-threads", "1"])):
         assert cli.main([*sweep_args, "--out", str(tmp_path / f"{name}.csv"), *ray_flags]) == 0
         assert cli.main([*heads_args, "--out", str(tmp_path / f"{name}-heads"), *ray_flags]) == 0
     sweeps = [by_key(pd.read_csv(tmp_path / f"{name}.csv"), ["layer", "seed"]) for name in ("here", "there")]
     pd.testing.assert_frame_equal(*sweeps)
-    for file in ("heads.csv", "path.csv", "fv_effects.csv", "regularized.json", "unregularized.safetensors"):
-        assert (tmp_path / "here-heads" / file).read_bytes() == (tmp_path / "there-heads" / file).read_bytes(), file
+    here, there = tmp_path / "here-heads", tmp_path / "there-heads"
+    files = sorted(p for p in here.rglob("*") if p.is_file() and p.name != "stability.json")  # it records timings
+    assert {f"{name}.csv" for name in TABLES} <= {p.name for p in files}
+    assert any(p.suffix == ".safetensors" for p in files)
+    for file in files:
+        assert file.read_bytes() == (there / file.relative_to(here)).read_bytes(), file.name

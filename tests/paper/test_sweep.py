@@ -27,15 +27,15 @@ CONSTANT = hs.Task("constant", tuple(hs.Pair(p.input, "cold") for p in TASK.pair
 METRICS = ["first_token", "exact_match"]
 
 
-def test_each_cell_is_one_seeded_fit_scored_on_its_held_out_pairs(gemma_tiny):
+def test_each_cell_is_one_seeded_fit_scored_on_its_held_out_pairs(gemma_kinds):
     """On a task whose answer is always "cold", Δ learns it at some layers: the cells' scores differ."""
-    table = sweep(gemma_tiny, CONSTANT, QA, layers=[0, 2], seeds=[0, 1], config=CONFIG, max_test=6, progress=False)
+    table = sweep(gemma_kinds, CONSTANT, QA, layers=[0, 2], seeds=[0, 1], config=CONFIG, max_test=6, progress=False)
     assert list(table.columns) == COLUMNS
     assert list(zip(table.layer, table.seed)) == [(0, 0), (0, 1), (2, 0), (2, 1)]
     assert (table.n_train == 10).all() and (table.n_test == 6).all()
     for row in table.itertuples():
         config = replace(CONFIG, layer=row.layer, seed=row.seed)
-        run = fit_and_score(gemma_tiny, CONSTANT, QA, config, n_train=10, max_test=6, progress=False)
+        run = fit_and_score(gemma_kinds, CONSTANT, QA, config, n_train=10, max_test=6, progress=False)
         assert (row.first_token, row.exact_match) == tuple(run.fitted[METRICS].mean()), row
         assert (row.zero_shot_first_token, row.zero_shot_exact_match) == tuple(run.zero_shot[METRICS].mean()), row
         assert row.final_task_loss == pytest.approx(run.result.history["task_loss"].iloc[-1], rel=1e-4)

@@ -1,4 +1,4 @@
-"""Head tables, the regularization path and the Δ-vs-function-vector head overlap."""
+"""One layer's heads: head tables, the regularization path of independent fits and the top-k overlap with FV heads."""
 
 import math
 
@@ -25,12 +25,12 @@ def test_head_table_ranks_norms_and_shares():
     assert not table[table["task"] == "b"]["active"].any() and table[table["task"] == "b"]["layer"].eq(2).all()
 
 
-def test_path_from_strong_to_no_penalty(gemma_tiny):
+def test_path_from_strong_to_no_penalty(gemma_kinds):
     train, _ = hs.split_task(hs.load_task("builtin/antonym"), n_train=6, seed=0)
     path = fit_regularization_path(
-        gemma_tiny, train, QA, hs.FitConfig(layer=1, steps=5, lr=0.5), (1e4, 0.0), "antonym", progress=False
+        gemma_kinds, train, QA, hs.FitConfig(layer=1, steps=5, lr=0.5), (1e4, 0.0), "antonym", progress=False
     )
-    n_heads = gemma_tiny.cfg.n_heads
+    n_heads = gemma_kinds.cfg.n_heads
     assert len(path) == 2 * n_heads and list(path.columns[:4]) == ["task", "layer", "strength", "head"]
     assert not path[path["strength"] == 1e4]["active"].any()  # everything shrunk to zero
     assert path[path["strength"] == 0.0]["active"].all()

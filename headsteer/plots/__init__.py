@@ -1,8 +1,11 @@
 """Plotly figures from saved results (tidy DataFrames); nothing here fits or runs a model.
 
 Each function takes the table a results file holds and returns a ``go.Figure``:
-the head heatmap and head-norm bars (the paper's Figure 2), the layer sweep
-(Figure 1), the regularization path, Δ-vs-function-vector heads, and method bars.
+here the head heatmap and head-norm bars (the paper's Figure 2), the layer sweep
+(Figure 1), one layer's regularization path and method bars; from head maps
+(:mod:`headsteer.heads.maps`, drawn in :mod:`headsteer.plots.head_maps`) the
+layer × head maps, the stability path, Δ against function vectors, and the maps
+and overlap of several tasks. Shared colours and layout: :mod:`headsteer.plots.style`.
 """
 
 from __future__ import annotations
@@ -13,22 +16,33 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 from jaxtyping import Float
-from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 from torch import Tensor
 
 from headsteer.evaluate import mean_std
-from headsteer.hooks import head_label
+from headsteer.plots.head_maps import (
+    causal_share_heatmaps,
+    delta_vs_fv,
+    head_map_heatmaps,
+    heads_by_task,
+    stability_path,
+    task_overlap_matrix,
+)
+from headsteer.plots.style import COLORS, LAYOUT, MANY_COLORS, METRIC_LABELS
 
-COLORS = qualitative.Plotly
-MANY_COLORS = qualitative.Dark24  # the table's 13 methods need more than Plotly's 10
-METRIC_LABELS = {
-    "exact_match": "exact match",
-    "first_token": "first-token accuracy",
-    "kl": "KL(group ‖ model), nats (lower is better)",
-    "kl_reverse": "KL(model ‖ group), nats (lower is better)",
-}
-LAYOUT = dict(template="plotly_white", font=dict(size=14), margin=dict(l=80, r=40, t=80, b=70))
+__all__ = [
+    "causal_share_heatmaps",
+    "delta_vs_fv",
+    "head_heatmap",
+    "head_map_heatmaps",
+    "head_norm_bars",
+    "heads_by_task",
+    "layer_sweep",
+    "method_bars",
+    "regularization_path",
+    "stability_path",
+    "task_overlap_matrix",
+]
 
 
 def head_heatmap(deltas: dict[str, Float[Tensor, "n_heads d_head"]], layer: int, task: str = "") -> go.Figure:
@@ -73,34 +87,6 @@ def head_norm_bars(heads: pd.DataFrame, title: str = "") -> go.Figure:
         fig.add_bar(x=[f"head {h}" for h in part["head"]], y=part["norm"], name=str(variant), marker_color=COLORS[i])
     fig.update_layout(title=title or "Per-head norm of Δ", barmode="group", width=800, height=450, **LAYOUT)
     return fig.update_yaxes(title_text="‖Δ_h‖₂").update_xaxes(title_text="attention head")
-
-
-def head_share_by_task(heads: pd.DataFrame) -> go.Figure:
-    """Each task's share of ‖Δ‖² per head (tasks × "L{layer}.H{head}"), from head tables' ``share`` column.
-
-    ``heads`` holds the rows of several tasks' head tables for one variant; each row of the
-    heatmap sums to 1, so tasks with different Δ scales compare.
-    """
-    heads = heads.assign(head_label=[head_label(int(lay), int(h)) for lay, h in zip(heads["layer"], heads["head"])])
-    grid = heads.pivot_table(index="task", columns="head_label", values="share", aggfunc="sum", sort=False)
-    fig = go.Figure(
-        go.Heatmap(
-            z=grid.to_numpy(),
-            x=list(grid.columns),
-            y=list(grid.index),
-            zmin=0,
-            zmax=1,
-            colorscale="Blues",
-            colorbar=dict(title=dict(text="share of ‖Δ‖²", side="right")),
-            text=grid.round(2).to_numpy(),
-            texttemplate="%{text}",
-            hovertemplate="%{y}, %{x}: %{z:.3f}<extra></extra>",
-        )
-    )
-    fig.update_layout(
-        title="Which heads each task's Δ uses: share of ‖Δ‖² per head", width=800, height=200 + 45 * len(grid), **LAYOUT
-    )
-    return fig.update_xaxes(title_text="head (layer.head)").update_yaxes(title_text="task", autorange="reversed")
 
 
 def layer_sweep(sweep: pd.DataFrame, metric: str = "exact_match") -> go.Figure:
@@ -171,26 +157,6 @@ def regularization_path(path: pd.DataFrame) -> go.Figure:
         ticktext=[f"{t:g}" for t in ticks],
     )
     return fig.update_yaxes(title_text="‖Δ_h‖₂")
-
-
-def head_comparison(overlap: pd.DataFrame, overlap_fraction: float, task: str = "") -> go.Figure:
-    """Top heads by ‖Δ_h‖ beside top heads by function-vector AIE; shared heads marked."""
-    fig = make_subplots(
-        rows=1, cols=2, subplot_titles=["Δ: head norm ‖Δ_h‖₂", "function vector: AIE"], horizontal_spacing=0.18
-    )
-    for col, (head, value, shared) in enumerate(
-        [("delta_head", "delta_norm", "delta_head_in_fv_top"), ("fv_head", "fv_aie", "fv_head_in_delta_top")], start=1
-    ):
-        colors = ["#d62728" if s else "#7f7f7f" for s in overlap[shared]]
-        fig.add_bar(
-            x=overlap[value], y=overlap[head], orientation="h", marker_color=colors, showlegend=False, row=1, col=col
-        )
-        fig.update_yaxes(autorange="reversed", title_text="head (layer.head)" if col == 1 else None, row=1, col=col)
-    fig.update_xaxes(title_text="‖Δ_h‖₂", row=1, col=1)
-    fig.update_xaxes(title_text="average indirect effect (Δp)", exponentformat="e", row=1, col=2)
-    k = len(overlap)
-    title = f"Top-{k} heads{f' for {task}' if task else ''}: overlap {overlap_fraction:.0%} (red: in both)"
-    return fig.update_layout(title=title, width=1000, height=200 + 40 * k, **LAYOUT)
 
 
 def method_bars(

@@ -1,4 +1,4 @@
-"""Which heads a task uses: head-norm tables, the regularization path, and overlap with function-vector heads.
+"""One layer's heads: head-norm tables, the regularization path, and overlap with function-vector heads.
 
 The analysis fits and tabulates; it draws nothing (:mod:`headsteer.plots` draws
 these tables, e.g. ``plots.regularization_path`` the table
