@@ -36,10 +36,12 @@ class FitConfig:
         layer: block index ℓ whose ``attn.hook_z`` receives Δ.
         gamma: weight γ of the elementwise L1 penalty ‖Δ‖₁.
         lam: weight λ of the per-head group penalty Σ_h ‖Δ_h‖₂.
-        loss: ``first_token`` (NLL of the target's first token, the paper's),
-            ``sequence`` (teacher-forced NLL of every target token, answer end
-            included); over an option set, ``option_kl_reverse`` (KL(model ‖ target),
-            the paper's) or ``option_kl`` (KL(target ‖ model)).
+        loss: on pairs, ``sequence`` (teacher-forced NLL of every target token,
+            answer end included; the default, chosen by cross-validated whole
+            answers on training pairs, RESEARCH.md) or ``first_token`` (NLL of
+            the target's first token, the paper's); over an option set,
+            ``option_kl_reverse`` (KL(model ‖ target), the paper's) or
+            ``option_kl`` (KL(target ‖ model)).
         optimizer: ``prox_adam`` (Adam's moments on the task loss, then the
             sparse-group-lasso prox in Adam's metric: exact zeros, the default),
             ``fista`` (accelerated proximal gradient, fixed step, closed-form
@@ -54,7 +56,7 @@ class FitConfig:
     layer: int = 4
     gamma: float = 0.01
     lam: float = 0.01
-    loss: LossName = "first_token"
+    loss: LossName = "sequence"
     optimizer: OptimizerName = "prox_adam"
     steps: int = 50
     lr: float | None = None

@@ -44,7 +44,7 @@ task = hs.load_task("builtin/antonym")
 train, test = hs.split_task(task, n_train=10, seed=0, max_test=20 if QUICK else 200)
 layer = min(4, model.cfg.n_layers - 1)
 print(model.cfg.model_name, model.cfg.n_layers, "layers,", model.cfg.n_heads, "heads, d_head", model.cfg.d_head)""",
-    "## Fit\n\nγ = λ = 0.01 (the paper's), first-token NLL, proximal Adam. The result shows its fit and Δ's top heads.",
+    "## Fit\n\nγ = λ = 0.01 (the paper's), the sequence loss (every answer token and the stop string), proximal Adam. The result shows its fit and Δ's top heads.",
     """config = hs.FitConfig(layer=layer, steps=5 if QUICK else 50)
 result = hs.fit(model, train, template, config, task=task.name)
 result""",

@@ -243,8 +243,9 @@ def add_loss_option(p: argparse.ArgumentParser, default: str = FIT.loss) -> None
         "--loss",
         choices=PAIR_LOSSES,
         default=default,
-        help="Δ's loss on pairs: first_token, the answer's first token (the paper's); sequence, every answer token "
-        "and the stop string (answers that finish)",
+        help="Δ's loss on pairs: sequence, every answer token and the stop string (answers that finish; chosen "
+        "as the default by cross-validation on training pairs, see RESEARCH.md); first_token, the answer's first "
+        "token only (the paper's; results made before 2026-11-24 used it)",
     )
 
 

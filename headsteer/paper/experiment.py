@@ -94,12 +94,12 @@ class PairConfig(ExperimentConfig):
     """An experiment on (input, output) pairs: Δ's loss and how long a generated answer may be.
 
     Attributes:
-        loss: Δ's task loss on the pairs (``first_token``, the paper's, or ``sequence``: every answer
-            token and the stop string).
+        loss: Δ's task loss on the pairs (``sequence``, the default: every answer token and the stop
+            string; or ``first_token``, the paper's).
         max_new_tokens: greedy tokens generated per held-out answer before it is cut.
     """
 
-    loss: PairLossName = "first_token"
+    loss: PairLossName = "sequence"
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
 
     def __post_init__(self) -> None:
