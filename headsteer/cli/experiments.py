@@ -364,14 +364,15 @@ def add_heads_parser(sub: Subcommands) -> None:
     p = add_command(
         sub,
         "heads",
-        "which heads a task uses, model-wide and how stably: the head map (about 12 min per task and seed)",
+        "which heads a task uses, model-wide and how stably: the head map (about 7 min per task and seed)",
         timed(
             "Map which heads Δ uses at every layer of --layers, on each seed's training pairs: ‖Δ_h‖ at the\n"
             "chosen γ = λ; the λ path by warm-started continuation (where each head switches on); stability\n"
             "selection over --resamples resamples of the training pairs; each head's causal share on the\n"
             "held-out pairs (Δ without it, it alone); the function vector's indirect effect of every head.\n"
             "Writes the tables behind the head figures (headsteer figures) to --out.",
-            "about 12 min per task and seed with the defaults (--layers all, --resamples 10; 2 threads)",
+            "about 7 min per task and seed with --layers all --resamples 10 --loss first_token on 2 threads (6.7 min\n"
+            "measured for synonym); more with the default sequence loss, whose steps cost about 1.6x",
         ),
         run_heads,
     )

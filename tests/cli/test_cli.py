@@ -516,7 +516,7 @@ def test_fit_out_names_all_four_files():
         ("sweep", "about 13-14 min per task"),
         ("compose", "about 21 min"),
         ("opinion", "about 49 min"),
-        ("heads", "about 12 min per task and seed"),
+        ("heads", "about 7 min per task and seed"),
         ("compare", "about 1 min per seed"),
         ("demo", "about 30 s"),
     ],
