@@ -344,8 +344,17 @@ def test_check_artifact_output_refuses_unwritable_stems_and_creates_nothing(tmp_
     assert paths.meta == tmp_path / "new" / "deeper" / "x.json" and not (tmp_path / "new").exists()
 
 
-@pytest.mark.parametrize("meta", sorted(REPO.glob("results/heads/*/*.json")), ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_committed_head_study_interventions_record_their_split(meta):
+HEAD_MAP_DELTAS = sorted(REPO.glob("results/heads/*/interventions/seed*/*.json"))  # StudyFiles.intervention's layout
+
+
+@pytest.mark.parametrize("meta", HEAD_MAP_DELTAS, ids=lambda p: f"{p.parents[2].name}/{p.stem}")
+def test_committed_head_map_interventions_record_their_split(meta):
     iv = hs.Intervention.load(meta)
     assert iv.training is not None and (iv.training.split_seed, iv.training.n_train) == (0, 10)
-    assert len(iv.training.pairs) == 10 and iv.task == meta.parent.name
+    assert len(iv.training.pairs) == 10 and iv.task == meta.parents[2].name
+
+
+def test_the_committed_head_maps_have_their_deltas():
+    """The glob above finds every committed map's Δ's (a layout change would otherwise test nothing)."""
+    maps = sorted(REPO.glob("results/heads/*/stability.json"))
+    assert {p.parents[2].name for p in HEAD_MAP_DELTAS} == {p.parent.name for p in maps}
