@@ -242,7 +242,54 @@ def execute(name: str, timeout: int = 3600) -> None:
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3", record_timing=False)
     client.execute(cwd=str(HERE))
-    nbformat.write(nb, path)
+    nbformat.write(tidy(nb), path)
+
+
+# tqdm.auto's note that ipywidgets is missing: progress then prints as text, which is what GitHub can show.
+WIDGET_NOTE = "TqdmWarning: IProgress not found"
+
+
+def tidy(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Each cell's streams as Jupyter shows them: one output per stream, progress bars at their last state.
+
+    A text progress bar redraws its line with carriage returns, and the kernel sends every redraw as
+    a separate output; stored as sent, a 50-step fit is 100 outputs. Jupyter draws a carriage return
+    as "overwrite this line from its start"; so does this, and it drops lines left blank (a bar that
+    cleared itself) and the warning that progress bars fall back to text.
+    """
+    for cell in nb.cells:
+        if cell.cell_type != "code":
+            continue
+        outputs: list[nbformat.NotebookNode] = []
+        for output in cell.outputs:
+            if (
+                output.output_type == "stream"
+                and outputs
+                and outputs[-1].output_type == "stream"
+                and outputs[-1].name == output.name
+            ):
+                outputs[-1].text += output.text
+            else:
+                outputs.append(output)
+        for output in outputs:
+            if output.output_type == "stream":
+                lines = [_overwritten(line) for line in output.text.split("\n")]
+                kept = [
+                    line
+                    for line in lines
+                    if line.strip() and WIDGET_NOTE not in line and "from .autonotebook import" not in line
+                ]
+                output.text = "".join(line + "\n" for line in kept)
+        cell.outputs = [o for o in outputs if o.output_type != "stream" or o.text]
+    return nb
+
+
+def _overwritten(line: str) -> str:
+    """What a terminal shows of ``line`` after its carriage returns: each part overwrites the start of the last."""
+    shown = ""
+    for part in line.split("\r"):
+        shown = part + shown[len(part) :]
+    return shown.rstrip()
 
 
 def main() -> None:

@@ -231,12 +231,26 @@ class RayWorkers(Workers):
         gpus = int(resources.get("GPU", 0))
         return gpus or max(1, int(resources.get("CPU", 1)) // self.config.threads)
 
+    def _check_fits(self, n: int, resources: dict[str, float]) -> None:
+        """Refuse ``n`` actors the whole cluster could never place at once (Ray would wait for them forever)."""
+        cpus, gpus = int(resources.get("CPU", 0)), int(resources.get("GPU", 0))
+        where = f"the Ray cluster at {self.config.address}" if self.config.address else "this process's Ray cluster"
+        if n * self.config.threads > cpus:
+            raise ConfigError(
+                f"{n} Ray workers × {self.config.threads} threads (--ray-workers, --ray-threads) need "
+                f"{n * self.config.threads} CPUs; {where} has {cpus}: ask for fewer"
+            )
+        if gpus and n > gpus:
+            raise ConfigError(f"{n} Ray workers (--ray-workers) need one GPU each; {where} has {gpus}: ask for fewer")
+
     def _start(self, n: int) -> None:
         """At least ``n`` actors, each with the model loaded; every actor must hold the same model."""
         ray = _ray()
         if not ray.is_initialized():
             ray.init(address=self.config.address, include_dashboard=False)
-        gpus = 1 if ray.cluster_resources().get("GPU", 0) else 0
+        resources = ray.cluster_resources()
+        gpus = 1 if resources.get("GPU", 0) else 0
+        self._check_fits(n, resources)
         actor_class = ray.remote(
             num_cpus=self.config.threads,
             num_gpus=gpus,

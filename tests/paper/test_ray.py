@@ -21,6 +21,7 @@ import torch
 
 import headsteer as hs
 from headsteer import cli
+from headsteer.errors import ConfigError
 from headsteer.files import settings_path
 from headsteer.paper.results import MalformedRowWarning
 from headsteer.paper.study_files import TABLES
@@ -175,3 +176,13 @@ def test_the_command_line_sends_cells_to_ray_with_the_same_results(cluster, work
     assert any(p.suffix == ".safetensors" for p in files)
     for file in files:
         assert file.read_bytes() == (there / file.relative_to(here)).read_bytes(), file.name
+
+
+@pytest.mark.parametrize(("n_workers", "threads", "needed"), [(3, 1, 3), (1, 4, 4)])
+def test_more_workers_than_the_cluster_can_place_are_refused_before_any_starts(cluster, n_workers, threads, needed):
+    """Ray would wait forever for actors a 2-CPU cluster cannot place: refused at once, naming the flags."""
+    pool = RayWorkers(ModelSource(str(cluster)), RayConfig(n_workers=n_workers, threads=threads))
+    message = rf"--ray-workers, --ray-threads\) need {needed} CPUs; this process's Ray cluster has 2"
+    with pytest.raises(ConfigError, match=message):
+        pool.run([0, 1, 2], lambda model, unit: [unit], lambda result: None)
+    assert pool._actors == []
