@@ -1,0 +1,122 @@
+"""Where one prefix-cached fit step's time goes, and how fast this machine reads and multiplies the unembedding.
+
+    python benchmarks/profile_step.py [--layer 4] [--rows 10 180] [--profile]
+
+On Gemma 3 270M (fp32, antonym, the first 10 training pairs of seed 0, frozen weights) it times, in ms:
+
+* the whole step (suffix forward with Δ at ``--layer``, streamed first-token NLL, backward to Δ),
+  with the fp32 unembedding and with the optional bf16 one;
+* the suffix alone (forward without gradient; forward and backward);
+* the streamed NLL alone (:mod:`headsteer.fitting.unembed`) in fp32 and bf16;
+* for ``--rows`` hidden states, the two products the NLL needs (logits ``h Wᵀ`` and the gradient's
+  ``softmax · W``) in fp32 and bf16, against one plain read of W (the memory-bound floor);
+* with ``--chunks``, the streamed NLL for ``--rows`` rows with each of these vocabulary chunks;
+* with ``--profile``, torch's operator table over three steps.
+
+Run it alone on a quiet machine: another process on the same cores changes every number.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+
+import headsteer as hs
+from headsteer.fitting import unembed
+from headsteer.fitting.forward import build_prefix, run_suffix
+from headsteer.fitting.unembed import FinalHidden, _StreamedNLL
+from headsteer.prompts import encode_targets
+
+
+def milliseconds(fn: Callable[[], object], repeats: int = 5) -> float:
+    """Mean wall time of ``fn`` after two warm-up calls."""
+    fn()
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats * 1000
+
+
+def products(weight: torch.Tensor, weight16: torch.Tensor, rows: int) -> dict[str, float]:
+    """ms of the NLL's two products for ``rows`` random hidden states, in both layouts and precisions."""
+    h, p = torch.randn(rows, weight.shape[1]), torch.softmax(torch.randn(rows, weight.shape[0]), 1)
+    h16, p16 = h.bfloat16(), p.bfloat16()
+    return {
+        "fp32 h Wᵀ": milliseconds(lambda: h @ weight.T, 3),
+        "fp32 (W hᵀ)ᵀ": milliseconds(lambda: (weight @ h.T).T, 3),
+        "fp32 p W": milliseconds(lambda: p @ weight, 3),
+        "bf16 h Wᵀ": milliseconds(lambda: h16 @ weight16.T, 3),
+        "bf16 p W": milliseconds(lambda: p16 @ weight16, 3),
+    }
+
+
+def streamed(weight: torch.Tensor, rows: int) -> float:
+    """ms of the streamed fp32 NLL and its gradient for ``rows`` random hidden states."""
+    hidden, targets = torch.randn(rows, weight.shape[1]), torch.randint(0, weight.shape[0], (rows,))
+    return milliseconds(lambda: _StreamedNLL.apply(hidden, weight, None, targets, None, False), 3)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--layer", type=int, default=4)
+    parser.add_argument("--rows", type=int, nargs="+", default=[10, 180], help="hidden-state rows for the products")
+    parser.add_argument("--chunks", type=int, nargs="*", default=[], help="also time the streamed NLL at these chunks")
+    parser.add_argument("--profile", action="store_true", help="also print torch's operator table")
+    args = parser.parse_args()
+
+    model = hs.load_model()
+    for p in model.parameters():
+        p.requires_grad_(False)  # as in a fit: gradients reach Δ only
+    train = hs.split_task(hs.load_task("antonym"), n_train=10, seed=0)[0]
+    tokens, targets = encode_targets(model.tokenizer, hs.get_template("qa"), train)
+    prefix = build_prefix(model, tokens, 1)
+    delta = torch.zeros(len(train), model.cfg.n_heads, model.cfg.d_head, requires_grad=True)
+    layer = torch.full((len(train),), args.layer)
+    weight = run_suffix(model, prefix).weight
+    weight16 = weight.to(torch.bfloat16)
+    first = targets.target_ids[:, :1]
+
+    def step(low_precision: bool = False) -> None:
+        scored = run_suffix(model, prefix, layer, delta)
+        if low_precision:
+            scored = FinalHidden(scored.hidden, weight16, scored.bias, scored.softcap, low_precision=True)
+        scored.token_nll(first).mean().backward()
+
+    def suffix_backward() -> None:
+        run_suffix(model, prefix, layer, delta).hidden.sum().backward()
+
+    @torch.no_grad()
+    def suffix_forward() -> None:
+        run_suffix(model, prefix, layer, delta)
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; Gemma 3 270M fp32, layer {args.layer}")
+    print(f"step: fp32 unembedding {milliseconds(step):.1f}; bf16 unembedding {milliseconds(lambda: step(True)):.1f}")
+    print(f"suffix: forward {milliseconds(suffix_forward):.1f}; forward + backward {milliseconds(suffix_backward):.1f}")
+    hidden = torch.randn(len(train), weight.shape[1])
+    y = first[:, 0]
+    nll32 = milliseconds(lambda: _StreamedNLL.apply(hidden, weight, None, y, None, False))
+    nll16 = milliseconds(lambda: _StreamedNLL.apply(hidden, weight16, None, y, None, True))
+    print(f"streamed NLL, {len(train)} rows: fp32 {nll32:.1f}; bf16 {nll16:.1f}")
+    print(f"one read of W ({weight.numel() * 4 / 2**20:.0f} MiB fp32): {milliseconds(weight.sum):.1f}")
+    for rows in args.rows:
+        timings = products(weight, weight16, rows)
+        print(f"{rows} rows: " + "; ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+    for chunk in args.chunks:
+        unembed.CHUNK = chunk  # read by the streamed NLL at each call
+        timings = {rows: streamed(weight, rows) for rows in args.rows}
+        print(f"streamed NLL, chunk {chunk}: " + "; ".join(f"{rows} rows {ms:.1f}" for rows, ms in timings.items()))
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(3):
+                step()
+        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=20))
+
+
+if __name__ == "__main__":
+    main()
