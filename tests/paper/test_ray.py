@@ -8,7 +8,9 @@ with the same experiment run in this process on the same saved model.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
@@ -182,7 +184,19 @@ def test_the_command_line_sends_cells_to_ray_with_the_same_results(cluster, work
 def test_more_workers_than_the_cluster_can_place_are_refused_before_any_starts(cluster, n_workers, threads, needed):
     """Ray would wait forever for actors a 2-CPU cluster cannot place: refused at once, naming the flags."""
     pool = RayWorkers(ModelSource(str(cluster)), RayConfig(n_workers=n_workers, threads=threads))
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            pool.run([0, 1, 2], lambda model, unit: [unit], lambda result: None)
+        except BaseException as err:  # handed to the test's thread
+            raised.append(err)
+
+    waiting = threading.Thread(target=run, daemon=True)
+    waiting.start()
+    waiting.join(timeout=60)  # without the check, Ray waits for the actors forever
+    assert not waiting.is_alive(), "still waiting for Ray workers after 60 s instead of refusing them"
     message = rf"--ray-workers, --ray-threads\) need {needed} CPUs; this process's Ray cluster has 2"
-    with pytest.raises(ConfigError, match=message):
-        pool.run([0, 1, 2], lambda model, unit: [unit], lambda result: None)
+    assert len(raised) == 1 and isinstance(raised[0], ConfigError), raised
+    assert re.search(message, str(raised[0])), str(raised[0])
     assert pool._actors == []
