@@ -97,12 +97,12 @@ def add_sweep_parser(sub: Subcommands) -> None:
     p = add_command(
         sub,
         "sweep",
-        "Δ at every (layer, seed) of one task; resumable (Figure 1; about 13-14 min per task)",
+        "Δ at every (layer, seed) of one task; resumable (Figure 1; about 16 min per task)",
         timed(
             "Fit and score Δ at every layer of --layers for seeds 0..N-1 (the paper's Figure 1), one\n"
             "row per (layer, seed) in a resumable CSV. Several processes may share one --out\n"
             "(e.g. --layers 0-8 in one, --layers 9-17 in another).",
-            "about 13-14 min per task with the defaults (--layers all --seeds 5)",
+            "about 16 min per task with the defaults (--layers all --seeds 5; 16 min 9 s for antonym)",
         ),
         run_sweep,
     )
@@ -155,12 +155,13 @@ def add_table_parser(sub: Subcommands) -> None:
     p = add_command(
         sub,
         "table",
-        "every method × task on the same splits; resumable (Tables 1, 4, 6; about 7 min per task and seed)",
+        "every method × task on the same splits; resumable (Tables 1, 4, 6; about 10 min per task and seed)",
         timed(
             "Run every method (0-/10-shot, function vectors, ICV, LoRA, IA3, prompt tuning, Δ and its\n"
             "variants) on the same seeded split per (task, seed): the paper's Tables 1, 4 and 6. Rerun\n"
             "the same command to resume; processes given different --tasks may share one --out.",
-            "about 7 min per (task, seed); the defaults, 4 tasks × 5 seeds, about 2 h 20 min",
+            "about 10 min per (task, seed) (9 min 46 s for antonym, seed 0); the defaults, 4 tasks × 5 seeds,\n"
+            "about 3 h 15 min",
         ),
         run_table,
     )
@@ -241,7 +242,8 @@ def add_compose_parser(sub: Subcommands) -> None:
         timed(
             "Compose two tasks (e.g. english-french∘antonym: 'hot' -> 'froid') and compare the sum of\n"
             "the single-task Δ's with a Δ fitted on the composed pairs: the paper's Table 2.",
-            "about 21 min with the defaults (the paper's four compositions, --seeds 5)",
+            "about 21 min with the defaults (the paper's four compositions, --seeds 5), measured with\n"
+            "--loss first_token; the default sequence loss's steps cost up to 1.6x",
         ),
         run_compose,
     )
@@ -364,15 +366,15 @@ def add_heads_parser(sub: Subcommands) -> None:
     p = add_command(
         sub,
         "heads",
-        "which heads a task uses, model-wide and how stably: the head map (about 7 min per task and seed)",
+        "which heads a task uses, model-wide and how stably: the head map (about 9 min per task and seed)",
         timed(
             "Map which heads Δ uses at every layer of --layers, on each seed's training pairs: ‖Δ_h‖ at the\n"
             "chosen γ = λ; the λ path by warm-started continuation (where each head switches on); stability\n"
             "selection over --resamples resamples of the training pairs; each head's causal share on the\n"
             "held-out pairs (Δ without it, it alone); the function vector's indirect effect of every head.\n"
             "Writes the tables behind the head figures (headsteer figures) to --out.",
-            "about 7 min per task and seed with --layers all --resamples 10 --loss first_token on 2 threads (6.7 min\n"
-            "measured for synonym); more with the default sequence loss, whose steps cost about 1.6x",
+            "about 9 min per task and seed with --layers all --resamples 10 on 2 threads (8.9 min measured\n"
+            "for antonym; 6.7 min for synonym with --loss first_token)",
         ),
         run_heads,
     )
