@@ -38,8 +38,21 @@ def first_token_nll(scored: Scored, target_ids: Int[Tensor, "batch answer"]) -> 
 def sequence_nll(
     scored: Scored, target_ids: Int[Tensor, "batch tgt"], target_mask: Bool[Tensor, "batch tgt"]
 ) -> Float[Tensor, " batch"]:
-    """L_i = −Σ_j log p(y_i,j | x_i, y_i,<j): teacher-forced NLL of the whole answer."""
-    return (_token_nll(scored, target_ids) * target_mask).sum(-1)
+    """L_i = −Σ_j log p(y_i,j | x_i, y_i,<j): teacher-forced NLL of the whole answer.
+
+    Only real answer positions are scored: a batch is padded to its longest answer, and the padding
+    never reaches the unembedding (a product with the whole vocabulary per scored position: the
+    largest cost of a step).
+    """
+    real = target_mask.bool()
+    if isinstance(scored, FinalHidden):
+        hidden = scored.hidden[real.to(scored.hidden.device)][:, None]  # [real positions, 1, d_model]
+        at_real: Scored = FinalHidden(hidden, scored.weight, scored.bias, scored.softcap, scored.low_precision)
+    else:
+        at_real = scored[real.to(scored.device)][:, None]  # [real positions, 1, vocab]
+    values = _token_nll(at_real, target_ids[real][:, None])[:, 0]
+    rows = real.nonzero()[:, 0].to(values.device)
+    return torch.zeros(real.shape[0], dtype=values.dtype, device=values.device).index_add(0, rows, values)
 
 
 def option_log_probs(scored: Scored, options: OptionTargets) -> Float[Tensor, "batch options"]:
