@@ -373,7 +373,7 @@ def add_heads_parser(sub: Subcommands) -> None:
             "selection over --resamples resamples of the training pairs; each head's causal share on the\n"
             "held-out pairs (Δ without it, it alone); the function vector's indirect effect of every head.\n"
             "Writes the tables behind the head figures (headsteer figures) to --out.",
-            "about 9 min per task and seed with --layers all --resamples 10 on 2 threads (8.9 min measured\n"
+            "about 9 min per task and seed with --layers all --resamples 10 on 2 threads (9.1 min measured\n"
             "for antonym; 6.7 min for synonym with --loss first_token)",
         ),
         run_heads,

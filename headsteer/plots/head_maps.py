@@ -151,7 +151,7 @@ def causal_share_heatmaps(heads: pd.DataFrame, task: str = "") -> go.Figure:
 def stability_path(
     path: pd.DataFrame, region: Sequence[float], threshold: float, heads: Sequence[tuple[int, int]] = (), top: int = 8
 ) -> go.Figure:
-    """The λ path with stability bands, for ``heads`` (default: the ``top`` heads by highest selection frequency).
+    """The λ path with stability bands, for ``heads`` (default: the ``top`` heads chosen earliest on the path).
 
     Left: each head's selection frequency over the resamples against γ = λ, the threshold
     dashed and the stability region Λ shaded. Right: ‖Δ_h‖₂ on all training pairs
@@ -160,8 +160,7 @@ def stability_path(
     resampled = path[path["sample"] > 0].assign(on=lambda t: t["norm"] > 0)
     freq = resampled.groupby(["layer", "head", "strength"], as_index=False)["on"].mean()
     if not heads:
-        best = freq.groupby(["layer", "head"])["on"].max().sort_values(ascending=False, kind="stable")
-        heads = list(best.index[:top])
+        heads = earliest_chosen(freq, top)
     fig = make_subplots(
         rows=1,
         cols=2,
@@ -203,6 +202,20 @@ def stability_path(
     task = path["task"].iloc[0] if "task" in path else ""
     title = f"Stability path{f' ({task})' if task else ''}: threshold {threshold:g} dashed, region Λ shaded"
     return fig.update_layout(title=title, width=1300, height=520, **LAYOUT)
+
+
+def earliest_chosen(freq: pd.DataFrame, top: int) -> list[tuple[int, int]]:
+    """The ``top`` heads whose selection frequency is highest earliest on the path (strongest penalty first).
+
+    Heads are ordered by their frequencies read from the strongest strength down, compared like
+    words in a dictionary: the heads of the stability region come first, then those that switch on
+    next. (The largest frequency anywhere would not do: at a weak penalty every head is chosen.)
+    """
+    table = freq.pivot_table(index=["layer", "head"], columns="strength", values="on").sort_index(
+        axis=1, ascending=False
+    )
+    ranked = sorted(table.index, key=lambda head: tuple(-table.loc[head].fillna(0.0).to_numpy()))
+    return [(int(layer), int(head)) for layer, head in ranked[:top]]
 
 
 def delta_vs_fv(heads: pd.DataFrame, threshold: float, fv_top_k: int, note: str = "") -> go.Figure:
