@@ -199,18 +199,25 @@ def _run_seed(
 
 
 def _score_all(model, test: list[Pair], template: Template, interventions, max_new_tokens: int) -> pd.DataFrame:
-    """``evaluate_pairs`` of every intervention on ``test``, as one batch of per-row Δ's."""
+    """``evaluate_pairs`` of every intervention on ``test``, as one batch of per-row Δ's; rows intervention-major.
+
+    The rows are scored pair-major (each held-out prompt once per Δ, side by side), so a batch holds a
+    few prompts under every Δ and runs each prompt's prefix once (:func:`~headsteer.fitting.forward.build_prefix`
+    shares identical prefixes): the prefix work of scoring K Δ's is that of scoring one.
+    """
     for iv in interventions:
         iv.check_fits(model)
-    n = len(test)
-    layers = torch.tensor([iv.layer for iv in interventions]).repeat_interleave(n)
-    deltas = torch.stack([iv.delta for iv in interventions]).repeat_interleave(n, dim=0)
-    return evaluate_pairs(
+    n, k = len(test), len(interventions)
+    layers = torch.tensor([iv.layer for iv in interventions]).repeat(n)  # row i·k + j: pair i under Δ j
+    deltas = torch.stack([iv.delta for iv in interventions]).repeat(n, 1, 1)
+    scores = evaluate_pairs(
         model,
-        test * len(interventions),
+        [pair for pair in test for _ in range(k)],
         template,
         RowDeltas(layers, deltas),
-        batch_size=128,
+        batch_size=k * max(1, 128 // k),  # whole prompts: every Δ of a prompt in one batch
         max_new_tokens=max_new_tokens,
         progress=False,
     )
+    by_intervention = [i * k + j for j in range(k) for i in range(n)]
+    return scores.iloc[by_intervention].reset_index(drop=True)
