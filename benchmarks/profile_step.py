@@ -54,10 +54,11 @@ def products(weight: torch.Tensor, weight16: torch.Tensor, rows: int) -> dict[st
     }
 
 
-def streamed(weight: torch.Tensor, rows: int) -> float:
-    """ms of the streamed fp32 NLL and its gradient for ``rows`` random hidden states."""
+def streamed(weight: torch.Tensor, rows: int, repeats: int = 3) -> float:
+    """ms of the streamed NLL and its gradient for ``rows`` random hidden states (bf16 products if W is bf16)."""
     hidden, targets = torch.randn(rows, weight.shape[1]), torch.randint(0, weight.shape[0], (rows,))
-    return milliseconds(lambda: _StreamedNLL.apply(hidden, weight, None, targets, None, False), 3)
+    low_precision = weight.dtype == torch.bfloat16
+    return milliseconds(lambda: _StreamedNLL.apply(hidden, weight, None, targets, None, low_precision), repeats)
 
 
 def main() -> None:
@@ -96,10 +97,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; Gemma 3 270M fp32, layer {args.layer}")
     print(f"step: fp32 unembedding {milliseconds(step):.1f}; bf16 unembedding {milliseconds(lambda: step(True)):.1f}")
     print(f"suffix: forward {milliseconds(suffix_forward):.1f}; forward + backward {milliseconds(suffix_backward):.1f}")
-    hidden = torch.randn(len(train), weight.shape[1])
-    y = first[:, 0]
-    nll32 = milliseconds(lambda: _StreamedNLL.apply(hidden, weight, None, y, None, False))
-    nll16 = milliseconds(lambda: _StreamedNLL.apply(hidden, weight16, None, y, None, True))
+    nll32, nll16 = streamed(weight, len(train), 5), streamed(weight16, len(train), 5)
     print(f"streamed NLL, {len(train)} rows: fp32 {nll32:.1f}; bf16 {nll16:.1f}")
     print(f"one read of W ({weight.numel() * 4 / 2**20:.0f} MiB fp32): {milliseconds(weight.sum):.1f}")
     for rows in args.rows:
