@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from headsteer.backends import model_kind
 from headsteer.errors import TaskError
-from headsteer.generation import cut_at_stop, decode_tokens, greedy_ids
+from headsteer.generation import cut_at_stop, decode_tokens, greedy_ids, normalize
 from headsteer.prompts import Template, answer_first_token, encode_prompts
 from headsteer.steering import RowDeltas, Steering
 from headsteer.tasks import Pair
@@ -30,10 +30,6 @@ from headsteer.tasks import Pair
 # Generated tokens per answer: room for every answer in Todd et al.'s tasks with its stop string (the longest,
 # a currency name with its code, is 11 tokens in Gemma 3's tokenizer, stop included), so a right answer is never cut.
 DEFAULT_MAX_NEW_TOKENS = 16
-
-
-def normalize(text: str) -> str:
-    return text.strip().casefold()
 
 
 def evaluate_pairs(
@@ -44,11 +40,15 @@ def evaluate_pairs(
     batch_size: int = 64,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     progress: bool = True,
+    whole_predictions: bool = True,
 ) -> pd.DataFrame:
     """One row per pair: input, target, prediction, first_token, exact_match.
 
     ``steering`` is a list of interventions applied to every pair, or
-    ``RowDeltas`` with one Δ (and layer) per pair.
+    ``RowDeltas`` with one Δ (and layer) per pair. ``whole_predictions=False``
+    stops generating each answer once it can no longer match its target (see
+    :func:`~headsteer.generation.greedy_ids`): the same first_token and
+    exact_match, faster, but a wrong prediction is only its text up to there.
     """
     if not pairs:
         raise TaskError("evaluate_pairs: no pairs to evaluate")
@@ -60,7 +60,8 @@ def evaluate_pairs(
         chunk = pairs[start : start + batch_size]
         part = steering.select(slice(start, start + batch_size)) if isinstance(steering, RowDeltas) else steering
         tokens = encode_prompts(model.tokenizer, template, [p.input for p in chunk])
-        ids = greedy_ids(model, tokens, part, max_new_tokens, template.stop)
+        answers = None if whole_predictions else [p.output for p in chunk]
+        ids = greedy_ids(model, tokens, part, max_new_tokens, template.stop, answers)
         frames.append(score_generations(model.tokenizer, chunk, template, ids))
     return pd.concat(frames, ignore_index=True)
 

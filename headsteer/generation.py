@@ -5,6 +5,11 @@ last prompt token then runs with Δ added, and every generated token after it
 reads the KV cache, so Δ is added exactly once per prompt, at its last token
 (see :mod:`headsteer.steering`). Rows that finish leave the batch. How each
 kind of model runs with a KV cache is :mod:`headsteer.backends`.
+
+Scoring that needs only the metrics can also pass each row's expected answer:
+a row then stops as soon as no continuation of its text can be that answer
+(:func:`could_still_be`). Exact match and first-token accuracy come out the
+same; the wrong answers' texts are cut where they left the answer.
 """
 
 from __future__ import annotations
@@ -35,14 +40,24 @@ def next_token_logits(model, tokens: TokenBatch, steering: Steering = ()) -> Flo
 
 @torch.no_grad()
 def greedy_ids(
-    model, tokens: TokenBatch, steering: Steering = (), max_new_tokens: int = 6, stop: str | None = "\n"
+    model,
+    tokens: TokenBatch,
+    steering: Steering = (),
+    max_new_tokens: int = 6,
+    stop: str | None = "\n",
+    answers: Sequence[str] | None = None,
 ) -> Int[Tensor, "batch new"]:
     """Greedy new token ids for left-padded prompts.
 
     A row stops once it emits EOS or its text holds ``stop`` (after leading
     whitespace); it then leaves the batch (its cache rows are dropped), and its
     remaining positions are filled with EOS. Decoding stops when no row is left.
+    With ``answers`` (one per row), a row also stops once its text can no longer
+    be its answer: exact match and the first token are unchanged, the work on
+    wrong answers is not spent.
     """
+    if answers is not None and len(answers) != len(tokens):
+        raise ValueError(f"greedy_ids: {len(answers)} answers for {len(tokens)} prompts")
     if int(tokens.last_index.min()) != tokens.input_ids.shape[1] - 1:
         raise ValueError("greedy generation needs left-padded prompts (use encode_prompts)")
     eos = model.tokenizer.eos_token_id
@@ -52,10 +67,18 @@ def greedy_ids(
     # (an in-context vector) acts in every pass. One set of hooks, told per pass where the prompt ends.
     prompt_end = PerPass()
     with added_hooks(model, steering_hooks(model, steering, prompt_end)):
-        return _decode(model, tokens, prompt_end, max_new_tokens, stop, eos)
+        return _decode(model, tokens, prompt_end, max_new_tokens, stop, eos, answers)
 
 
-def _decode(model, tokens: TokenBatch, prompt_end: PerPass, max_new_tokens: int, stop: str | None, eos: int) -> Tensor:
+def _decode(
+    model,
+    tokens: TokenBatch,
+    prompt_end: PerPass,
+    max_new_tokens: int,
+    stop: str | None,
+    eos: int,
+    answers: Sequence[str] | None,
+) -> Tensor:
     kind = model_kind(model)
     prefix = build_prefix(model, tokens, n_scored=1)  # every prompt token but the last: no prompt end here
     cache = prefix.cache
@@ -67,7 +90,8 @@ def _decode(model, tokens: TokenBatch, prompt_end: PerPass, max_new_tokens: int,
     for step in range(max_new_tokens):
         nxt = logits.argmax(-1, keepdim=True).cpu()
         out[active, step] = nxt.squeeze(-1)
-        going = ~_finished(model, out[active, : step + 1], eos, stop)
+        expected = None if answers is None else [answers[int(i)] for i in active]
+        going = ~_finished(model, out[active, : step + 1], eos, stop, expected)
         if step == max_new_tokens - 1 or not going.any():
             break
         if not going.all():
@@ -86,12 +110,42 @@ def _next_logits(
     return FinalHidden(hidden[:, -1:], *kind.unembedding(model)).logits()[:, 0]
 
 
-def _finished(model, ids: Int[Tensor, "rows new"], eos: int, stop: str | None) -> Tensor:
-    """Rows that emitted EOS, or whose text (leading whitespace dropped) holds ``stop``."""
+def _finished(model, ids: Int[Tensor, "rows new"], eos: int, stop: str | None, answers: Sequence[str] | None) -> Tensor:
+    """Rows that emitted EOS, whose text (leading whitespace dropped) holds ``stop``, or that can't be their answer."""
     done = (ids == eos).any(1)
-    if stop:
-        done |= torch.tensor([stop in text.lstrip() for text in decode(model, ids)], dtype=torch.bool)
+    if stop or answers is not None:
+        texts = decode(model, ids)
+        if stop:
+            done |= torch.tensor([stop in text.lstrip() for text in texts], dtype=torch.bool)
+        if answers is not None:
+            done |= torch.tensor([not could_still_be(t, a, stop) for t, a in zip(texts, answers)], dtype=torch.bool)
     return done
+
+
+def normalize(text: str) -> str:
+    """What exact match compares: the text without surrounding whitespace, case-folded."""
+    return text.strip().casefold()
+
+
+def could_still_be(text: str, answer: str, stop: str | None) -> bool:
+    """Whether some continuation of the generated ``text`` can still be cut to an exact match of ``answer``.
+
+    The final answer is ``cut_at_stop(text + more, stop)``, and it matches when
+    ``normalize(final) == normalize(answer)``. Of ``text`` only a part is sure to
+    begin the final answer: leading whitespace goes; a trailing stop's beginning
+    may complete into ``stop`` and cut there; a trailing U+FFFD may be a character
+    whose other bytes are still to come, and trailing whitespace may be merged
+    into the next token when decoded (``" ."`` -> ``"."``). Case folding maps each
+    character on its own, so the answer stays possible while the folded sure part
+    begins the folded answer. Whitespace-only text decides nothing yet.
+    """
+    sure = text.lstrip()
+    if stop and stop in sure:  # the answer is known
+        return normalize(cut_at_stop(sure, stop)) == normalize(answer)
+    if stop:
+        sure = sure[: len(sure) - len(stop) + 1]
+    sure = sure.rstrip().rstrip("\ufffd").rstrip()
+    return normalize(answer).startswith(sure.casefold())
 
 
 def generate(

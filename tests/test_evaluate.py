@@ -6,6 +6,7 @@ import pytest
 import headsteer as hs
 from headsteer.evaluate import format_mean_std, normalize
 from headsteer.generation import cut_at_stop
+from tests.test_hooks import make_iv
 
 QA = hs.get_template("qa")
 
@@ -20,6 +21,21 @@ def test_evaluate_pairs_scores_each_pair(gemma_kinds):
     ]
     summary = hs.summarize(scores)
     assert summary["n"] == 2 and 0 <= summary["first_token"] <= 1
+
+
+def test_scores_without_whole_predictions_are_the_same(gemma_kinds):
+    """Stopping wrong answers early changes no score; right answers keep their whole text."""
+    iv = make_iv(gemma_kinds, scale=3.0)
+    inputs = ["hot", "big", "up", "fast"]
+    whole = hs.evaluate_pairs(gemma_kinds, [hs.Pair(x, "cold") for x in inputs], QA, [iv], progress=False)
+    # Half the targets are what the model says, so both exact-match outcomes occur.
+    pairs = [hs.Pair(x, p if i % 2 else "cold") for i, (x, p) in enumerate(zip(inputs, whole["prediction"]))]
+    whole = hs.evaluate_pairs(gemma_kinds, pairs, QA, [iv], progress=False)
+    short = hs.evaluate_pairs(gemma_kinds, pairs, QA, [iv], progress=False, whole_predictions=False)
+    metrics = ["first_token", "exact_match"]
+    assert short[metrics].equals(whole[metrics]) and whole["exact_match"].any() and not whole["exact_match"].all()
+    right = whole["exact_match"]
+    assert short["prediction"][right].equals(whole["prediction"][right])
 
 
 def test_first_token_hit_when_the_model_is_forced_to_the_answer(gemma_kinds):

@@ -4,7 +4,7 @@ import torch
 
 import headsteer as hs
 import headsteer.hooks
-from headsteer.generation import decode
+from headsteer.generation import could_still_be, cut_at_stop, decode
 from tests.test_hooks import INPUTS, make_iv
 
 QA = hs.get_template("qa")
@@ -83,6 +83,38 @@ def test_finished_rows_leave_the_batch_without_changing_any_answer(any_model):
             assert (early[row, k + 1 :] == eos).all()
             retired_early += k < 3
     assert retired_early > 0  # the case under test happened
+
+
+def test_rows_that_cannot_be_their_answer_stop_early_and_the_others_decode_in_full(any_model):
+    """With expected answers, a row leaves once its text cannot be its answer; a row that can decodes to its end."""
+    iv = make_iv(any_model, scale=3.0)
+    tokens = hs.encode_prompts(any_model.tokenizer, QA, INPUTS)
+    eos = any_model.tokenizer.eos_token_id
+    full = hs.greedy_ids(any_model, tokens, [iv], max_new_tokens=4, stop="\n")
+    texts = [cut_at_stop(t, "\n") for t in decode(any_model, full, eos)]
+    answers = [text if row % 2 == 0 else "zzz no such answer" for row, text in enumerate(texts)]
+    early = hs.greedy_ids(any_model, tokens, [iv], max_new_tokens=4, stop="\n", answers=answers)
+    stopped_early = 0
+    for row in range(len(full)):
+        if row % 2 == 0:  # its own answer: never cut
+            assert torch.equal(early[row], full[row])
+            continue
+        kept = int((early[row] != eos).sum())  # the same tokens up to where it stopped, then EOS
+        assert torch.equal(early[row, :kept], full[row, :kept]) and (early[row, kept:] == eos).all()
+        stopped_early += bool((early[row] != full[row]).any())
+    assert stopped_early > 0  # the case under test happened
+
+
+def test_could_still_be_keeps_only_answers_some_continuation_can_reach():
+    assert could_still_be("  Col", "cold", "\n") and could_still_be(" cold ", "Cold", "\n")
+    assert could_still_be("ice ", "ice cream", "\n") and not could_still_be(" y\n", "x", "\n")
+    assert could_still_be("   ", "cold", "\n") and could_still_be(" \n ", "cold", "\n")  # nothing decided yet
+    assert not could_still_be(" cole", "cold", "\n") and not could_still_be(" cold  x", "cold", "\n")
+    assert could_still_be(" cold\nQ: hot", "cold", "\n") and not could_still_be(" colder\n", "cold", "\n")
+    assert could_still_be(" caf\ufffd", "café", "\n")  # a character whose other bytes are still to come
+    assert could_still_be(" STRASSE", "straße", "\n")  # case folding may lengthen a character
+    assert could_still_be(" cold Q", "cold", "Q:") and not could_still_be(" cold Q", "col", "Q:")
+    assert could_still_be(" cold ", "cold", None) and not could_still_be(" cold x", "cold", None)
 
 
 def test_model_generate_under_applied_adds_delta_once_with_or_without_a_kv_cache(any_model):

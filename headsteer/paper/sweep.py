@@ -175,7 +175,10 @@ def _run_seed(
     jobs = [FitJob(tuple(train), replace(config, layer=layer, seed=seed), task.name) for layer in layers]
     forward = None if fast else naive_scored_logits
     results = fit_many(model, jobs, template, forward, progress=progress)  # an inner bar over steps
-    zero = evaluate_pairs(model, test, template, (), max_new_tokens=max_new_tokens, progress=False)
+    # Only the metrics are kept: a wrong answer stops generating where it leaves its target.
+    zero = evaluate_pairs(
+        model, test, template, (), max_new_tokens=max_new_tokens, progress=False, whole_predictions=False
+    )
     steered = _score_all(model, test, template, [r.intervention for r in results], max_new_tokens)
     rows = []
     for k, (layer, result) in enumerate(zip(layers, results)):
@@ -198,12 +201,15 @@ def _run_seed(
     return rows
 
 
-def _score_all(model, test: list[Pair], template: Template, interventions, max_new_tokens: int) -> pd.DataFrame:
+def _score_all(
+    model, test: list[Pair], template: Template, interventions, max_new_tokens: int, whole_predictions: bool = False
+) -> pd.DataFrame:
     """``evaluate_pairs`` of every intervention on ``test``, as one batch of per-row Δ's; rows intervention-major.
 
     The rows are scored pair-major (each held-out prompt once per Δ, side by side), so a batch holds a
     few prompts under every Δ and runs each prompt's prefix once (:func:`~headsteer.fitting.forward.build_prefix`
-    shares identical prefixes): the prefix work of scoring K Δ's is that of scoring one.
+    shares identical prefixes): the prefix work of scoring K Δ's is that of scoring one. Only the metrics
+    are exact unless ``whole_predictions``: a wrong prediction is its text up to where it left the target.
     """
     for iv in interventions:
         iv.check_fits(model)
@@ -218,6 +224,7 @@ def _score_all(model, test: list[Pair], template: Template, interventions, max_n
         batch_size=k * max(1, 128 // k),  # whole prompts: every Δ of a prompt in one batch
         max_new_tokens=max_new_tokens,
         progress=False,
+        whole_predictions=whole_predictions,
     )
     by_intervention = [i * k + j for j in range(k) for i in range(n)]
     return scores.iloc[by_intervention].reset_index(drop=True)

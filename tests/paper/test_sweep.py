@@ -49,11 +49,15 @@ def test_all_layers_are_scored_at_once_row_for_row_as_each_alone(gemma_tiny):
     train, test = hs.split_task(TASK, n_train=10, seed=0)
     configs = [replace(CONFIG, layer=0), replace(CONFIG, layer=1), replace(CONFIG, layer=1, lr=0.05)]
     ivs = [hs.fit(gemma_tiny, train, QA, config, progress=False).intervention for config in configs]
-    together = sweep_module._score_all(gemma_tiny, test, QA, ivs, max_new_tokens=4)
+    together = sweep_module._score_all(gemma_tiny, test, QA, ivs, max_new_tokens=4, whole_predictions=True)
     alone = [hs.evaluate_pairs(gemma_tiny, test, QA, [iv], max_new_tokens=4, progress=False) for iv in ivs]
     assert len(test) * len(ivs) > 128  # more rows than one batch holds
     assert alone[0]["prediction"].tolist() != alone[1]["prediction"].tolist()  # so a mix-up of rows would show
     pd.testing.assert_frame_equal(together, pd.concat(alone, ignore_index=True))
+    # As the sweep scores (wrong answers stop early): the same metrics.
+    short = sweep_module._score_all(gemma_tiny, test, QA, ivs, max_new_tokens=4)
+    metrics = ["first_token", "exact_match"]
+    pd.testing.assert_frame_equal(short[metrics], together[metrics])
 
 
 def test_a_killed_sweep_resumes_without_redoing_or_losing_cells(gemma_tiny, tmp_path, monkeypatch):
