@@ -29,6 +29,8 @@ do not depend on how much padding it got, nor on which kind runs it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple, Protocol, runtime_checkable
 
@@ -94,6 +96,19 @@ class ModelKind(Protocol):
         ``keep``: the cache then holds ``ids`` too; else it is left as it was
         (the fitter runs many suffixes against one prefix).
         """
+        ...
+
+    def narrowed(self, cache: KVCache, rows_per_block: Sequence[int]) -> AbstractContextManager[None]:
+        """Inside: block b attends to the cached keys and values of the first ``rows_per_block[b]`` rows only.
+
+        For running each block of ``model.blocks`` by hand on a batch that grows
+        from block to block (rows join at their own layer); what the blocks add
+        to the cache is dropped on leaving, as with ``keep=False``.
+        """
+        ...
+
+    def final_norm(self, model, residual: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+        """The normalisation between the last block's output and the unembedding."""
         ...
 
     def unembedding(self, model) -> Unembedding: ...
@@ -184,6 +199,20 @@ class _Bridge:
             cache.mask = full
         return hidden
 
+    @contextmanager
+    def narrowed(self, cache: KVCache, rows_per_block: Sequence[int]) -> Iterator[None]:
+        assert isinstance(cache, _BridgeCache)
+        saved = _layer_states(cache.cache)
+        try:
+            for (keys, values, _), layer, rows in zip(saved, cache.cache.layers, rows_per_block):
+                layer.keys, layer.values = keys[:rows], values[:rows]  # type: ignore[union-attr]
+            yield
+        finally:
+            _restore_layer_states(cache.cache, saved)
+
+    def final_norm(self, model, residual: Tensor) -> Tensor:
+        return model.ln_final(residual)  # the bridge's name for the Hugging Face model's final norm
+
     def unembedding(self, model) -> Unembedding:
         hf = model.original_model
         head = hf.get_output_embeddings()
@@ -266,6 +295,24 @@ class _Hooked:
             if not keep:
                 tl_cache.unfreeze()
         # forward() applies ln_final only on the way to the logits, which stop_at_layer skips.
+        return self.final_norm(model, residual)
+
+    @contextmanager
+    def narrowed(self, cache: KVCache, rows_per_block: Sequence[int]) -> Iterator[None]:
+        assert isinstance(cache, _HookedCache)
+        entries = cache.cache.entries
+        saved = [(entry.past_keys, entry.past_values) for entry in entries]
+        cache.cache.freeze()  # a frozen entry reads its keys and values but appends nothing
+        try:
+            for entry, rows in zip(entries, rows_per_block):
+                entry.past_keys, entry.past_values = entry.past_keys[:rows], entry.past_values[:rows]
+            yield
+        finally:
+            for entry, (keys, values) in zip(entries, saved):
+                entry.past_keys, entry.past_values = keys, values
+            cache.cache.unfreeze()
+
+    def final_norm(self, model, residual: Tensor) -> Tensor:
         return residual if model.cfg.normalization_type is None else model.ln_final(residual)
 
     def unembedding(self, model) -> Unembedding:

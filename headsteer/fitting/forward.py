@@ -20,8 +20,12 @@ Two implementations, with the same values and gradients (up to fp32 summation or
 
       h_i = final_hidden(x_i[p_i : p_i + n_scored] | KV(x_i[:p_i]));  Δ added at suffix position 0
 
-  The cost per step is the suffix through every layer plus one read of the
-  unembedding for ``n_scored`` rows, instead of every position's logits and
+  Below row i's layer ℓ_i nothing depends on Δ either: the suffix runs once
+  without Δ, keeps the residual entering block ℓ_i, and each step runs row i
+  through blocks ℓ_i .. L − 1 only (:mod:`headsteer.fitting.from_layer`; a batch
+  of fits at many layers grows block by block as rows join at their layer).
+  The cost per step is the suffix through the layers from Δ's on plus one read of
+  the unembedding for ``n_scored`` rows, instead of every position's logits and
   their gradient. How each kind of model (HookedTransformer, TransformerBridge)
   runs with a KV cache, and where its unembedding is, is :mod:`headsteer.backends`.
 """
@@ -36,6 +40,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from headsteer.backends import KVCache, model_kind
+from headsteer.fitting.from_layer import FromLayer, plan
 from headsteer.fitting.losses import Scored
 from headsteer.fitting.unembed import FinalHidden
 from headsteer.hooks import AtIndex, added_hooks, delta_hooks
@@ -90,21 +95,37 @@ class PrefixCachedForward:
     """``fn(model, layer, tokens, delta, n_scored) -> logits``, caching each batch's prefix.
 
     Prefixes are cached by the identity of the model and of ``tokens`` (a fit
-    calls it with the same batches every step); call :meth:`clear` to drop them.
+    calls it with the same batches every step) and the rows' layers; call
+    :meth:`clear` to drop them. ``from_layer`` (on by default): each row runs
+    from its own layer (:mod:`~headsteer.fitting.from_layer`); off, or where that
+    plan does not reproduce the model's forward, every block runs.
     ``bf16_unembedding`` (off by default): the NLL reads a bf16 copy of the
     unembedding, made once per model, with bf16 products
     (:attr:`~headsteer.fitting.unembed.FinalHidden.low_precision`): faster where
     the hardware has bf16 arithmetic, not exact.
     """
 
-    def __init__(self, bf16_unembedding: bool = False) -> None:
+    def __init__(self, bf16_unembedding: bool = False, from_layer: bool = True) -> None:
         self.bf16_unembedding = bf16_unembedding
-        self._prefixes: dict[tuple, tuple[TokenBatch, PrefixCache]] = {}
+        self.from_layer = from_layer
+        # (model, tokens, n_scored, layers) -> (tokens, kept alive; the plan, or the prefix where there is none)
+        self._prefixes: dict[tuple, tuple[TokenBatch, FromLayer | PrefixCache]] = {}
         self._bf16: dict[tuple, tuple[Tensor, Tensor]] = {}  # the weight's storage -> (weight, its bf16 copy)
 
     def clear(self) -> None:
         self._prefixes.clear()
         self._bf16.clear()
+
+    def _prepared(self, model, tokens: TokenBatch, n_scored: int, layers: Tensor) -> FromLayer | PrefixCache:
+        key = (id(model), id(tokens), n_scored, tuple(layers.tolist()))
+        if key not in self._prefixes:  # the entry keeps ``tokens`` alive, so its id stays unique
+            prepared: FromLayer | PrefixCache | None = None
+            if self.from_layer:
+                order = torch.sort(layers, stable=True).indices  # rows of one layer together, lowest layer first
+                prefix = build_prefix(model, tokens.select(order), n_scored)
+                prepared = plan(model, prefix.cache, prefix.suffix_ids, prefix.suffix_mask, layers, order)
+            self._prefixes[key] = (tokens, prepared or build_prefix(model, tokens, n_scored))
+        return self._prefixes[key][1]
 
     def __call__(
         self,
@@ -114,10 +135,13 @@ class PrefixCachedForward:
         delta: Float[Tensor, "*rows n_heads d_head"],
         n_scored: int,
     ) -> FinalHidden:
-        key = (id(model), id(tokens), n_scored)
-        if key not in self._prefixes:  # the entry keeps ``tokens`` alive, so its id stays unique
-            self._prefixes[key] = (tokens, build_prefix(model, tokens, n_scored))
-        scored = run_suffix(model, self._prefixes[key][1], layer, delta)
+        layers = torch.full((len(tokens),), layer) if isinstance(layer, int) else layer.cpu()
+        prepared = self._prepared(model, tokens, n_scored, layers)
+        if isinstance(prepared, FromLayer):
+            per_row = delta.expand(len(tokens), *delta.shape[-2:]) if delta.ndim == 2 else delta
+            scored = FinalHidden(prepared.hidden(model, per_row), *model_kind(model).unembedding(model))
+        else:
+            scored = run_suffix(model, prepared, layer, delta)
         if not self.bf16_unembedding:
             return scored
         weight = scored.weight  # a fresh view of the model's weight each step: keyed by its storage

@@ -34,8 +34,12 @@ from headsteer.prompts import Targets, Template, TokenBatch, encode_targets
 from headsteer.tasks import Pair
 from headsteer.training_record import TrainingRecord
 
-# Rows per forward/backward chunk: bounds the [rows, vocab] logits held at once.
+# Rows per forward/backward chunk of the naive forward: bounds the [rows, pos, vocab] logits held at once.
 MAX_ROWS = 128
+# Scored positions per chunk of the prefix-cached forward, which holds no [rows, vocab] logits (the NLL
+# streams the vocabulary): this bounds the suffix's activations kept for the backward. One big chunk
+# instead of several small ones keeps the products large (a sweep seed's 180 fits of 10 rows, one chunk).
+MAX_SCORED_POSITIONS = 1024
 
 __all__ = ["FitJob", "FitResult", "NonFiniteLossError", "fit", "fit_encoded", "fit_many", "frozen", "optimize"]
 
@@ -109,7 +113,7 @@ def fit_many(
     template: Template,
     forward: ScoredForward | None = None,
     progress: bool = True,
-    max_rows: int = MAX_ROWS,
+    max_rows: int | None = None,
 ) -> list[FitResult]:
     """Fit every job in one batched pass; the same results as fitting them one by one."""
     if not jobs:
@@ -191,7 +195,7 @@ def optimize(
     configs: Sequence[FitConfig],
     forward: ScoredForward | None = None,
     progress: bool = True,
-    max_rows: int = MAX_ROWS,
+    max_rows: int | None = None,
     desc: str = "fit",
     init: Float[Tensor, "fits n_heads d_head"] | None = None,
 ) -> tuple[Float[Tensor, "fits n_heads d_head"], list[pd.DataFrame]]:
@@ -201,8 +205,10 @@ def optimize(
 
     F_k depends on Δ_k alone, so one loop over the stacked Δ ``[K, n_heads, d_head]``
     fits every Δ_k exactly as a fit of its own would. Each Δ_k starts at ``init[k]``
-    (zeros when None). Returns the fitted Δ's and, per fit, one history row per
-    gradient step plus one for the result.
+    (zeros when None). Rows run in chunks of ``max_rows`` (None: as many as
+    :data:`MAX_SCORED_POSITIONS` allows the prefix-cached forward, :data:`MAX_ROWS`
+    any other). Returns the fitted Δ's and, per fit, one history row per gradient
+    step plus one for the result.
     """
     _check_configs(model, configs, fit_of_row)
     # The prefix-cached forward (default) computes the Δ-independent prefix of every row once,
@@ -210,6 +216,8 @@ def optimize(
     forward = forward or PrefixCachedForward()
     n_fits, steps, loss_name = len(configs), configs[0].steps, configs[0].loss
     n_scored = scored_positions(loss_name, targets)  # 1 for first_token/option_kl, the answer's length for sequence
+    if max_rows is None:
+        max_rows = max(1, MAX_SCORED_POSITIONS // n_scored) if isinstance(forward, PrefixCachedForward) else MAX_ROWS
     # Each fit's hyper-parameters as a [K] tensor: one loop serves fits with different lr, γ, λ and layers.
     lr, gamma, lam = (
         torch.tensor([getattr(c, k) for c in configs], dtype=torch.float32) for k in ("lr", "gamma", "lam")
@@ -217,7 +225,8 @@ def optimize(
     layer_of_fit = torch.tensor([c.layer for c in configs])
     rows_of_fit = torch.bincount(fit_of_row, minlength=n_fits).float()
     # Rows go through the model in chunks of at most max_rows, which bounds the memory of one
-    # forward/backward; a chunk may hold rows of several fits, each row with its own Δ and layer.
+    # forward/backward; a chunk may hold rows of several fits, each row with its own Δ and layer
+    # (the prefix-cached forward runs each row from its own layer on).
     chunks = [
         (tokens.select(rows), targets.select(rows), fit_of_row[rows])
         for rows in torch.arange(len(tokens)).split(max_rows)
