@@ -513,7 +513,7 @@ def test_fit_out_names_all_four_files():
     [
         ("table", "about 10 min per (task, seed)"),
         ("table", "4 tasks × 5 seeds, about 3 h 15 min"),
-        ("sweep", "about 16 min per task"),
+        ("sweep", "about 9 min per task"),
         ("compose", "about 21 min"),
         ("opinion", "about 49 min"),
         ("heads", "about 9 min per task and seed"),
