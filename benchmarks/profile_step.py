@@ -5,7 +5,8 @@
 On Gemma 3 270M (fp32, antonym, the first 10 training pairs of seed 0, frozen weights) it times, in ms:
 
 * the whole step (suffix forward with Δ at ``--layer``, streamed first-token NLL, backward to Δ),
-  with the fp32 unembedding and with the optional bf16 one;
+  with the fp32 unembedding and with the optional bf16 one, every block run; and as the fitter runs
+  it, from Δ's layer on (:mod:`headsteer.fitting.from_layer`);
 * the suffix alone (forward without gradient; forward and backward);
 * the streamed NLL alone (:mod:`headsteer.fitting.unembed`) in fp32 and bf16;
 * for ``--rows`` hidden states, the two products the NLL needs (logits ``h Wᵀ`` and the gradient's
@@ -26,7 +27,7 @@ import torch
 
 import headsteer as hs
 from headsteer.fitting import unembed
-from headsteer.fitting.forward import build_prefix, run_suffix
+from headsteer.fitting.forward import PrefixCachedForward, build_prefix, run_suffix
 from headsteer.fitting.unembed import FinalHidden, _StreamedNLL
 from headsteer.prompts import encode_targets
 
@@ -87,6 +88,11 @@ def main() -> None:
             scored = FinalHidden(scored.hidden, weight16, scored.bias, scored.softcap, low_precision=True)
         scored.token_nll(first).mean().backward()
 
+    fitter = PrefixCachedForward()  # its plan is made on the first call (a warm-up call of milliseconds)
+
+    def fitter_step() -> None:
+        fitter(model, layer, tokens, delta, 1).token_nll(first).mean().backward()
+
     def suffix_backward() -> None:
         run_suffix(model, prefix, layer, delta).hidden.sum().backward()
 
@@ -96,6 +102,7 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; Gemma 3 270M fp32, layer {args.layer}")
     print(f"step: fp32 unembedding {milliseconds(step):.1f}; bf16 unembedding {milliseconds(lambda: step(True)):.1f}")
+    print(f"step as the fitter runs it, blocks {args.layer}.. only: {milliseconds(fitter_step):.1f}")
     print(f"suffix: forward {milliseconds(suffix_forward):.1f}; forward + backward {milliseconds(suffix_backward):.1f}")
     nll32, nll16 = streamed(weight, len(train), 5), streamed(weight16, len(train), 5)
     print(f"streamed NLL, {len(train)} rows: fp32 {nll32:.1f}; bf16 {nll16:.1f}")
