@@ -44,8 +44,8 @@ class FromLayer:
     order: Int[Tensor, " rows"]  # row k of the plan is row order[k] of the batch
     back: Int[Tensor, " rows"]  # row i of the batch is row back[i] of the plan
     rows_at: list[int]  # rows run by block b: those whose layer is ≤ b (all rows below the first layer: never run)
-    starts: dict[int, int]  # block b -> the first row that joins there (rows starts[b] .. rows_at[b] − 1)
-    joining: dict[int, Float[Tensor, "join n_scored d_model"]]  # residual entering block b, rows joining at b
+    # block b -> (the first row that joins there, the residual entering b of rows first .. rows_at[b] − 1)
+    joins: dict[int, tuple[int, Float[Tensor, "join n_scored d_model"]]]
     calls: dict[int, tuple[tuple, dict]]  # block b -> its other arguments, narrowed to its rows
 
     def hidden(
@@ -56,16 +56,16 @@ class FromLayer:
         hooks: list[Hook] = []
         if delta is not None:
             delta = delta[self.order.to(delta.device)]
-            for block, start in self.starts.items():
+            for block, (start, _) in self.joins.items():
                 rows = self.rows_at[block]
                 # Block b's batch is rows 0 .. n_b − 1; Δ goes to the rows that joined at b (the last ones).
                 padded = torch.cat([delta.new_zeros(start, *delta.shape[1:]), delta[start:rows]])
                 hooks += delta_hooks(block, padded, AtIndex(torch.zeros(rows, dtype=torch.long), prompt_len=1))
         residual: Tensor | None = None
         with added_hooks(model, hooks), kind.narrowed(self.cache, self.rows_at):
-            for block in range(min(self.starts), len(self.rows_at)):
-                if block in self.joining:
-                    join = self.joining[block]
+            for block in range(min(self.joins), len(self.rows_at)):
+                if block in self.joins:
+                    join = self.joins[block][1]
                     residual = join if residual is None else torch.cat([residual, join])
                 args, kwargs = self.calls[block]
                 out = model.blocks[block](residual, *args, **kwargs)
@@ -113,14 +113,14 @@ def plan(
     if sorted(seen) != list(range(first, n_layers)) or not all(len(seen[b][0]) >= 1 for b in seen):
         _unused("the model's forward does not call each block once with the hidden state first")
         return None
-    joining = {b: seen[b][0][0][starts[b] : rows_at[b]].clone() for b in starts}
+    joins = {b: (start, seen[b][0][0][start : rows_at[b]].clone()) for b, start in starts.items()}
     calls = {
         b: (_narrow(seen[b][0][1:], n_rows, rows_at[b]), _narrow(seen[b][1], n_rows, rows_at[b]))
         for b in range(first, n_layers)
     }
     back = torch.empty_like(order)
     back[order] = torch.arange(n_rows)
-    result = FromLayer(cache, order, back, rows_at, starts, joining, calls)
+    result = FromLayer(cache, order, back, rows_at, joins, calls)
     replayed = result.hidden(model, None)[order.to(reference.device)]
     tolerance = torch.finfo(reference.dtype).eps ** 0.5
     if not torch.allclose(replayed, reference, rtol=tolerance, atol=tolerance * float(reference.abs().max())):
