@@ -12,6 +12,9 @@ On Gemma 3 270M (fp32, antonym, the first 10 training pairs of seed 0, frozen we
 * for ``--rows`` hidden states, the two products the NLL needs (logits ``h Wᵀ`` and the gradient's
   ``softmax · W``) in fp32 and bf16, against one plain read of W (the memory-bound floor);
 * with ``--chunks``, the streamed NLL for ``--rows`` rows with each of these vocabulary chunks;
+* with ``--kernels``, the other ways stock torch kernels can compute the NLL's two products for 10
+  rows (:func:`kernels`): how close to the floor of one read of W the fp32 step can get;
+* the share of the suffix's forward and backward spent in matrix products (torch's profiler);
 * with ``--profile``, torch's operator table over three steps.
 
 Run it alone on a quiet machine: another process on the same cores changes every number.
@@ -62,11 +65,110 @@ def streamed(weight: torch.Tensor, rows: int, repeats: int = 3) -> float:
     return milliseconds(lambda: _StreamedNLL.apply(hidden, weight, None, targets, None, low_precision), repeats)
 
 
+def kernels(weight: torch.Tensor, rows: int = 10, chunk: int = 4096) -> dict[str, float]:
+    """ms of the NLL's work (logits, online softmax, gradient) for ``rows`` rows, other ways than the streamed pass.
+
+    * ``bmm blocks``: W in blocks of 16,384 rows viewed as [64, 256, d]; both products one batched
+      GEMM per block, so the online softmax updates 16 times rather than 256;
+    * ``2 threads x 1``: the streamed pass over each half of W in its own Python thread, torch on one
+      thread each (no intra-op synchronisation per chunk), the halves merged;
+    * ``MKL packed`` / ``oneDNN packed``: each ``chunk`` of W (and of Wᵀ) packed once into the
+      library's own layout, as a compiler freezing the weight would; fp32 products only (oneDNN: the
+      logits only); the packed copies cost twice W's memory;
+    * ``fp16 h Wᵀ``: the logits product with this CPU's avx512_fp16;
+    * the speed of a square fp32 GEMM, for scale.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    vocab, width = weight.shape
+    hidden = torch.randn(rows, width) / width**0.5
+    targets = torch.randint(0, vocab, (rows,))
+
+    def online(part: torch.Tensor, block: int, sub: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        m, z, s = torch.full((rows,), -torch.inf), torch.zeros(rows), torch.zeros(rows, width)
+        for start in range(0, part.shape[0], block):
+            w = part[start : start + block].view(-1, sub, width)
+            logits = torch.bmm(hidden.expand(w.shape[0], rows, width), w.transpose(1, 2))
+            m_new = torch.maximum(m, logits.amax((0, 2)))
+            p = torch.exp(logits - m_new[None, :, None])
+            z = z * torch.exp(m - m_new) + p.sum((0, 2))
+            s = s * torch.exp(m - m_new)[:, None] + torch.bmm(p, w).sum(0)
+            m = m_new
+        return m, z, s
+
+    pool = ThreadPoolExecutor(2)
+
+    def halves() -> None:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            half = vocab // 2
+            parts = [pool.submit(online, weight[i * half : (i + 1) * half], 1024, 256) for i in range(2)]
+            (m1, z1, s1), (m2, z2, s2) = (part.result() for part in parts)
+            m = torch.maximum(m1, m2)
+            z = z1 * torch.exp(m1 - m) + z2 * torch.exp(m2 - m)
+            (s1 * torch.exp(m1 - m)[:, None] + s2 * torch.exp(m2 - m)[:, None]) / z[:, None]
+        finally:
+            torch.set_num_threads(threads)
+
+    # Each packed copy is as large as W: about 3 GiB in all here.
+    pack, linear = torch.ops.mkl._mkl_reorder_linear_weight, torch.ops.mkl._mkl_linear
+    plain = [weight[start : start + chunk].contiguous() for start in range(0, vocab, chunk)]
+    plain_t = [w.T.contiguous() for w in plain]
+    packed, packed_t = [pack(w, rows) for w in plain], [pack(w, rows) for w in plain_t]
+    onednn = [torch.ops.mkldnn._reorder_linear_weight(w, None) for w in plain]
+    fp16_w, fp16_h = weight.half(), hidden.half()
+
+    def mkl() -> None:
+        m, z, s = torch.full((rows,), -torch.inf), torch.zeros(rows), torch.zeros(rows, width)
+        for w, w_t, pw, pw_t in zip(plain, plain_t, packed, packed_t, strict=True):
+            logits = linear(hidden, pw, w, None, rows)
+            m_new = torch.maximum(m, logits.amax(1))
+            p = torch.exp(logits - m_new[:, None])
+            z = z * torch.exp(m - m_new) + p.sum(1)
+            s = s * torch.exp(m - m_new)[:, None] + linear(p, pw_t, w_t, None, rows)
+            m = m_new
+
+    def onednn_logits() -> None:
+        for w in onednn:
+            torch.ops.mkldnn._linear_pointwise(hidden, w, None, "none", [None], "")
+
+    def fitters() -> None:
+        _StreamedNLL.apply(hidden, weight, None, targets, None, False)
+
+    timings = {
+        "streamed (the fitter's)": milliseconds(fitters, 3),
+        "bmm blocks": milliseconds(lambda: online(weight, 16384, 256), 3),
+        "2 threads x 1": milliseconds(halves, 3),
+        "MKL packed": milliseconds(mkl, 3),
+        "oneDNN packed, logits only": milliseconds(onednn_logits, 3),
+        "fp16 h Wᵀ": milliseconds(lambda: fp16_h @ fp16_w.T, 3),
+    }
+    square = torch.randn(2048, 2048)
+    timings["2048² fp32 GEMM (GFLOP/s, not ms)"] = 2 * 2048**3 / milliseconds(lambda: square @ square, 3) / 1e6
+    return timings
+
+
+def matrix_share(fn: Callable[[], object]) -> tuple[float, float]:
+    """(ms per call of ``fn``, ms of it in matrix products), from torch's profiler over three calls."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(3):
+            fn()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / 3000
+    products = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::bmm", "aten::addmm")) / 3000
+    return total, products
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--layer", type=int, default=4)
     parser.add_argument("--rows", type=int, nargs="+", default=[10, 180], help="hidden-state rows for the products")
     parser.add_argument("--chunks", type=int, nargs="*", default=[], help="also time the streamed NLL at these chunks")
+    parser.add_argument("--kernels", action="store_true", help="also time other stock kernels for the NLL")
     parser.add_argument("--profile", action="store_true", help="also print torch's operator table")
     args = parser.parse_args()
 
@@ -93,6 +195,9 @@ def main() -> None:
     def fitter_step() -> None:
         fitter(model, layer, tokens, delta, 1).token_nll(first).mean().backward()
 
+    def fitter_suffix() -> None:
+        fitter(model, layer, tokens, delta, 1).hidden.sum().backward()
+
     def suffix_backward() -> None:
         run_suffix(model, prefix, layer, delta).hidden.sum().backward()
 
@@ -104,6 +209,8 @@ def main() -> None:
     print(f"step: fp32 unembedding {milliseconds(step):.1f}; bf16 unembedding {milliseconds(lambda: step(True)):.1f}")
     print(f"step as the fitter runs it, blocks {args.layer}.. only: {milliseconds(fitter_step):.1f}")
     print(f"suffix: forward {milliseconds(suffix_forward):.1f}; forward + backward {milliseconds(suffix_backward):.1f}")
+    total, in_products = matrix_share(fitter_suffix)
+    print(f"suffix as the fitter runs it, forward + backward: {total:.1f} (profiled); in products {in_products:.1f}")
     nll32, nll16 = streamed(weight, len(train), 5), streamed(weight16, len(train), 5)
     print(f"streamed NLL, {len(train)} rows: fp32 {nll32:.1f}; bf16 {nll16:.1f}")
     print(f"one read of W ({weight.numel() * 4 / 2**20:.0f} MiB fp32): {milliseconds(weight.sum):.1f}")
@@ -114,6 +221,8 @@ def main() -> None:
         unembed.CHUNK = chunk  # read by the streamed NLL at each call
         timings = {rows: streamed(weight, rows) for rows in args.rows}
         print(f"streamed NLL, chunk {chunk}: " + "; ".join(f"{rows} rows {ms:.1f}" for rows, ms in timings.items()))
+    if args.kernels:
+        print("the NLL for 10 rows, other kernels: " + "; ".join(f"{k} {v:.1f}" for k, v in kernels(weight).items()))
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

@@ -156,13 +156,13 @@ def add_table_parser(sub: Subcommands) -> None:
     p = add_command(
         sub,
         "table",
-        "every method × task on the same splits; resumable (Tables 1, 4, 6; about 10 min per task and seed)",
+        "every method × task on the same splits; resumable (Tables 1, 4, 6; about 8 min per task and seed)",
         timed(
             "Run every method (0-/10-shot, function vectors, ICV, LoRA, IA3, prompt tuning, Δ and its\n"
             "variants) on the same seeded split per (task, seed): the paper's Tables 1, 4 and 6. Rerun\n"
             "the same command to resume; processes given different --tasks may share one --out.",
-            "about 10 min per (task, seed) (9 min 46 s for antonym, seed 0); the defaults, 4 tasks × 5 seeds,\n"
-            "about 3 h 15 min",
+            "about 8 min per (task, seed) (7 min 25 s for antonym, seed 0); the defaults, 4 tasks × 5 seeds,\n"
+            "about 2 h 30 min",
         ),
         run_table,
     )
@@ -367,15 +367,15 @@ def add_heads_parser(sub: Subcommands) -> None:
     p = add_command(
         sub,
         "heads",
-        "which heads a task uses, model-wide and how stably: the head map (about 9 min per task and seed)",
+        "which heads a task uses, model-wide and how stably: the head map (about 10 min per task and seed)",
         timed(
             "Map which heads Δ uses at every layer of --layers, on each seed's training pairs: ‖Δ_h‖ at the\n"
             "chosen γ = λ; the λ path by warm-started continuation (where each head switches on); stability\n"
             "selection over --resamples resamples of the training pairs; each head's causal share on the\n"
             "held-out pairs (Δ without it, it alone); the function vector's indirect effect of every head.\n"
             "Writes the tables behind the head figures (headsteer figures) to --out.",
-            "about 9 min per task and seed with --layers all --resamples 10 on 2 threads (9.1 min measured\n"
-            "for antonym; 6.7 min for synonym with --loss first_token)",
+            "about 10 min per task and seed with the defaults (--layers all --resamples 10; 9 min 38 s for\n"
+            "antonym, the λ path 6 min of it; 6.7 min for synonym with --loss first_token)",
         ),
         run_heads,
     )

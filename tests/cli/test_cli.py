@@ -511,12 +511,12 @@ def test_fit_out_names_all_four_files():
 @pytest.mark.parametrize(
     "command, time",
     [
-        ("table", "about 10 min per (task, seed)"),
-        ("table", "4 tasks × 5 seeds, about 3 h 15 min"),
+        ("table", "about 8 min per (task, seed)"),
+        ("table", "4 tasks × 5 seeds, about 2 h 30 min"),
         ("sweep", "about 9 min per task"),
         ("compose", "about 21 min"),
         ("opinion", "about 49 min"),
-        ("heads", "about 9 min per task and seed"),
+        ("heads", "about 10 min per task and seed"),
         ("compare", "about 1 min per seed"),
         ("demo", "about 30 s"),
     ],
