@@ -124,6 +124,8 @@ class PrefixCachedForward:
                 order = torch.sort(layers, stable=True).indices  # rows of one layer together, lowest layer first
                 prefix = build_prefix(model, tokens.select(order), n_scored)
                 prepared = plan(model, prefix.cache, prefix.suffix_ids, prefix.suffix_mask, layers, order)
+                if prepared is None and torch.equal(order, torch.arange(len(order))):
+                    prepared = prefix  # no plan, but the rows were in layer order already: the batch's own prefix
             self._prefixes[key] = (tokens, prepared or build_prefix(model, tokens, n_scored))
         return self._prefixes[key][1]
 

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 import headsteer as hs
+from headsteer.fitting import forward as forward_module
 from headsteer.fitting import from_layer
-from headsteer.fitting.forward import PrefixCache, PrefixCachedForward
+from headsteer.fitting.forward import PrefixCache, PrefixCachedForward, build_prefix
 from headsteer.fitting.from_layer import FromLayer
 from headsteer.fitting.losses import scored_positions, task_loss
 from headsteer.prompts import encode_targets
@@ -112,6 +113,22 @@ def test_a_plan_that_does_not_reproduce_the_forward_is_not_used(gemma_kinds, mon
     assert isinstance(prepared(forward), PrefixCache)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_without_a_plan_rows_already_in_layer_order_keep_their_prefix(gemma_kinds, monkeypatch):
+    """The prefix built for the plan is the batch's own when sorting by layer moved no row: not built twice."""
+    right, built = FromLayer.hidden, []
+    monkeypatch.setattr(FromLayer, "hidden", lambda self, model, delta: right(self, model, delta) + 1e-2)
+    monkeypatch.setattr(forward_module, "build_prefix", lambda *a: built.append(a) or build_prefix(*a))
+    for layers, prefixes in [(torch.full((len(PAIRS),), 1), 1), (per_row_layers(gemma_kinds), 2)]:
+        built.clear()
+        forward = PrefixCachedForward()
+        with pytest.warns(UserWarning, match="runs every block"):
+            got = loss_and_grad(gemma_kinds, forward, layers)
+        want = loss_and_grad(gemma_kinds, PrefixCachedForward(from_layer=False), layers)
+        assert len(built) == prefixes + 1  # the second forward builds its own
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
 def test_narrowing_cuts_only_batch_first_tensors():
