@@ -63,7 +63,10 @@ def continuation_path(
     opens_below = entry.amax(-1)  # [samples, layers]: above this strength the fit stays at zero
     state: dict[tuple[int, int], Tensor] = {}
     rows = []
-    for s in tqdm(strengths, desc=f"λ path {task}".strip(), disable=not progress, leave=False):
+    # The bar counts fits, not strengths: a segment low on the path fits many more cells than one at the top.
+    total = sum(int((opens_below > s).sum()) for s in strengths)
+    bar = tqdm(total=total, desc=f"λ path {task}".strip(), unit="fit", disable=not progress, leave=False)
+    for s in strengths:
         cells = [(r, i) for i in range(len(layers)) for r in range(len(samples)) if opens_below[r, i] > s]
         config = replace(spec.base, gamma=s, lam=s, steps=spec.steps, lr=spec.lr)
         jobs = [FitJob(tuple(samples[r]), replace(config, layer=layers[i]), task, state.get((r, i))) for r, i in cells]
@@ -77,4 +80,6 @@ def continuation_path(
                 norms = state[(r, i)].norm(dim=-1).tolist() if (r, i) in state else [0.0] * n_heads
                 loss = losses.get((r, i), float(zero_loss[r]))
                 rows += [(r, s, layer, h, norms[h], loss) for h in range(n_heads)]
+        bar.update(len(cells))
+    bar.close()
     return pd.DataFrame(rows, columns=PATH_COLUMNS)

@@ -58,3 +58,31 @@ def test_run_fits_continue_from_the_previous_strength(gemma_tiny):
     assert state is not None  # the weaker strength ran
     with pytest.raises(ValueError, match="fall strictly"):
         continuation_path(gemma_tiny, SAMPLES, QA, layers, [0.1, 0.2], entry, zero_loss, SPEC, progress=False)
+
+
+def test_the_progress_bar_counts_the_fits_each_strength_runs(gemma_tiny, monkeypatch):
+    """Low strengths open more cells than high ones: the bar's total is the fits, so its ETA holds."""
+    from headsteer.heads import path as path_module
+
+    bars = []
+
+    class Recorder:
+        def __init__(self, total, **_):
+            self.total, self.updates = total, []
+            bars.append(self)
+
+        def update(self, n):
+            self.updates.append(n)
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(path_module, "tqdm", Recorder)
+    layers = [0, 2]
+    entry, zero_loss = setup(gemma_tiny, layers)
+    opens = entry.amax(-1)
+    grid = [float(opens.max()) * 0.99, float(opens.min()) * 0.5]  # one cell open at the first, all four at the second
+    continuation_path(gemma_tiny, SAMPLES, QA, layers, grid, entry, zero_loss, SPEC)
+    (bar,) = bars
+    assert bar.updates == [int((opens > s).sum()) for s in grid] and bar.updates[0] < bar.updates[1]
+    assert bar.total == sum(bar.updates)
