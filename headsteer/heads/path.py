@@ -63,11 +63,13 @@ def continuation_path(
     opens_below = entry.amax(-1)  # [samples, layers]: above this strength the fit stays at zero
     state: dict[tuple[int, int], Tensor] = {}
     rows = []
+    cells_at = [
+        [(r, i) for i in range(len(layers)) for r in range(len(samples)) if opens_below[r, i] > s] for s in strengths
+    ]
     # The bar counts fits, not strengths: a segment low on the path fits many more cells than one at the top.
-    total = sum(int((opens_below > s).sum()) for s in strengths)
+    total = sum(len(cells) for cells in cells_at)
     bar = tqdm(total=total, desc=f"λ path {task}".strip(), unit="fit", disable=not progress, leave=False)
-    for s in strengths:
-        cells = [(r, i) for i in range(len(layers)) for r in range(len(samples)) if opens_below[r, i] > s]
+    for s, cells in zip(strengths, cells_at):
         config = replace(spec.base, gamma=s, lam=s, steps=spec.steps, lr=spec.lr)
         jobs = [FitJob(tuple(samples[r]), replace(config, layer=layers[i]), task, state.get((r, i))) for r, i in cells]
         results = fit_many(model, jobs, template, progress=False) if jobs else []
