@@ -8,10 +8,12 @@ On Gemma 3 270M (fp32, antonym, the first 10 training pairs of seed 0, frozen we
   with the fp32 unembedding and with the optional bf16 one, every block run; and as the fitter runs
   it, from Δ's layer on (:mod:`headsteer.fitting.from_layer`);
 * the suffix alone (forward without gradient; forward and backward);
-* the streamed NLL alone (:mod:`headsteer.fitting.unembed`) in fp32 and bf16;
+* the streamed NLL alone (:mod:`headsteer.fitting.unembed`) in fp32 and bf16, as the fitter runs it (the
+  fused kernel of :mod:`headsteer.fitting.nll_kernel` where it applies) and as the torch loop;
 * for ``--rows`` hidden states, the two products the NLL needs (logits ``h Wᵀ`` and the gradient's
-  ``softmax · W``) in fp32 and bf16, against one plain read of W (the memory-bound floor);
-* with ``--chunks``, the streamed NLL for ``--rows`` rows with each of these vocabulary chunks;
+  ``softmax · W``) in fp32 and bf16, against one plain read of W (the memory-bound floor), and the
+  streamed NLL as the fitter runs it against the torch loop (the fused kernel takes up to 32 rows);
+* with ``--chunks``, the torch loop of the streamed NLL for ``--rows`` rows with each of these vocabulary chunks;
 * with ``--kernels``, the other ways stock torch kernels can compute the NLL's two products for 10
   rows (:func:`kernels`): how close to the floor of one read of W the fp32 step can get;
 * the share of the suffix's forward and backward spent in matrix products (torch's profiler);
@@ -29,7 +31,7 @@ from collections.abc import Callable
 import torch
 
 import headsteer as hs
-from headsteer.fitting import unembed
+from headsteer.fitting import nll_kernel, unembed
 from headsteer.fitting.forward import PrefixCachedForward, build_prefix, run_suffix
 from headsteer.fitting.unembed import FinalHidden, _StreamedNLL
 from headsteer.prompts import encode_targets
@@ -58,10 +60,15 @@ def products(weight: torch.Tensor, weight16: torch.Tensor, rows: int) -> dict[st
     }
 
 
-def streamed(weight: torch.Tensor, rows: int, repeats: int = 3) -> float:
-    """ms of the streamed NLL and its gradient for ``rows`` random hidden states (bf16 products if W is bf16)."""
+def streamed(weight: torch.Tensor, rows: int, repeats: int = 3, fused: bool = True) -> float:
+    """ms of the streamed NLL and its gradient for ``rows`` random hidden states (bf16 W: the low-precision option).
+
+    ``fused``: as the fitter runs it (the fused kernel where it applies); else the torch loop, chunk by chunk.
+    """
     hidden, targets = torch.randn(rows, weight.shape[1]), torch.randint(0, weight.shape[0], (rows,))
     low_precision = weight.dtype == torch.bfloat16
+    if not fused:
+        return milliseconds(lambda: unembed._online_softmax(hidden, weight, None, None, low_precision), repeats)
     return milliseconds(lambda: _StreamedNLL.apply(hidden, weight, None, targets, None, low_precision), repeats)
 
 
@@ -137,7 +144,8 @@ def kernels(weight: torch.Tensor, rows: int = 10, chunk: int = 4096) -> dict[str
         _StreamedNLL.apply(hidden, weight, None, targets, None, False)
 
     timings = {
-        "streamed (the fitter's)": milliseconds(fitters, 3),
+        "the fitter's (fused kernel)": milliseconds(fitters, 3),
+        "torch loop": milliseconds(lambda: unembed._online_softmax(hidden, weight, None, None, False), 3),
         "bmm blocks": milliseconds(lambda: online(weight, 16384, 256), 3),
         "2 threads x 1": milliseconds(halves, 3),
         "MKL packed": milliseconds(mkl, 3),
@@ -212,14 +220,22 @@ def main() -> None:
     total, in_products = matrix_share(fitter_suffix)
     print(f"suffix as the fitter runs it, forward + backward: {total:.1f} (profiled); in products {in_products:.1f}")
     nll32, nll16 = streamed(weight, len(train), 5), streamed(weight16, len(train), 5)
-    print(f"streamed NLL, {len(train)} rows: fp32 {nll32:.1f}; bf16 {nll16:.1f}")
+    print(f"streamed NLL, {len(train)} rows, as the fitter runs it (fused kernel {nll_kernel.status()}): ", end="")
+    print(f"fp32 {nll32:.1f}; bf16 {nll16:.1f}")
+    loop32, loop16 = streamed(weight, len(train), 5, fused=False), streamed(weight16, len(train), 5, fused=False)
+    print(f"streamed NLL, {len(train)} rows, the torch loop: fp32 {loop32:.1f}; bf16 {loop16:.1f}")
     print(f"one read of W ({weight.numel() * 4 / 2**20:.0f} MiB fp32): {milliseconds(weight.sum):.1f}")
     for rows in args.rows:
         timings = products(weight, weight16, rows)
         print(f"{rows} rows: " + "; ".join(f"{k} {v:.1f}" for k, v in timings.items()))
+        fused = {
+            f"{name} fitter's / torch loop": (streamed(w, rows), streamed(w, rows, fused=False))
+            for name, w in (("fp32", weight), ("bf16", weight16))
+        }
+        print(f"{rows} rows, streamed NLL: " + "; ".join(f"{k} {a:.1f} / {b:.1f}" for k, (a, b) in fused.items()))
     for chunk in args.chunks:
         unembed.CHUNK = chunk  # read by the streamed NLL at each call
-        timings = {rows: streamed(weight, rows) for rows in args.rows}
+        timings = {rows: streamed(weight, rows, fused=False) for rows in args.rows}
         print(f"streamed NLL, chunk {chunk}: " + "; ".join(f"{rows} rows {ms:.1f}" for rows, ms in timings.items()))
     if args.kernels:
         print("the NLL for 10 rows, other kernels: " + "; ".join(f"{k} {v:.1f}" for k, v in kernels(weight).items()))

@@ -41,7 +41,15 @@ except ImportError:  # pragma: no cover - Windows
     fcntl = None  # type: ignore[assignment]
 
 
+CACHE_ENV = "HEADSTEER_CACHE_DIR"
+
+
 # ---- file-name rules ------------------------------------------------------------------
+def default_cache_dir() -> Path:
+    """Where headsteer keeps what it builds once per machine: the converted default model, the compiled NLL kernel."""
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "headsteer")
+
+
 def sibling(path: Path, suffix: str) -> Path:
     """``path`` with ``suffix`` appended to its whole name (``a/b.csv`` -> ``a/b.csv.lock``)."""
     return path.with_name(path.name + suffix)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from headsteer.errors import ArtifactError, ConfigError, ModelLoadError
+from headsteer.files import default_cache_dir
 from headsteer.hooks import hook_z_name
 from headsteer.strict_json import check_object, check_value, is_kind
 
@@ -42,7 +43,6 @@ if TYPE_CHECKING:  # transformers is imported where a model is opened, not with 
     from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
 DEFAULT_MODEL = "google/gemma-3-270m"
-CACHE_ENV = "HEADSTEER_CACHE_DIR"
 _CONVERTED = "gemma-3-270m-fp32"
 
 log = logging.getLogger(__name__)
@@ -167,10 +167,6 @@ def check_device(device: str) -> str:
         if parsed.index is not None and parsed.index >= count:
             raise ConfigError(f"device {device!r}: this machine has {count} CUDA device(s), 0..{count - 1}")
     return device
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "headsteer")
 
 
 @dataclass(frozen=True)

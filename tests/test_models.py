@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import headsteer as hs
-from headsteer import models
+from headsteer import files, models
 from headsteer.errors import ConfigError, ModelLoadError
 from tests.helpers import save_tiny_model, tiny_bridge, tiny_hf_model, tiny_tokenizer
 
@@ -50,7 +50,7 @@ def test_converted_cache_is_reused(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "_convert_gguf", fake)
     first = models.default_model_dir(tmp_path)
     assert models.default_model_dir(tmp_path) == first and len(calls) == 1
-    monkeypatch.setenv(models.CACHE_ENV, str(tmp_path))
+    monkeypatch.setenv(files.CACHE_ENV, str(tmp_path))
     assert models.default_model_dir() == first and len(calls) == 1
 
 

@@ -22,7 +22,8 @@ from headsteer.cli.flags import count, non_negative_float, non_negative_int, pos
 from headsteer.config import DEFAULT_LR, OPTIMIZERS, PAIR_LOSSES, FitConfig
 from headsteer.errors import ConfigError
 from headsteer.evaluate import DEFAULT_MAX_NEW_TOKENS
-from headsteer.models import CACHE_ENV, DTYPES
+from headsteer.files import CACHE_ENV
+from headsteer.models import DTYPES
 from headsteer.paper.experiment import ExperimentConfig
 from headsteer.paper.workers import RayConfig
 from headsteer.prompts import DEFAULT_MAX_TOKENS, TEMPLATES

@@ -15,13 +15,15 @@ softmax: running max m, normaliser z and Σ_v e^{l'_rv − m} d_rv W_v, rescaled
 as m grows), so the memory-bound 262k × d matrix is read once per step rather
 than once forward and once backward. Each chunk of W is cast to the hidden
 states' dtype (fp32 for a half-precision model) as it is read. Exact up to
-fp32 summation order.
+fp32 summation order. On a CPU with AVX-512 the uncapped pass runs as one
+fused kernel (:mod:`headsteer.fitting.nll_kernel`), the torch loop elsewhere.
 
 Optionally (``FinalHidden.low_precision``, off by default) W is a bf16 copy
-and both products per chunk run in bf16 (on a CPU with avx512_bf16 or AMX,
-or a GPU, several times faster), while the running max, normaliser and sums
-stay fp32: the loss and gradient then differ from fp32 by bf16's rounding of
-the logits and of W (``tests/fitting/test_unembed.py`` bounds it).
+and both products per chunk run in bf16 (on a GPU, or a CPU with AMX, several
+times faster), while the running max, normaliser and sums stay fp32: the loss
+and gradient then differ from fp32 by bf16's rounding of the logits and of W
+(``tests/fitting/test_unembed.py`` bounds it). The fused CPU kernel reads the
+bf16 copy and multiplies in fp32, so there only W's rounding differs.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from dataclasses import dataclass
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from headsteer.fitting.nll_kernel import online_softmax
 
 CHUNK = 1024  # vocabulary rows per block: measured fastest of 1024/4096/16384 on a 2-core CPU
 
@@ -46,21 +50,8 @@ class _StreamedNLL(torch.autograd.Function):
         softcap: float | None,
         low_precision: bool,
     ) -> Tensor:
-        # The products run in W's dtype with the low-precision option (bf16), else in the hidden states' (fp32).
-        rows = hidden.shape[0]
-        m = torch.full((rows,), -torch.inf, dtype=hidden.dtype, device=hidden.device)
-        z = torch.zeros(rows, dtype=hidden.dtype, device=hidden.device)
-        s = torch.zeros_like(hidden)
-        for start in range(0, weight.shape[0], CHUNK):
-            w = weight[start : start + CHUNK]
-            w = w if low_precision else w.to(hidden.dtype)
-            logits, slope = _capped(_affine(hidden, w, bias, slice(start, start + CHUNK)), softcap)
-            m_new = torch.maximum(m, logits.max(1).values)
-            scale = torch.exp(m - m_new)
-            p = torch.exp(logits - m_new[:, None])
-            z = z * scale + p.sum(1)
-            s = s * scale[:, None] + ((p if slope is None else p * slope).to(w.dtype) @ w).to(hidden.dtype)
-            m = m_new
+        fused = None if softcap is not None else online_softmax(hidden, weight, bias, low_precision)
+        m, z, s = fused if fused is not None else _online_softmax(hidden, weight, bias, softcap, low_precision)
         w_y = weight[targets].to(hidden.dtype)
         target_logit, target_slope = _capped(
             (hidden * w_y).sum(1, keepdim=True) + (bias[targets, None].to(hidden.dtype) if bias is not None else 0),
@@ -73,6 +64,28 @@ class _StreamedNLL(torch.autograd.Function):
     def backward(ctx, grad_out: Tensor):
         (grad_hidden,) = ctx.saved_tensors
         return grad_out[:, None] * grad_hidden, None, None, None, None, None
+
+
+def _online_softmax(
+    hidden: Tensor, weight: Tensor, bias: Tensor | None, softcap: float | None, low_precision: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(m, z, s) of the module docstring in torch, ``CHUNK`` vocabulary rows at a time (s with the cap's slope)."""
+    # The products run in W's dtype with the low-precision option (bf16), else in the hidden states' (fp32).
+    rows = hidden.shape[0]
+    m = torch.full((rows,), -torch.inf, dtype=hidden.dtype, device=hidden.device)
+    z = torch.zeros(rows, dtype=hidden.dtype, device=hidden.device)
+    s = torch.zeros_like(hidden)
+    for start in range(0, weight.shape[0], CHUNK):
+        w = weight[start : start + CHUNK]
+        w = w if low_precision else w.to(hidden.dtype)
+        logits, slope = _capped(_affine(hidden, w, bias, slice(start, start + CHUNK)), softcap)
+        m_new = torch.maximum(m, logits.max(1).values)
+        scale = torch.exp(m - m_new)
+        p = torch.exp(logits - m_new[:, None])
+        z = z * scale + p.sum(1)
+        s = s * scale[:, None] + ((p if slope is None else p * slope).to(w.dtype) @ w).to(hidden.dtype)
+        m = m_new
+    return m, z, s
 
 
 def _affine(hidden: Tensor, w: Tensor, bias: Tensor | None, rows: slice) -> Tensor:
@@ -100,8 +113,8 @@ class FinalHidden:
 
     Gradients flow to the hidden states only: the unembedding is a frozen weight here.
     ``softcap`` is c where the model scores c·tanh(l/c) (None: the logits l themselves).
-    ``low_precision``: ``weight`` is a bf16 copy and the NLL's products run in bf16 (see the module
-    docstring); otherwise a half-precision weight is read in fp32.
+    ``low_precision``: ``weight`` is a bf16 copy, read in bf16 (see the module docstring); otherwise
+    a half-precision weight is read in fp32.
     """
 
     hidden: Float[Tensor, "batch tgt d_model"]
