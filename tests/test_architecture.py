@@ -11,7 +11,7 @@ PACKAGE = REPO / "headsteer"
 # Rooms in import order; a module's room is its first dotted part after "headsteer".
 ROOMS = [
     {"errors", "files", "strict_json", "config"},
-    {"hooks", "backends", "models", "tasks", "prompts", "training_record"},
+    {"hooks", "backends", "models", "kernels", "tasks", "prompts", "training_record"},
     {"steering", "intervention"},
     {"fitting"},
     {"generation", "evaluate", "runs", "loss_choice"},

@@ -1,13 +1,13 @@
-"""The streamed NLL's pass over the unembedding as one fused CPU kernel (``nll_kernel.c``), built on first use.
+"""The streamed NLL's pass over the unembedding as one fused CPU kernel, where it applies.
 
 :mod:`headsteer.fitting.unembed` computes, for a few rows of final hidden states,
 the online-softmax state (m, z, s) over the whole vocabulary: the logsumexp is
 m + log z and its gradient s / z. In torch that is a loop of chunk-sized ops:
 with ten rows both products per chunk are skinny GEMMs that stock kernels run
 far below the CPU's speed, and each op is a parallel region of its own. The C
-kernel does a chunk's two products and its softmax update while the chunk
-sits in the L2 cache, prefetching the next, on each core's own share of the
-vocabulary; the shares' states are merged here::
+kernel (``headsteer/kernels/nll.c``) does a chunk's two products and its
+softmax update while the chunk sits in the L2 cache, prefetching the next, on
+each core's own share of the vocabulary; the shares' states are merged here::
 
     m = max_t m_t,   z = Σ_t z_t e^{m_t − m},   s = Σ_t s_t e^{m_t − m}
 
@@ -19,82 +19,27 @@ products of bf16 weights), no soft cap, on an x86-64 CPU with AVX-512 and a C
 compiler (``$CC``, else ``cc``). Anywhere else :func:`online_softmax` returns
 None and the torch loop runs; the two agree up to fp32 summation order in fp32
 (``tests/fitting/test_nll_kernel.py``).
-``HEADSTEER_NLL_KERNEL=0`` turns the kernel off. The shared library is built
-once per source version into ``<cache>/kernels/`` (written atomically, so
-concurrent first uses are safe); :func:`status` says whether it loaded, or why not.
+``HEADSTEER_NLL_KERNEL=0`` turns the kernel off; :func:`status` says whether
+it loaded, or why not (:mod:`headsteer.kernels` builds it on first use).
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import hashlib
-import os
-import platform
-import shutil
-import subprocess
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from headsteer.files import default_cache_dir, write_bytes_atomic
+from headsteer.kernels import nll_library, nll_status
 
-SWITCH_ENV = "HEADSTEER_NLL_KERNEL"  # "0": always the torch loop
-SOURCE = Path(__file__).with_name("nll_kernel.c")
-FLAGS = ("-O3", "-shared", "-fPIC")  # the instruction sets are chosen per function in the source
 BLOCK = 64  # vocabulary rows per block in the kernel: thread shares start at multiples of it
-
-_ptr = ctypes.c_void_p
-
-
-@dataclass(frozen=True)
-class _Library:
-    handle: ctypes.CDLL
-    max_rows: int
-
-
-@functools.cache
-def _load() -> _Library | str:
-    """The compiled kernel, or why there is none (built into the cache on first use)."""
-    if os.environ.get(SWITCH_ENV, "1") == "0":
-        return f"off (${SWITCH_ENV}=0)"
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return f"off ({platform.machine()}: the kernel is for x86-64 CPUs with AVX-512)"
-    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not compiler:
-        return "off (no C compiler: set $CC or install gcc)"
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(source + " ".join((compiler, *FLAGS)).encode()).hexdigest()[:16]
-    target = default_cache_dir() / "kernels" / f"nll_kernel-{key}.so"
-    if not target.exists():
-        with tempfile.TemporaryDirectory() as build:
-            built = Path(build) / target.name
-            done = subprocess.run(
-                [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], capture_output=True, text=True, check=False
-            )
-            if done.returncode != 0:
-                return f"off ({compiler} failed: {done.stderr.strip()[-300:]})"
-            write_bytes_atomic(target, built.read_bytes())
-    handle = ctypes.CDLL(str(target))
-    for name in ("headsteer_nll_supported", "headsteer_nll_max_rows"):
-        getattr(handle, name).restype = ctypes.c_int
-    for name in ("headsteer_nll_f32", "headsteer_nll_bf16"):
-        getattr(handle, name).argtypes = [_ptr, _ptr, _ptr, ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-        getattr(handle, name).argtypes += [_ptr, _ptr, _ptr]
-    if not handle.headsteer_nll_supported():
-        return "off (this CPU has no AVX-512)"
-    return _Library(handle, handle.headsteer_nll_max_rows())
 
 
 def status() -> str:
-    """'on', or 'off (why)'."""
-    library = _load()
-    return library if isinstance(library, str) else "on"
+    """'on', or 'off (why)': whether :func:`online_softmax` can run here."""
+    return nll_status()
 
 
 @functools.cache
@@ -112,7 +57,7 @@ def online_softmax(
 
     ``low_precision``: ``weight`` is bf16 (each element widened to fp32 as it is read); otherwise fp32.
     """
-    library = _load()
+    library = nll_library()
     wanted = torch.bfloat16 if low_precision else torch.float32
     if (
         isinstance(library, str)
@@ -134,7 +79,7 @@ def online_softmax(
     m = torch.full((threads, rows), -torch.inf)
     z = torch.zeros(threads, rows)
     s = torch.zeros(threads, rows, width)
-    kernel = library.handle.headsteer_nll_bf16 if low_precision else library.handle.headsteer_nll_f32
+    kernel = library.bf16 if low_precision else library.f32
 
     def share(t: int) -> None:  # thread t's share of the vocabulary
         pointers = [hidden.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr()]

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from headsteer import files
+from headsteer import files, kernels
 from headsteer.fitting import nll_kernel, unembed
 from headsteer.fitting.unembed import FinalHidden
 
@@ -19,9 +19,9 @@ def _state(m, z, s):
 def fresh_kernel(monkeypatch, tmp_path):
     """A cache of its own and no loaded library, so that the test sees the build (or its refusal) happen."""
     monkeypatch.setenv(files.CACHE_ENV, str(tmp_path))
-    nll_kernel._load.cache_clear()
+    kernels.nll_library.cache_clear()
     yield tmp_path
-    nll_kernel._load.cache_clear()
+    kernels.nll_library.cache_clear()
 
 
 @needs_kernel
@@ -84,7 +84,7 @@ def test_the_kernel_steps_aside_where_it_does_not_apply(case):
     """None (the torch loop runs) outside what the kernel computes exactly."""
     hidden, weight, low_precision = torch.randn(4, 16), torch.randn(100, 16), False
     if case == "too many rows":
-        hidden = torch.randn(nll_kernel._load().max_rows + 1, 16)
+        hidden = torch.randn(kernels.nll_library().max_rows + 1, 16)
     elif case == "fp64 hidden":
         hidden = hidden.double()
     elif case == "a transposed weight":  # HookedTransformer's W_U.T: a view, columns not contiguous
@@ -98,13 +98,13 @@ def test_the_kernel_steps_aside_where_it_does_not_apply(case):
 
 
 def test_switching_the_kernel_off(fresh_kernel, monkeypatch):
-    monkeypatch.setenv(nll_kernel.SWITCH_ENV, "0")
-    assert nll_kernel.status() == f"off (${nll_kernel.SWITCH_ENV}=0)"
+    monkeypatch.setenv(kernels.SWITCH_ENV, "0")
+    assert nll_kernel.status() == f"off (${kernels.SWITCH_ENV}=0)"
     assert nll_kernel.online_softmax(torch.randn(2, 16), torch.randn(100, 16), None, False) is None
 
 
 def test_a_compiler_that_fails_leaves_the_torch_loop_and_says_why(fresh_kernel, monkeypatch):
-    monkeypatch.setattr(nll_kernel.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(kernels.platform, "machine", lambda: "x86_64")
     monkeypatch.setenv("CC", "false")
     assert nll_kernel.status().startswith("off (false failed")
     assert not list(fresh_kernel.rglob("*.so")), "nothing half-built is left in the cache"
@@ -115,15 +115,15 @@ def test_a_compiler_that_fails_leaves_the_torch_loop_and_says_why(fresh_kernel, 
 
 
 def test_another_cpu_does_not_build(fresh_kernel, monkeypatch):
-    monkeypatch.setattr(nll_kernel.platform, "machine", lambda: "arm64")
+    monkeypatch.setattr(kernels.platform, "machine", lambda: "arm64")
     assert nll_kernel.status() == "off (arm64: the kernel is for x86-64 CPUs with AVX-512)"
 
 
 @needs_kernel
 def test_the_library_is_built_once_into_the_cache(fresh_kernel):
     assert nll_kernel.status() == "on"
-    (built,) = (fresh_kernel / "kernels").glob("nll_kernel-*.so")
+    (built,) = (fresh_kernel / "kernels").glob("nll-*.so")
     stamp = built.stat().st_mtime_ns
-    nll_kernel._load.cache_clear()
+    kernels.nll_library.cache_clear()
     assert nll_kernel.status() == "on"
     assert built.stat().st_mtime_ns == stamp

@@ -14,7 +14,7 @@
  * CPU's speed; here W is read from memory once, in blocks of BLOCK rows that stay in the
  * core's L2 cache between the two products (the next block is prefetched meanwhile), and
  * the exponentials are vectorised. One call is one thread's share; the caller splits the
- * vocabulary between threads and merges their states (nll_kernel.py).
+ * vocabulary between threads and merges their states (headsteer/fitting/nll_kernel.py).
  *
  * The bf16 entry point reads a bf16 W (half the memory traffic) and widens each element to fp32 as
  * it is loaded (exactly): the products are fp32, so only W's rounding to bf16 differs from fp32.
