@@ -31,9 +31,10 @@ from collections.abc import Callable
 import torch
 
 import headsteer as hs
-from headsteer.fitting import nll_kernel, unembed
+from headsteer.fitting import unembed
 from headsteer.fitting.forward import PrefixCachedForward, build_prefix, run_suffix
 from headsteer.fitting.unembed import FinalHidden, _StreamedNLL
+from headsteer.kernels import nll_status
 from headsteer.prompts import encode_targets
 
 
@@ -89,7 +90,6 @@ def kernels(weight: torch.Tensor, rows: int = 10, chunk: int = 4096) -> dict[str
 
     vocab, width = weight.shape
     hidden = torch.randn(rows, width) / width**0.5
-    targets = torch.randint(0, vocab, (rows,))
 
     def online(part: torch.Tensor, block: int, sub: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m, z, s = torch.full((rows,), -torch.inf), torch.zeros(rows), torch.zeros(rows, width)
@@ -140,12 +140,9 @@ def kernels(weight: torch.Tensor, rows: int = 10, chunk: int = 4096) -> dict[str
         for w in onednn:
             torch.ops.mkldnn._linear_pointwise(hidden, w, None, "none", [None], "")
 
-    def fitters() -> None:
-        _StreamedNLL.apply(hidden, weight, None, targets, None, False)
-
     timings = {
-        "the fitter's (fused kernel)": milliseconds(fitters, 3),
-        "torch loop": milliseconds(lambda: unembed._online_softmax(hidden, weight, None, None, False), 3),
+        "the fitter's (fused kernel)": streamed(weight, rows),
+        "torch loop": streamed(weight, rows, fused=False),
         "bmm blocks": milliseconds(lambda: online(weight, 16384, 256), 3),
         "2 threads x 1": milliseconds(halves, 3),
         "MKL packed": milliseconds(mkl, 3),
@@ -220,7 +217,7 @@ def main() -> None:
     total, in_products = matrix_share(fitter_suffix)
     print(f"suffix as the fitter runs it, forward + backward: {total:.1f} (profiled); in products {in_products:.1f}")
     nll32, nll16 = streamed(weight, len(train), 5), streamed(weight16, len(train), 5)
-    print(f"streamed NLL, {len(train)} rows, as the fitter runs it (fused kernel {nll_kernel.status()}): ", end="")
+    print(f"streamed NLL, {len(train)} rows, as the fitter runs it (fused kernel {nll_status()}): ", end="")
     print(f"fp32 {nll32:.1f}; bf16 {nll16:.1f}")
     loop32, loop16 = streamed(weight, len(train), 5, fused=False), streamed(weight16, len(train), 5, fused=False)
     print(f"streamed NLL, {len(train)} rows, the torch loop: fp32 {loop32:.1f}; bf16 {loop16:.1f}")

@@ -19,8 +19,8 @@ products of bf16 weights), no soft cap, on an x86-64 CPU with AVX-512 and a C
 compiler (``$CC``, else ``cc``). Anywhere else :func:`online_softmax` returns
 None and the torch loop runs; the two agree up to fp32 summation order in fp32
 (``tests/fitting/test_nll_kernel.py``).
-``HEADSTEER_NLL_KERNEL=0`` turns the kernel off; :func:`status` says whether
-it loaded, or why not (:mod:`headsteer.kernels` builds it on first use).
+``HEADSTEER_NLL_KERNEL=0`` turns the kernel off; :func:`headsteer.kernels.nll_status`
+says whether it loaded, or why not (:mod:`headsteer.kernels` builds it on first use).
 """
 
 from __future__ import annotations
@@ -32,14 +32,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from headsteer.kernels import nll_library, nll_status
-
-BLOCK = 64  # vocabulary rows per block in the kernel: thread shares start at multiples of it
-
-
-def status() -> str:
-    """'on', or 'off (why)': whether :func:`online_softmax` can run here."""
-    return nll_status()
+from headsteer.kernels import nll_library
 
 
 @functools.cache
@@ -74,8 +67,9 @@ def online_softmax(
     bias = None if bias is None else bias.detach().contiguous()
     rows, width = hidden.shape
     vocab = weight.shape[0]
-    threads = max(1, min(torch.get_num_threads(), vocab // BLOCK))
-    bounds = [vocab * t // threads // BLOCK * BLOCK for t in range(threads)] + [vocab]
+    block = library.block  # each thread's share starts at a whole block
+    threads = max(1, min(torch.get_num_threads(), vocab // block))
+    bounds = [vocab * t // threads // block * block for t in range(threads)] + [vocab]
     m = torch.full((threads, rows), -torch.inf)
     z = torch.zeros(threads, rows)
     s = torch.zeros(threads, rows, width)

@@ -34,7 +34,8 @@ class NLLLibrary:
     """The loaded kernel: ``f32`` and ``bf16`` (W's dtype) take (h, W, bias or None, rows, d_model, v0, v1, m, z, s)."""
 
     handle: ctypes.CDLL
-    max_rows: int
+    max_rows: int  # hidden rows per call
+    block: int  # vocabulary rows the kernel takes at a time
 
     @property
     def f32(self):
@@ -68,14 +69,14 @@ def nll_library() -> NLLLibrary | str:
                 return f"off ({compiler} failed: {done.stderr.strip()[-300:]})"
             write_bytes_atomic(target, built.read_bytes())
     handle = ctypes.CDLL(str(target))
-    for name in ("headsteer_nll_supported", "headsteer_nll_max_rows"):
+    for name in ("headsteer_nll_supported", "headsteer_nll_max_rows", "headsteer_nll_block"):
         getattr(handle, name).restype = ctypes.c_int
     for name in ("headsteer_nll_f32", "headsteer_nll_bf16"):
         getattr(handle, name).argtypes = [_ptr, _ptr, _ptr, ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
         getattr(handle, name).argtypes += [_ptr, _ptr, _ptr]
     if not handle.headsteer_nll_supported():
         return "off (this CPU has no AVX-512)"
-    return NLLLibrary(handle, handle.headsteer_nll_max_rows())
+    return NLLLibrary(handle, handle.headsteer_nll_max_rows(), handle.headsteer_nll_block())
 
 
 def nll_status() -> str:

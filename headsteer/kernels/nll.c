@@ -42,6 +42,8 @@ int headsteer_nll_supported(void) {
 
 int headsteer_nll_max_rows(void) { return HS_MAX_ROWS; }
 
+int headsteer_nll_block(void) { return BLOCK; }
+
 INLINE AVX512 __mmask16 lanes(long left) { return left >= 16 ? 0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1); }
 
 /* W[row][k .. k+16) as fp32, lanes past D zero; `bf16` is a constant once inlined, so each kernel has one path. */

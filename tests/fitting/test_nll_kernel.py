@@ -7,7 +7,7 @@ from headsteer import files, kernels
 from headsteer.fitting import nll_kernel, unembed
 from headsteer.fitting.unembed import FinalHidden
 
-needs_kernel = pytest.mark.skipif(nll_kernel.status() != "on", reason=f"NLL kernel {nll_kernel.status()}")
+needs_kernel = pytest.mark.skipif(kernels.nll_status() != "on", reason=f"NLL kernel {kernels.nll_status()}")
 
 
 def _state(m, z, s):
@@ -99,14 +99,14 @@ def test_the_kernel_steps_aside_where_it_does_not_apply(case):
 
 def test_switching_the_kernel_off(fresh_kernel, monkeypatch):
     monkeypatch.setenv(kernels.SWITCH_ENV, "0")
-    assert nll_kernel.status() == f"off (${kernels.SWITCH_ENV}=0)"
+    assert kernels.nll_status() == f"off (${kernels.SWITCH_ENV}=0)"
     assert nll_kernel.online_softmax(torch.randn(2, 16), torch.randn(100, 16), None, False) is None
 
 
 def test_a_compiler_that_fails_leaves_the_torch_loop_and_says_why(fresh_kernel, monkeypatch):
     monkeypatch.setattr(kernels.platform, "machine", lambda: "x86_64")
     monkeypatch.setenv("CC", "false")
-    assert nll_kernel.status().startswith("off (false failed")
+    assert kernels.nll_status().startswith("off (false failed")
     assert not list(fresh_kernel.rglob("*.so")), "nothing half-built is left in the cache"
     hidden, weight = torch.randn(2, 1, 16, requires_grad=True), torch.randn(100, 16)
     nll = FinalHidden(hidden, weight).token_nll(torch.tensor([[3], [5]]))
@@ -116,14 +116,14 @@ def test_a_compiler_that_fails_leaves_the_torch_loop_and_says_why(fresh_kernel, 
 
 def test_another_cpu_does_not_build(fresh_kernel, monkeypatch):
     monkeypatch.setattr(kernels.platform, "machine", lambda: "arm64")
-    assert nll_kernel.status() == "off (arm64: the kernel is for x86-64 CPUs with AVX-512)"
+    assert kernels.nll_status() == "off (arm64: the kernel is for x86-64 CPUs with AVX-512)"
 
 
 @needs_kernel
 def test_the_library_is_built_once_into_the_cache(fresh_kernel):
-    assert nll_kernel.status() == "on"
+    assert kernels.nll_status() == "on"
     (built,) = (fresh_kernel / "kernels").glob("nll-*.so")
     stamp = built.stat().st_mtime_ns
     kernels.nll_library.cache_clear()
-    assert nll_kernel.status() == "on"
+    assert kernels.nll_status() == "on"
     assert built.stat().st_mtime_ns == stamp
