@@ -34,7 +34,7 @@ import headsteer as hs
 from headsteer.fitting import unembed
 from headsteer.fitting.forward import PrefixCachedForward, build_prefix, run_suffix
 from headsteer.fitting.unembed import FinalHidden, _StreamedNLL
-from headsteer.kernels import nll_status
+from headsteer.kernels import status as kernel_status
 from headsteer.prompts import encode_targets
 
 
@@ -217,7 +217,7 @@ def main() -> None:
     total, in_products = matrix_share(fitter_suffix)
     print(f"suffix as the fitter runs it, forward + backward: {total:.1f} (profiled); in products {in_products:.1f}")
     nll32, nll16 = streamed(weight, len(train), 5), streamed(weight16, len(train), 5)
-    print(f"streamed NLL, {len(train)} rows, as the fitter runs it (fused kernel {nll_status()}): ", end="")
+    print(f"streamed NLL, {len(train)} rows, as the fitter runs it (fused kernel {kernel_status()}): ", end="")
     print(f"fp32 {nll32:.1f}; bf16 {nll16:.1f}")
     loop32, loop16 = streamed(weight, len(train), 5, fused=False), streamed(weight16, len(train), 5, fused=False)
     print(f"streamed NLL, {len(train)} rows, the torch loop: fp32 {loop32:.1f}; bf16 {loop16:.1f}")

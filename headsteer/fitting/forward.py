@@ -41,6 +41,7 @@ from torch import Tensor
 
 from headsteer.backends import KVCache, model_kind
 from headsteer.fitting.from_layer import FromLayer, plan
+from headsteer.fitting.linear_kernel import plain_linears, skinny_linears
 from headsteer.fitting.losses import Scored
 from headsteer.fitting.unembed import FinalHidden
 from headsteer.hooks import AtIndex, added_hooks, delta_hooks
@@ -165,7 +166,10 @@ def run_suffix(
     at_first = torch.zeros(len(prefix.suffix_ids), dtype=torch.long)
     hooks = [] if layer is None or delta is None else delta_hooks(layer, delta, AtIndex(at_first, prompt_len=1))
     kind = model_kind(model)
-    with added_hooks(model, hooks):
+    with (
+        added_hooks(model, hooks),
+        skinny_linears(plain_linears(model.blocks)),
+    ):  # a few rows: the linear layers' CPU kernel
         hidden = kind.final_hidden(model, prefix.cache, prefix.suffix_ids, prefix.suffix_mask, keep=False)
     return FinalHidden(hidden, *kind.unembedding(model))
 

@@ -28,9 +28,10 @@ from dataclasses import dataclass
 
 import torch
 from jaxtyping import Float, Int
-from torch import Tensor
+from torch import Tensor, nn
 
 from headsteer.backends import KVCache, model_kind
+from headsteer.fitting.linear_kernel import plain_linears, skinny_linears
 from headsteer.hooks import AtIndex, Hook, added_hooks, delta_hooks
 
 __all__ = ["FromLayer", "plan"]
@@ -47,6 +48,7 @@ class FromLayer:
     # block b -> (the first row that joins there, the residual entering b of rows first .. rows_at[b] − 1)
     joins: dict[int, tuple[int, Float[Tensor, "join n_scored d_model"]]]
     calls: dict[int, tuple[tuple, dict]]  # block b -> its other arguments, narrowed to its rows
+    linears: tuple[nn.Linear, ...]  # the linear layers of the blocks that run, found once
 
     def hidden(
         self, model, delta: Float[Tensor, "rows n_heads d_head"] | None
@@ -62,7 +64,8 @@ class FromLayer:
                 padded = torch.cat([delta.new_zeros(start, *delta.shape[1:]), delta[start:rows]])
                 hooks += delta_hooks(block, padded, AtIndex(torch.zeros(rows, dtype=torch.long), prompt_len=1))
         residual: Tensor | None = None
-        with added_hooks(model, hooks), kind.narrowed(self.cache, self.rows_at):
+        # Each block runs on a few rows: its linear layers through the CPU kernel where it applies.
+        with added_hooks(model, hooks), kind.narrowed(self.cache, self.rows_at), skinny_linears(self.linears):
             for block in range(min(self.joins), len(self.rows_at)):
                 if block in self.joins:
                     join = self.joins[block][1]
@@ -120,7 +123,8 @@ def plan(
     }
     back = torch.empty_like(order)
     back[order] = torch.arange(n_rows)
-    result = FromLayer(cache, order, back, rows_at, joins, calls)
+    linears = plain_linears(model.blocks[b] for b in range(first, n_layers))
+    result = FromLayer(cache, order, back, rows_at, joins, calls, linears)
     replayed = result.hidden(model, None)[order.to(reference.device)]
     tolerance = torch.finfo(reference.dtype).eps ** 0.5
     if not torch.allclose(replayed, reference, rtol=tolerance, atol=tolerance * float(reference.abs().max())):

@@ -1,10 +1,18 @@
 """Hand-written CPU kernels, built on first use with the machine's C compiler and loaded through ctypes.
 
-``nll.c``: the streamed NLL's pass over the unembedding (:mod:`headsteer.fitting.nll_kernel`
-says what it computes and when it runs). It builds only on x86-64, needs a C compiler
-(``$CC``, else ``cc``) and runs only on a CPU with AVX-512; each shared library is built
-once per source version into ``<cache>/kernels/`` (written atomically, so concurrent
-first uses are safe). ``HEADSTEER_NLL_KERNEL=0`` turns the kernel off.
+Two kernels, for the small products of a fit step that stock GEMMs run slowly (a few rows
+against a large weight), both in one shared library:
+
+* ``nll.c``: the streamed NLL's pass over the unembedding (:mod:`headsteer.fitting.nll_kernel`);
+* ``linear.c``: a linear layer's forward and input gradient for a few rows
+  (:mod:`headsteer.fitting.linear_kernel`), for the blocks above Δ's layer.
+
+They build only on x86-64, need a C compiler with OpenMP (``$CC``, else ``cc``) and run only on
+a CPU with AVX-512. Their threads are torch's own: the library is loaded after torch, so its
+OpenMP calls bind to the ``libgomp`` torch already loaded (one thread pool, ``torch.set_num_threads``
+sizes it; no second pool competing for the cores). The library is built once per source version
+into ``<cache>/kernels/`` (written atomically, so concurrent first uses are safe).
+``HEADSTEER_KERNELS=0`` turns both off (the torch paths run).
 """
 
 from __future__ import annotations
@@ -20,66 +28,72 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch  # noqa: F401  (loaded first: the library's OpenMP binds to the libgomp torch loads)
+
 from headsteer.files import default_cache_dir, write_bytes_atomic
 
-SWITCH_ENV = "HEADSTEER_NLL_KERNEL"  # "0": always the torch loop
-SOURCE = Path(__file__).with_name("nll.c")
-FLAGS = ("-O3", "-shared", "-fPIC")  # the instruction sets are chosen per function in the source
+SWITCH_ENV = "HEADSTEER_KERNELS"  # "0": always the torch paths
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("support.c", "nll.c", "linear.c"))
+HEADERS = (Path(__file__).with_name("tiles.h"),)
+FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp")  # the instruction sets are chosen per function in the source
 
-_ptr = ctypes.c_void_p
+_p, _int, _long = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
 
 
 @dataclass(frozen=True)
-class NLLLibrary:
-    """The loaded kernel: ``f32`` and ``bf16`` (W's dtype) take (h, W, bias or None, rows, d_model, v0, v1, m, z, s)."""
+class Kernels:
+    """The loaded library; each function's arguments are in its C source."""
 
     handle: ctypes.CDLL
-    max_rows: int  # hidden rows per call
-    block: int  # vocabulary rows the kernel takes at a time
+    nll_max_rows: int  # hidden rows per NLL call
+    linear_max_rows: int  # input rows per linear call
 
     @property
-    def f32(self):
-        return self.handle.headsteer_nll_f32
+    def nll(self):  # (h, W, bias | None, rows, d_model, vocab, shares, m, z, s, bf16)
+        return self.handle.headsteer_nll
 
     @property
-    def bf16(self):
-        return self.handle.headsteer_nll_bf16
+    def linear(self):  # (x, W, bias | None, y, rows, in, out, shares)
+        return self.handle.headsteer_linear
+
+    @property
+    def linear_input_grad(self):  # (g, W, dx, rows, out, in, shares, scratch)
+        return self.handle.headsteer_linear_input_grad
 
 
 @functools.cache
-def nll_library() -> NLLLibrary | str:
-    """The compiled NLL kernel, or why there is none (built into the cache on first use)."""
+def library() -> Kernels | str:
+    """The compiled kernels, or why there are none (built into the cache on first use)."""
     if os.environ.get(SWITCH_ENV, "1") == "0":
         return f"off (${SWITCH_ENV}=0)"
     if platform.machine().lower() not in ("x86_64", "amd64"):
-        return f"off ({platform.machine()}: the kernel is for x86-64 CPUs with AVX-512)"
+        return f"off ({platform.machine()}: the kernels are for x86-64 CPUs with AVX-512)"
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         return "off (no C compiler: set $CC or install gcc)"
-    source = SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in (*SOURCES, *HEADERS))
     key = hashlib.sha256(source + " ".join((compiler, *FLAGS)).encode()).hexdigest()[:16]
-    target = default_cache_dir() / "kernels" / f"nll-{key}.so"
+    target = default_cache_dir() / "kernels" / f"headsteer-{key}.so"
     if not target.exists():
         with tempfile.TemporaryDirectory() as build:
             built = Path(build) / target.name
-            done = subprocess.run(
-                [compiler, *FLAGS, str(SOURCE), "-o", str(built), "-lm"], capture_output=True, text=True, check=False
-            )
+            command = [compiler, *FLAGS, *map(str, SOURCES), "-o", str(built), "-lm"]
+            done = subprocess.run(command, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 return f"off ({compiler} failed: {done.stderr.strip()[-300:]})"
             write_bytes_atomic(target, built.read_bytes())
     handle = ctypes.CDLL(str(target))
-    for name in ("headsteer_nll_supported", "headsteer_nll_max_rows", "headsteer_nll_block"):
-        getattr(handle, name).restype = ctypes.c_int
-    for name in ("headsteer_nll_f32", "headsteer_nll_bf16"):
-        getattr(handle, name).argtypes = [_ptr, _ptr, _ptr, ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
-        getattr(handle, name).argtypes += [_ptr, _ptr, _ptr]
-    if not handle.headsteer_nll_supported():
+    for name in ("headsteer_supported", "headsteer_nll_max_rows", "headsteer_linear_max_rows"):
+        getattr(handle, name).restype = _int
+    handle.headsteer_nll.argtypes = [_p, _p, _p, _int, _int, _long, _int, _p, _p, _p, _int]
+    handle.headsteer_linear.argtypes = [_p, _p, _p, _p, _int, _int, _long, _int]
+    handle.headsteer_linear_input_grad.argtypes = [_p, _p, _p, _int, _long, _int, _int, _p]
+    if not handle.headsteer_supported():
         return "off (this CPU has no AVX-512)"
-    return NLLLibrary(handle, handle.headsteer_nll_max_rows(), handle.headsteer_nll_block())
+    return Kernels(handle, handle.headsteer_nll_max_rows(), handle.headsteer_linear_max_rows())
 
 
-def nll_status() -> str:
+def status() -> str:
     """'on', or 'off (why)'."""
-    library = nll_library()
-    return library if isinstance(library, str) else "on"
+    loaded = library()
+    return loaded if isinstance(loaded, str) else "on"

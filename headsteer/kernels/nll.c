@@ -1,6 +1,6 @@
 /* The streamed NLL's pass over the unembedding, fused by hand for x86-64 CPUs with AVX-512.
  *
- * For rows r < R of final hidden states h (R <= HS_MAX_ROWS, a handful in a fit) and
+ * For rows r < R of final hidden states h (R <= HS_NLL_MAX_ROWS, a handful in a fit) and
  * vocabulary rows v in [v0, v1) of W (row-major [vocab, D]) with optional bias b, it updates
  * the online-softmax state of headsteer/fitting/unembed.py in place:
  *
@@ -13,53 +13,23 @@
  * with ten rows both products are skinny, and stock GEMMs run them at a fraction of this
  * CPU's speed; here W is read from memory once, in blocks of BLOCK rows that stay in the
  * core's L2 cache between the two products (the next block is prefetched meanwhile), and
- * the exponentials are vectorised. One call is one thread's share; the caller splits the
- * vocabulary between threads and merges their states (headsteer/fitting/nll_kernel.py).
+ * the exponentials are vectorised. The vocabulary is split into one share per thread (OpenMP,
+ * torch's own thread pool); each share keeps its own state, which the caller merges
+ * (headsteer/fitting/nll_kernel.py).
  *
- * The bf16 entry point reads a bf16 W (half the memory traffic) and widens each element to fp32 as
- * it is loaded (exactly): the products are fp32, so only W's rounding to bf16 differs from fp32.
- * (avx512_bf16's dot products would also round h and the softmax weights, and measured no faster.)
+ * With bf16 W each element is widened to fp32 as it is loaded (exactly): the products are
+ * fp32, so only W's rounding to bf16 differs from fp32. (avx512_bf16's dot products would
+ * also round h and the softmax weights, and measured no faster.)
  */
-#include <immintrin.h>
 #include <math.h>
-#include <stdint.h>
+#include <omp.h>
 
-#define BLOCK 64        /* vocabulary rows per block: 64 x 640 fp32 is 160 KiB, inside L2 */
-#define HS_MAX_ROWS 32  /* rows per call: past ~30 rows the stock GEMMs of the torch loop are faster */
-#define LOGIT_ROWS 10   /* logits tile: 10 hidden rows x 2 vocabulary rows = 20 accumulators */
-#define LOGIT_COLS 2
-#define SUM_ROWS 10     /* sum tile: 10 rows x 32 columns = 20 accumulators */
+#include "tiles.h"
 
-#define AVX512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,fma")))
-#define INLINE static inline __attribute__((always_inline))
+#define BLOCK 64           /* vocabulary rows per block: 64 x 640 fp32 is 160 KiB, inside L2 */
+#define HS_NLL_MAX_ROWS 32 /* rows per call: past ~30 rows the stock GEMMs of the torch loop are faster */
 
-/* 1 where the kernels can run (AVX-512 F, BW, DQ and VL), else 0. */
-int headsteer_nll_supported(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
-}
-
-int headsteer_nll_max_rows(void) { return HS_MAX_ROWS; }
-
-int headsteer_nll_block(void) { return BLOCK; }
-
-INLINE AVX512 __mmask16 lanes(long left) { return left >= 16 ? 0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1); }
-
-/* W[row][k .. k+16) as fp32, lanes past D zero; `bf16` is a constant once inlined, so each kernel has one path. */
-INLINE AVX512 __m512 load_w(const void *W, long index, __mmask16 mask, int bf16) {
-    if (bf16) {  /* bf16 is fp32's upper half: widen to 32 bits and shift up */
-        __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, (const uint16_t *)W + index));
-        return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-    }
-    return _mm512_maskz_loadu_ps(mask, (const float *)W + index);
-}
-
-INLINE AVX512 void prefetch_w(const void *W, long index, int bf16) {  /* the 32 elements from index */
-    const char *at = (const char *)W + index * (bf16 ? 2 : 4);
-    _mm_prefetch(at, _MM_HINT_T0);
-    if (!bf16) _mm_prefetch(at + 64, _MM_HINT_T0);
-}
+int headsteer_nll_max_rows(void) { return HS_NLL_MAX_ROWS; }
 
 /* e^x for x <= 0: x = n ln2 + r, |r| <= ln2/2, e^r by its degree-6 Taylor polynomial (relative error
    below 2e-7), scaled by 2^n; x below -87 gives 0 rather than a denormal. */
@@ -87,7 +57,7 @@ INLINE AVX512 void softmax_block(float *logits, int R, int nb, float *m, float *
         for (int j = 0; j < nb; j += 16)
             top = _mm512_max_ps(top, _mm512_mask_loadu_ps(top, lanes(nb - j), l + j));
         float m_new = _mm512_reduce_max_ps(top);
-        scale[r] = isinf(m[r]) ? 0.0f : expf(m[r] - m_new);  /* the first block: nothing to rescale */
+        scale[r] = isinf(m[r]) ? 0.0f : expf(m[r] - m_new); /* the first block: nothing to rescale */
         __m512 sum = _mm512_setzero_ps();
         for (int j = 0; j < nb; j += 16) {
             __mmask16 k = lanes(nb - j);
@@ -101,48 +71,16 @@ INLINE AVX512 void softmax_block(float *logits, int R, int nb, float *m, float *
     }
 }
 
-/* ---- the two products of a block, W in fp32 or bf16 ---- */
-
-/* out[a][b] = h_a . W_b for RR (a compile-time count once inlined) hidden rows and jj <= LOGIT_COLS vocabulary rows. */
-INLINE AVX512 void logits_tile(const float *h, const void *W, long row, int D, int RR, int jj, float *out, int bf16) {
-    __m512 acc[LOGIT_ROWS][LOGIT_COLS];
-    for (int a = 0; a < RR; a++)
-        for (int b = 0; b < LOGIT_COLS; b++) acc[a][b] = _mm512_setzero_ps();
-    for (int k = 0; k < D; k += 16) {
-        __mmask16 mask = lanes(D - k);
-        __m512 w[LOGIT_COLS];
-        for (int b = 0; b < LOGIT_COLS; b++) w[b] = load_w(W, (row + (b < jj ? b : 0)) * D + k, b < jj ? mask : 0, bf16);
-        for (int a = 0; a < RR; a++) {
-            __m512 x = _mm512_maskz_loadu_ps(mask, h + (long)a * D + k);
-            for (int b = 0; b < LOGIT_COLS; b++) acc[a][b] = _mm512_fmadd_ps(x, w[b], acc[a][b]);
-        }
-    }
-    /* constant bounds, so that gcc keeps acc in registers (a variable bound here puts it on the stack) */
-    for (int a = 0; a < RR; a++)
-        for (int b = 0; b < LOGIT_COLS; b++)
-            if (b < jj) out[a * BLOCK + b] = _mm512_reduce_add_ps(acc[a][b]);
-}
-
+/* logits[r][j] = h_r . W_{v+j} + b_{v+j} for the block's nb vocabulary rows. */
 INLINE AVX512 void block_logits(const float *h, const void *W, long v, const float *bias, int R, int D, int nb,
                                 float *logits, int bf16) {
-    for (int r0 = 0; r0 < R; r0 += LOGIT_ROWS) {
-        int rr = R - r0 < LOGIT_ROWS ? R - r0 : LOGIT_ROWS;
-        for (int j0 = 0; j0 < nb; j0 += LOGIT_COLS) {
-            int jj = nb - j0 < LOGIT_COLS ? nb - j0 : LOGIT_COLS;
-            const float *hh = h + (long)r0 * D;
-            float *o = logits + r0 * BLOCK + j0;
-            switch (rr) {  /* one specialisation per row count keeps the accumulators in registers */
-                case 10: logits_tile(hh, W, v + j0, D, 10, jj, o, bf16); break;
-                case 9: logits_tile(hh, W, v + j0, D, 9, jj, o, bf16); break;
-                case 8: logits_tile(hh, W, v + j0, D, 8, jj, o, bf16); break;
-                case 7: logits_tile(hh, W, v + j0, D, 7, jj, o, bf16); break;
-                case 6: logits_tile(hh, W, v + j0, D, 6, jj, o, bf16); break;
-                case 5: logits_tile(hh, W, v + j0, D, 5, jj, o, bf16); break;
-                case 4: logits_tile(hh, W, v + j0, D, 4, jj, o, bf16); break;
-                case 3: logits_tile(hh, W, v + j0, D, 3, jj, o, bf16); break;
-                case 2: logits_tile(hh, W, v + j0, D, 2, jj, o, bf16); break;
-                default: logits_tile(hh, W, v + j0, D, 1, jj, o, bf16); break;
-            }
+    for (int r0 = 0; r0 < R; r0 += TILE_ROWS) {
+        int rr = R - r0 < TILE_ROWS ? R - r0 : TILE_ROWS;
+        for (int j0 = 0; j0 < nb; j0 += DOT_COLS) {
+            int jj = nb - j0 < DOT_COLS ? nb - j0 : DOT_COLS;
+#define DOT(RR) DOT_TILE(h + (long)r0 * D, W, v + j0, D, RR, jj, logits + r0 * BLOCK + j0, BLOCK, -1, bf16)
+            EACH_ROW_COUNT(rr, DOT)
+#undef DOT
         }
     }
     if (bias)
@@ -150,60 +88,23 @@ INLINE AVX512 void block_logits(const float *h, const void *W, long v, const flo
             for (int j = 0; j < nb; j++) logits[r * BLOCK + j] += bias[v + j];
 }
 
-/* s_a[k:k+32] <- scale_a s_a[k:k+32] + sum_j p_aj W_j[k:k+32] for RR rows. With `next` (>= 0) it prefetches
-   the same columns of the rows from `next` on, so that over all k the whole next block is on its way. */
-INLINE AVX512 void sum_tile(const float *p, const void *W, long row, int D, int nb, int k, int RR, const float *scale,
-                            float *s, long next, int bf16) {
-    __mmask16 m0 = lanes(D - k), m1 = lanes(D - k - 16);
-    __m512 acc[SUM_ROWS][2];
-    for (int a = 0; a < RR; a++) {
-        __m512 sc = _mm512_set1_ps(scale[a]);
-        acc[a][0] = _mm512_mul_ps(sc, _mm512_maskz_loadu_ps(m0, s + (long)a * D + k));
-        acc[a][1] = _mm512_mul_ps(sc, _mm512_maskz_loadu_ps(m1, s + (long)a * D + k + 16));
-    }
-    for (int j = 0; j < nb; j++) {
-        __m512 w0 = load_w(W, (row + j) * D + k, m0, bf16);
-        __m512 w1 = load_w(W, (row + j) * D + k + 16, m1, bf16);
-        if (next >= 0) prefetch_w(W, (next + j) * D + k, bf16);
-        for (int a = 0; a < RR; a++) {
-            __m512 pj = _mm512_set1_ps(p[a * BLOCK + j]);
-            acc[a][0] = _mm512_fmadd_ps(pj, w0, acc[a][0]);
-            acc[a][1] = _mm512_fmadd_ps(pj, w1, acc[a][1]);
-        }
-    }
-    for (int a = 0; a < RR; a++) {
-        _mm512_mask_storeu_ps(s + (long)a * D + k, m0, acc[a][0]);
-        _mm512_mask_storeu_ps(s + (long)a * D + k + 16, m1, acc[a][1]);
-    }
-}
-
+/* s_r <- scale_r s_r + sum_j p_rj W_{v+j}, prefetching the block from `next` (-1: none). */
 INLINE AVX512 void block_sum(const float *p, const void *W, long v, int R, int D, int nb, const float *scale, float *s,
                              long next, int bf16) {
-    for (int r0 = 0; r0 < R; r0 += SUM_ROWS) {
-        int rr = R - r0 < SUM_ROWS ? R - r0 : SUM_ROWS;
-        const float *pp = p + r0 * BLOCK, *sc = scale + r0;
-        float *ss = s + (long)r0 * D;
+    for (int r0 = 0; r0 < R; r0 += TILE_ROWS) {
+        int rr = R - r0 < TILE_ROWS ? R - r0 : TILE_ROWS;
         long nx = r0 == 0 ? next : -1;
         for (int k = 0; k < D; k += 32) {
-            switch (rr) {
-                case 10: sum_tile(pp, W, v, D, nb, k, 10, sc, ss, nx, bf16); break;
-                case 9: sum_tile(pp, W, v, D, nb, k, 9, sc, ss, nx, bf16); break;
-                case 8: sum_tile(pp, W, v, D, nb, k, 8, sc, ss, nx, bf16); break;
-                case 7: sum_tile(pp, W, v, D, nb, k, 7, sc, ss, nx, bf16); break;
-                case 6: sum_tile(pp, W, v, D, nb, k, 6, sc, ss, nx, bf16); break;
-                case 5: sum_tile(pp, W, v, D, nb, k, 5, sc, ss, nx, bf16); break;
-                case 4: sum_tile(pp, W, v, D, nb, k, 4, sc, ss, nx, bf16); break;
-                case 3: sum_tile(pp, W, v, D, nb, k, 3, sc, ss, nx, bf16); break;
-                case 2: sum_tile(pp, W, v, D, nb, k, 2, sc, ss, nx, bf16); break;
-                default: sum_tile(pp, W, v, D, nb, k, 1, sc, ss, nx, bf16); break;
-            }
+#define SUM(RR) sum_tile(p + r0 * BLOCK, BLOCK, W, v, D, nb, k, RR, scale + r0, s + (long)r0 * D, nx, bf16)
+            EACH_ROW_COUNT(rr, SUM)
+#undef SUM
         }
     }
 }
 
 INLINE AVX512 void nll_range(const float *h, const void *W, const float *bias, int R, int D, long v0, long v1,
                              float *m, float *z, float *s, int bf16) {
-    float logits[HS_MAX_ROWS * BLOCK], scale[HS_MAX_ROWS];
+    float logits[HS_NLL_MAX_ROWS * BLOCK], scale[HS_NLL_MAX_ROWS];
     for (long v = v0; v < v1; v += BLOCK) {
         int nb = v1 - v < BLOCK ? (int)(v1 - v) : BLOCK;
         block_logits(h, W, v, bias, R, D, nb, logits, bf16);
@@ -212,14 +113,27 @@ INLINE AVX512 void nll_range(const float *h, const void *W, const float *bias, i
     }
 }
 
-/* h fp32 [R, D], W fp32 [vocab, D] row-major, bias fp32 [vocab] or NULL; updates m [R], z [R], s [R, D]. */
-AVX512 void headsteer_nll_f32(const float *h, const float *W, const float *bias, int R, int D, long v0, long v1,
-                              float *m, float *z, float *s) {
+/* One function per weight dtype, called from the OpenMP region, so that `bf16` is a constant where the tiles
+   are compiled: inside the region it would be a variable, and the tiles' accumulators would spill to the stack. */
+static AVX512 __attribute__((noinline)) void nll_range_f32(const float *h, const void *W, const float *bias, int R,
+                                                           int D, long v0, long v1, float *m, float *z, float *s) {
     nll_range(h, W, bias, R, D, v0, v1, m, z, s, 0);
 }
 
-/* As headsteer_nll_f32 with W bf16 (stored as uint16). */
-AVX512 void headsteer_nll_bf16(const float *h, const uint16_t *W, const float *bias, int R, int D, long v0, long v1,
-                               float *m, float *z, float *s) {
+static AVX512 __attribute__((noinline)) void nll_range_bf16(const float *h, const void *W, const float *bias, int R,
+                                                            int D, long v0, long v1, float *m, float *z, float *s) {
     nll_range(h, W, bias, R, D, v0, v1, m, z, s, 1);
+}
+
+/* h fp32 [R, D]; W [V, D] row-major, fp32 (bf16 = 0) or bf16 stored as uint16 (bf16 = 1); bias fp32 [V] or NULL.
+   Share t of `shares` (the vocabulary split at whole blocks) updates m [shares, R], z [shares, R], s [shares, R, D]
+   at index t, which the caller initialises (-inf, 0, 0) and merges. */
+AVX512 void headsteer_nll(const float *h, const void *W, const float *bias, int R, int D, long V, int shares, float *m,
+                          float *z, float *s, int bf16) {
+#pragma omp parallel num_threads(shares)
+    for (int t = omp_get_thread_num(); t < shares; t += omp_get_num_threads()) { /* fewer threads: more shares each */
+        long v0 = V * t / shares / BLOCK * BLOCK, v1 = t + 1 == shares ? V : V * (t + 1) / shares / BLOCK * BLOCK;
+        float *mt = m + (long)t * R, *zt = z + (long)t * R, *st = s + (long)t * R * D;
+        (bf16 ? nll_range_bf16 : nll_range_f32)(h, W, bias, R, D, v0, v1, mt, zt, st);
+    }
 }

@@ -3,25 +3,16 @@
 import pytest
 import torch
 
-from headsteer import files, kernels
+from headsteer import kernels
 from headsteer.fitting import nll_kernel, unembed
 from headsteer.fitting.unembed import FinalHidden
 
-needs_kernel = pytest.mark.skipif(kernels.nll_status() != "on", reason=f"NLL kernel {kernels.nll_status()}")
+needs_kernel = pytest.mark.skipif(kernels.status() != "on", reason=f"kernels {kernels.status()}")
 
 
 def _state(m, z, s):
     """(logsumexp, its gradient): what the online-softmax state stands for."""
     return m + z.log(), s / z[:, None]
-
-
-@pytest.fixture
-def fresh_kernel(monkeypatch, tmp_path):
-    """A cache of its own and no loaded library, so that the test sees the build (or its refusal) happen."""
-    monkeypatch.setenv(files.CACHE_ENV, str(tmp_path))
-    kernels.nll_library.cache_clear()
-    yield tmp_path
-    kernels.nll_library.cache_clear()
 
 
 @needs_kernel
@@ -84,7 +75,7 @@ def test_the_kernel_steps_aside_where_it_does_not_apply(case):
     """None (the torch loop runs) outside what the kernel computes exactly."""
     hidden, weight, low_precision = torch.randn(4, 16), torch.randn(100, 16), False
     if case == "too many rows":
-        hidden = torch.randn(kernels.nll_library().max_rows + 1, 16)
+        hidden = torch.randn(kernels.library().nll_max_rows + 1, 16)
     elif case == "fp64 hidden":
         hidden = hidden.double()
     elif case == "a transposed weight":  # HookedTransformer's W_U.T: a view, columns not contiguous
@@ -97,33 +88,10 @@ def test_the_kernel_steps_aside_where_it_does_not_apply(case):
     assert nll_kernel.online_softmax(torch.randn(4, 16), torch.randn(100, 16), None, False) is not None
 
 
-def test_switching_the_kernel_off(fresh_kernel, monkeypatch):
-    monkeypatch.setenv(kernels.SWITCH_ENV, "0")
-    assert kernels.nll_status() == f"off (${kernels.SWITCH_ENV}=0)"
+def test_switched_off_the_torch_loop_runs(monkeypatch):
+    monkeypatch.setattr(nll_kernel, "library", lambda: "off (switched off)")
     assert nll_kernel.online_softmax(torch.randn(2, 16), torch.randn(100, 16), None, False) is None
-
-
-def test_a_compiler_that_fails_leaves_the_torch_loop_and_says_why(fresh_kernel, monkeypatch):
-    monkeypatch.setattr(kernels.platform, "machine", lambda: "x86_64")
-    monkeypatch.setenv("CC", "false")
-    assert kernels.nll_status().startswith("off (false failed")
-    assert not list(fresh_kernel.rglob("*.so")), "nothing half-built is left in the cache"
     hidden, weight = torch.randn(2, 1, 16, requires_grad=True), torch.randn(100, 16)
     nll = FinalHidden(hidden, weight).token_nll(torch.tensor([[3], [5]]))
     ref = -torch.log_softmax(hidden @ weight.T, -1)[:, 0, [3, 5]].diagonal()
     torch.testing.assert_close(nll[:, 0], ref)
-
-
-def test_another_cpu_does_not_build(fresh_kernel, monkeypatch):
-    monkeypatch.setattr(kernels.platform, "machine", lambda: "arm64")
-    assert kernels.nll_status() == "off (arm64: the kernel is for x86-64 CPUs with AVX-512)"
-
-
-@needs_kernel
-def test_the_library_is_built_once_into_the_cache(fresh_kernel):
-    assert kernels.nll_status() == "on"
-    (built,) = (fresh_kernel / "kernels").glob("nll-*.so")
-    stamp = built.stat().st_mtime_ns
-    kernels.nll_library.cache_clear()
-    assert kernels.nll_status() == "on"
-    assert built.stat().st_mtime_ns == stamp

@@ -1,0 +1,111 @@
+"""The linear layers above Δ's layer, for a few rows, through a CPU kernel where it applies.
+
+In a fit step every block from Δ's layer on runs on a handful of rows, one per training pair
+and scored position (the suffix against the prefix cache, :mod:`headsteer.fitting.from_layer`).
+Each ``nn.Linear`` there multiplies those rows with a frozen weight W ``[out, in]``::
+
+    forward   y  = x Wᵀ + b
+    backward  ∂L/∂x = (∂L/∂y) W        (no gradient for W or b: the model is frozen)
+
+Stock GEMMs run such skinny products well below the speed at which the CPU reads W, the
+forward's layout slowest of all; ``headsteer/kernels/linear.c`` reads W once per product,
+streaming and prefetching, each thread on its own share of W's rows.
+
+:func:`skinny_linears` routes the ``nn.Linear`` layers inside some modules through it for the
+duration of a ``with`` block, each call where it applies: CPU, fp32 input, weight and bias,
+a contiguous weight that needs no gradient, at most ``linear_max_rows`` (32) rows, and
+:mod:`headsteer.kernels` loaded; any other call runs ``F.linear`` as before. Only plain
+``nn.Linear`` modules whose ``forward`` nobody else replaced are touched, and each is given
+back its own ``forward`` on leaving, whatever happens. The results equal ``F.linear``'s up to
+fp32 summation order (``tests/fitting/test_linear_kernel.py``).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float
+from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
+
+from headsteer.kernels import Kernels, library
+
+
+class _SkinnyLinear(torch.autograd.Function):
+    """y = x Wᵀ + b and ∂L/∂x = (∂L/∂y) W by the kernel; x ``[rows, in]``, W ``[out, in]`` contiguous fp32."""
+
+    @staticmethod
+    def forward(
+        ctx, x: Float[Tensor, "rows d_in"], weight: Tensor, bias: Tensor | None, kernels: Kernels
+    ) -> Float[Tensor, "rows d_out"]:
+        rows, width = x.shape
+        y = x.new_empty(rows, weight.shape[0])
+        bias_ptr = None if bias is None else bias.data_ptr()
+        shares = torch.get_num_threads()
+        kernels.linear(x.data_ptr(), weight.data_ptr(), bias_ptr, y.data_ptr(), rows, width, weight.shape[0], shares)
+        ctx.save_for_backward(weight)
+        ctx.kernels = kernels
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: Float[Tensor, "rows d_out"]):
+        (weight,) = ctx.saved_tensors
+        grad_y = grad_y.float().contiguous()
+        rows, width = grad_y.shape[0], weight.shape[1]
+        shares = torch.get_num_threads()
+        grad_x = grad_y.new_empty(rows, width)
+        scratch = grad_y.new_empty(max(shares - 1, 1), rows, width)  # the other threads' partial sums
+        args = (grad_y.data_ptr(), weight.data_ptr(), grad_x.data_ptr(), rows, weight.shape[0], width, shares)
+        ctx.kernels.linear_input_grad(*args, scratch.data_ptr())
+        return grad_x, None, None, None
+
+
+def _applies(x: Tensor, weight: Tensor, bias: Tensor | None, kernels: Kernels) -> bool:
+    fp32_cpu = [t for t in (x, weight, bias) if t is not None]
+    return (
+        all(t.dtype == torch.float32 and t.device.type == "cpu" for t in fp32_cpu)
+        and not weight.requires_grad
+        and (bias is None or not bias.requires_grad)
+        and weight.is_contiguous()
+        and weight.ndim == 2
+        and x.shape[-1] == weight.shape[1]
+        and 0 < x.numel() // weight.shape[1] <= kernels.linear_max_rows
+    )
+
+
+def _forward(module: nn.Linear, kernels: Kernels, x: Tensor) -> Tensor:
+    """``module``'s forward: the kernel where it applies, else ``F.linear``."""
+    weight, bias = module.weight, module.bias
+    if not _applies(x, weight, bias, kernels):
+        return F.linear(x, weight, bias)
+    flat = x.reshape(-1, weight.shape[1]).contiguous()
+    y = _SkinnyLinear.apply(flat, weight, None if bias is None else bias.contiguous(), kernels)
+    return y.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def plain_linears(modules: Iterable[nn.Module]) -> tuple[nn.Linear, ...]:
+    """The ``nn.Linear`` layers inside ``modules``: exactly that class (a subclass may compute something else)."""
+    found = {id(m): m for root in modules for m in root.modules() if type(m) is nn.Linear}
+    return tuple(found.values())
+
+
+@contextmanager
+def skinny_linears(linears: Iterable[nn.Linear]) -> Iterator[None]:
+    """Within the block, ``linears`` (see :func:`plain_linears`) use the kernel where it applies."""
+    kernels = library()
+    if isinstance(kernels, str):
+        yield
+        return
+    patched = [m for m in linears if "forward" not in vars(m)]  # none whose forward was replaced (accelerate's hooks)
+    try:
+        for module in patched:
+            module.forward = functools.partial(_forward, module, kernels)  # type: ignore[method-assign]
+        yield
+    finally:
+        for module in patched:
+            vars(module).pop("forward", None)

@@ -1,0 +1,112 @@
+"""The linear layers' CPU kernel: F.linear's values and input gradients, only where it applies, layers given back."""
+
+import pytest
+import torch
+from torch import nn
+
+from headsteer import kernels
+from headsteer.fitting import linear_kernel
+from headsteer.fitting.linear_kernel import plain_linears, skinny_linears
+
+needs_kernels = pytest.mark.skipif(kernels.status() != "on", reason=f"kernels {kernels.status()}")
+
+
+def _frozen(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module
+
+
+def _value_and_grad(layer: nn.Module, x: torch.Tensor, kernel: bool):
+    x = x.clone().requires_grad_(True)
+    with skinny_linears(plain_linears([layer]) if kernel else ()):
+        y = layer(x)
+    upstream = torch.randn(y.shape, generator=torch.Generator().manual_seed(7))
+    (grad,) = torch.autograd.grad((y * upstream).sum(), x)
+    return y.detach(), grad
+
+
+@needs_kernels
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize(
+    ("shape", "d_in", "d_out"),
+    [((1,), 64, 256), ((3,), 37, 63), ((10, 1), 640, 1024), ((2, 3, 2), 130, 129), ((32,), 48, 700), ((4,), 16, 1)],
+    ids=["one row", "short tails", "ten rows", "three leading dims", "most rows", "one output"],
+)
+def test_the_kernel_gives_f_linears_values_and_input_gradient(shape, d_in, d_out, bias, threads, monkeypatch):
+    """Every tail (rows past a tile, columns past a vector, outputs past a block or a thread's share) agrees."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    torch.manual_seed(d_in * d_out)
+    layer = _frozen(nn.Linear(d_in, d_out, bias=bias))
+    x = torch.randn(*shape, d_in)
+    calls = []
+    original = linear_kernel._SkinnyLinear.apply
+    monkeypatch.setattr(linear_kernel._SkinnyLinear, "apply", lambda *a: calls.append(1) or original(*a))
+    got = _value_and_grad(layer, x, kernel=True)
+    assert calls, "the kernel was not used"
+    want = _value_and_grad(layer, x, kernel=False)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=2e-5, atol=2e-5)
+
+
+class _Scaled(nn.Linear):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    "case",
+    [
+        "too many rows",
+        "fp64",
+        "a weight that needs a gradient",
+        "a transposed weight",
+        "a subclass",
+        "a replaced forward",
+    ],
+)
+def test_the_kernel_steps_aside_where_it_does_not_apply(case, monkeypatch):
+    """F.linear runs (the same values as without the context) wherever the kernel would not be exact or asked."""
+    layer, x = _frozen(nn.Linear(16, 24)), torch.randn(4, 16)
+    if case == "too many rows":
+        x = torch.randn(kernels.library().linear_max_rows + 1, 16)
+    elif case == "fp64":
+        layer, x = layer.double(), x.double()
+    elif case == "a weight that needs a gradient":  # LoRA-style training of the layer itself
+        layer.weight.requires_grad_(True)
+    elif case == "a transposed weight":
+        layer.weight = nn.Parameter(torch.randn(16, 24).T, requires_grad=False)
+    elif case == "a subclass":
+        layer = _frozen(_Scaled(16, 24))
+    else:
+        layer.forward = lambda x: nn.functional.linear(x, layer.weight, layer.bias) + 1  # e.g. accelerate's hooks
+    monkeypatch.setattr(linear_kernel._SkinnyLinear, "apply", lambda *a: pytest.fail("the kernel ran"))
+    want = layer(x)
+    with skinny_linears(plain_linears([layer])):
+        got = layer(x)
+    torch.testing.assert_close(got, want)
+
+
+def test_plain_linears_finds_each_plain_linear_once():
+    shared = nn.Linear(3, 3)
+    model = nn.Sequential(shared, nn.ReLU(), nn.Sequential(shared, _Scaled(3, 3), nn.Linear(3, 2)))
+    found = plain_linears([model, model[2]])
+    assert [id(m) for m in found] == [id(shared), id(model[2][2])]
+
+
+@needs_kernels
+def test_each_layer_gets_its_own_forward_back_even_after_an_error():
+    model = _frozen(nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8)))
+    with pytest.raises(RuntimeError, match="inside"), skinny_linears(plain_linears([model])):
+        assert all("forward" in vars(m) for m in model), "the kernel was not put in place"
+        raise RuntimeError("inside")
+    assert not any("forward" in vars(m) for m in model)
+
+
+def test_switched_off_nothing_is_touched(monkeypatch):
+    monkeypatch.setattr(linear_kernel, "library", lambda: "off (switched off)")
+    layer = nn.Linear(8, 8)
+    with skinny_linears(plain_linears([layer])):
+        assert "forward" not in vars(layer)
