@@ -1,6 +1,6 @@
 """Where one prefix-cached fit step's time goes, and how fast this machine reads and multiplies the unembedding.
 
-    python benchmarks/profile_step.py [--layer 4] [--rows 10 180] [--profile]
+    python benchmarks/profile_step.py [--layer 4] [--rows 10 180] [--linears] [--profile]
 
 On Gemma 3 270M (fp32, antonym, the first 10 training pairs of seed 0, frozen weights) it times, in ms:
 
@@ -17,6 +17,9 @@ On Gemma 3 270M (fp32, antonym, the first 10 training pairs of seed 0, frozen we
 * with ``--kernels``, the other ways stock torch kernels can compute the NLL's two products for 10
   rows (:func:`kernels`): how close to the floor of one read of W the fp32 step can get;
 * the share of the suffix's forward and backward spent in matrix products (torch's profiler);
+* with ``--linears``, each shape of linear layer in blocks ``--layer``.. on 10 rows: forward, and forward with
+  the input gradient, through the kernel of :mod:`headsteer.fitting.linear_kernel` and through torch, per layer,
+  against one read of its weight;
 * with ``--profile``, torch's operator table over three steps.
 
 Run it alone on a quiet machine: another process on the same cores changes every number.
@@ -154,8 +157,42 @@ def kernels(weight: torch.Tensor, rows: int = 10, chunk: int = 4096) -> dict[str
     return timings
 
 
+def linear_layers(model, layer: int, rows: int = 10) -> dict[str, dict[str, float]]:
+    """Per (out, in) shape of the linear layers in blocks ``layer``..: ms per layer, kernel and torch, each cycling
+    through every layer of that shape (their weights, not one cached copy)."""
+    from headsteer.fitting.linear_kernel import plain_linears
+
+    shapes: dict[tuple[int, int], list[torch.nn.Linear]] = {}
+    for linear in plain_linears(model.blocks[b] for b in range(layer, model.cfg.n_layers)):
+        shapes.setdefault((linear.out_features, linear.in_features), []).append(linear)
+    return {f"{o}x{i} ({len(layers)} layers)": linear_shape(layers, rows) for (o, i), layers in shapes.items()}
+
+
+def linear_shape(layers: list[torch.nn.Linear], rows: int) -> dict[str, float]:
+    """ms per layer of ``layers`` (one shape) on ``rows`` random rows, kernel and torch, against one read of W."""
+    from headsteer.fitting.linear_kernel import skinny_linears
+
+    x = torch.randn(rows, layers[0].in_features, requires_grad=True)
+    g = torch.randn(rows, layers[0].out_features)
+
+    def run(kernel: bool, backward: bool) -> None:
+        with skinny_linears(layers if kernel else ()), torch.set_grad_enabled(backward):
+            for linear in layers:
+                y = linear(x)
+                if backward:
+                    torch.autograd.grad(y, x, g)
+
+    timings = {
+        f"{what} {how}": milliseconds(lambda k=kernel, b=backward: run(k, b), 3) / len(layers)
+        for what, backward in (("forward", False), ("forward + input gradient", True))
+        for how, kernel in (("kernel", True), ("torch", False))
+    }
+    timings["one read of W"] = milliseconds(lambda: [m.weight.sum() for m in layers], 3) / len(layers)
+    return timings
+
+
 def matrix_share(fn: Callable[[], object]) -> tuple[float, float]:
-    """(ms per call of ``fn``, ms of it in matrix products), from torch's profiler over three calls."""
+    """(ms per call of ``fn``, ms of it in matrix products, the linear kernel's included), from torch's profiler."""
     from torch.profiler import ProfilerActivity, profile
 
     fn()
@@ -164,7 +201,8 @@ def matrix_share(fn: Callable[[], object]) -> tuple[float, float]:
             fn()
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events) / 3000
-    products = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::bmm", "aten::addmm")) / 3000
+    kinds = ("aten::mm", "aten::bmm", "aten::addmm", "_SkinnyLinear", "_SkinnyLinearBackward")  # the last: the kernel
+    products = sum(e.self_cpu_time_total for e in events if e.key in kinds) / 3000
     return total, products
 
 
@@ -174,6 +212,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[10, 180], help="hidden-state rows for the products")
     parser.add_argument("--chunks", type=int, nargs="*", default=[], help="also time the streamed NLL at these chunks")
     parser.add_argument("--kernels", action="store_true", help="also time other stock kernels for the NLL")
+    parser.add_argument("--linears", action="store_true", help="also time each linear shape, kernel and torch")
     parser.add_argument("--profile", action="store_true", help="also print torch's operator table")
     args = parser.parse_args()
 
@@ -236,6 +275,9 @@ def main() -> None:
         print(f"streamed NLL, chunk {chunk}: " + "; ".join(f"{rows} rows {ms:.1f}" for rows, ms in timings.items()))
     if args.kernels:
         print("the NLL for 10 rows, other kernels: " + "; ".join(f"{k} {v:.1f}" for k, v in kernels(weight).items()))
+    if args.linears:
+        for shape, timings in linear_layers(model, args.layer).items():
+            print(f"linear {shape}, ms per layer: " + "; ".join(f"{k} {v:.3f}" for k, v in timings.items()))
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 

@@ -22,8 +22,7 @@ fp32 summation order (``tests/fitting/test_linear_kernel.py``).
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -65,27 +64,32 @@ class _SkinnyLinear(torch.autograd.Function):
         return grad_x, None, None, None
 
 
-def _applies(x: Tensor, weight: Tensor, bias: Tensor | None, kernels: Kernels) -> bool:
-    fp32_cpu = [t for t in (x, weight, bias) if t is not None]
-    return (
-        all(t.dtype == torch.float32 and t.device.type == "cpu" for t in fp32_cpu)
-        and not weight.requires_grad
-        and (bias is None or not bias.requires_grad)
-        and weight.is_contiguous()
-        and weight.ndim == 2
-        and x.shape[-1] == weight.shape[1]
-        and 0 < x.numel() // weight.shape[1] <= kernels.linear_max_rows
+# Below this many weight elements torch's GEMM is as fast (the kernel's fixed cost per call, about 20 µs, is
+# not repaid): measured with ``python benchmarks/profile_step.py --linears`` on Gemma 3 270M's layers.
+MIN_WEIGHT_ELEMENTS = 2**18
+
+
+def _weight_fits(weight: Tensor, bias: Tensor | None) -> bool:
+    """A large, frozen, contiguous fp32 CPU weight (and bias): what the kernel takes, checked once per ``with``."""
+    return weight.numel() >= MIN_WEIGHT_ELEMENTS and all(
+        t.dtype == torch.float32 and t.device.type == "cpu" and not t.requires_grad and t.is_contiguous()
+        for t in (weight, bias)
+        if t is not None
     )
 
 
-def _forward(module: nn.Linear, kernels: Kernels, x: Tensor) -> Tensor:
-    """``module``'s forward: the kernel where it applies, else ``F.linear``."""
-    weight, bias = module.weight, module.bias
-    if not _applies(x, weight, bias, kernels):
-        return F.linear(x, weight, bias)
-    flat = x.reshape(-1, weight.shape[1]).contiguous()
-    y = _SkinnyLinear.apply(flat, weight, None if bias is None else bias.contiguous(), kernels)
-    return y.reshape(*x.shape[:-1], weight.shape[0])
+def _kernel_forward(weight: Tensor, bias: Tensor | None, kernels: Kernels) -> Callable[[Tensor], Tensor]:
+    """A forward for the layer of ``weight`` and ``bias``: the kernel for inputs it takes, else ``F.linear``."""
+    d_out, d_in = weight.shape
+
+    def forward(x: Tensor) -> Tensor:
+        rows = x.numel() // d_in
+        if x.dtype != torch.float32 or x.device.type != "cpu" or x.shape[-1] != d_in or rows > kernels.linear_max_rows:
+            return F.linear(x, weight, bias)
+        y = _SkinnyLinear.apply(x.reshape(rows, d_in).contiguous(), weight, bias, kernels)
+        return y.reshape(*x.shape[:-1], d_out)
+
+    return forward
 
 
 def plain_linears(modules: Iterable[nn.Module]) -> tuple[nn.Linear, ...]:
@@ -101,10 +105,11 @@ def skinny_linears(linears: Iterable[nn.Linear]) -> Iterator[None]:
     if isinstance(kernels, str):
         yield
         return
-    patched = [m for m in linears if "forward" not in vars(m)]  # none whose forward was replaced (accelerate's hooks)
+    # Not a layer whose forward was replaced already (accelerate's hooks), nor one the kernel cannot take.
+    patched = [m for m in linears if "forward" not in vars(m) and _weight_fits(m.weight, m.bias)]
     try:
         for module in patched:
-            module.forward = functools.partial(_forward, module, kernels)  # type: ignore[method-assign]
+            module.forward = _kernel_forward(module.weight, module.bias, kernels)  # type: ignore[method-assign,assignment]
         yield
     finally:
         for module in patched:

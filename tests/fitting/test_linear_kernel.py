@@ -6,9 +6,16 @@ from torch import nn
 
 from headsteer import kernels
 from headsteer.fitting import linear_kernel
+from headsteer.fitting.forward import PrefixCachedForward
 from headsteer.fitting.linear_kernel import plain_linears, skinny_linears
 
 needs_kernels = pytest.mark.skipif(kernels.status() != "on", reason=f"kernels {kernels.status()}")
+
+
+@pytest.fixture(autouse=True)
+def small_layers_too(monkeypatch):
+    """The kernel for every layer size here, so that small layers test its tails (the fitter skips tiny ones)."""
+    monkeypatch.setattr(linear_kernel, "MIN_WEIGHT_ELEMENTS", 1)
 
 
 def _frozen(module: nn.Module) -> nn.Module:
@@ -65,6 +72,7 @@ class _Scaled(nn.Linear):
         "a transposed weight",
         "a subclass",
         "a replaced forward",
+        "a small weight",
     ],
 )
 def test_the_kernel_steps_aside_where_it_does_not_apply(case, monkeypatch):
@@ -80,8 +88,10 @@ def test_the_kernel_steps_aside_where_it_does_not_apply(case, monkeypatch):
         layer.weight = nn.Parameter(torch.randn(16, 24).T, requires_grad=False)
     elif case == "a subclass":
         layer = _frozen(_Scaled(16, 24))
-    else:
+    elif case == "a replaced forward":
         layer.forward = lambda x: nn.functional.linear(x, layer.weight, layer.bias) + 1  # e.g. accelerate's hooks
+    else:  # torch's GEMM is as fast below the threshold
+        monkeypatch.setattr(linear_kernel, "MIN_WEIGHT_ELEMENTS", layer.weight.numel() + 1)
     monkeypatch.setattr(linear_kernel._SkinnyLinear, "apply", lambda *a: pytest.fail("the kernel ran"))
     want = layer(x)
     with skinny_linears(plain_linears([layer])):
@@ -110,3 +120,24 @@ def test_switched_off_nothing_is_touched(monkeypatch):
     layer = nn.Linear(8, 8)
     with skinny_linears(plain_linears([layer])):
         assert "forward" not in vars(layer)
+
+
+@needs_kernels
+@pytest.mark.parametrize("loss", ["first_token", "sequence"])
+def test_the_fitters_suffix_gives_the_same_values_and_gradients_with_the_kernel(any_model, loss, monkeypatch, request):
+    """Rows from their own layer (every layer, in no order), as a fit step runs them: kernel on and off agree."""
+    from tests.fitting.test_from_layer import loss_and_grad, per_row_layers
+
+    layers = per_row_layers(any_model)
+    for p in any_model.parameters():  # as in a fit (and the module's own copy of the model: nothing else sees it)
+        monkeypatch.setattr(p, "requires_grad", False)
+    calls = []
+    original = linear_kernel._SkinnyLinear.apply
+    monkeypatch.setattr(linear_kernel._SkinnyLinear, "apply", lambda *a: calls.append(1) or original(*a))
+    got = loss_and_grad(any_model, PrefixCachedForward(), layers, loss)
+    # HookedTransformer's projections are its own parameters, and GPT-2's bridge runs its fused Conv1D.
+    assert bool(calls) == (request.node.callspec.params["any_model"] in (("bridge", "gemma3"), ("bridge", "llama")))
+    monkeypatch.setattr(linear_kernel, "library", lambda: "off (switched off)")
+    want = loss_and_grad(any_model, PrefixCachedForward(), layers, loss)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
