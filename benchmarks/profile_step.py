@@ -185,7 +185,7 @@ def linear_shape(layers: list[torch.nn.Linear], rows: int) -> dict[str, float]:
     timings = {
         f"{what} {how}": milliseconds(lambda k=kernel, b=backward: run(k, b), 3) / len(layers)
         for what, backward in (("forward", False), ("forward + input gradient", True))
-        for how, kernel in (("kernel", True), ("torch", False))
+        for how, kernel in (("fitter's", True), ("torch", False))
     }
     timings["one read of W"] = milliseconds(lambda: [m.weight.sum() for m in layers], 3) / len(layers)
     return timings

@@ -21,7 +21,7 @@
 
 #define BLOCK 64 /* W rows per block, and the unit in which W is split between threads */
 #define HS_LINEAR_MAX_ROWS 32 /* rows per call: past that stock GEMMs are as fast */
-#define AHEAD 4               /* the forward prefetches the W rows this far ahead (4 measured best of 4, 8, 16) */
+#define AHEAD 4               /* how many W rows ahead the forward prefetches */
 
 int headsteer_linear_max_rows(void) { return HS_LINEAR_MAX_ROWS; }
 
