@@ -2,6 +2,7 @@
 
 import importlib.util
 
+import pytest
 import torch
 
 import headsteer as hs
@@ -28,3 +29,18 @@ def test_the_hand_written_loop_fits_the_same_delta_as_headsteer(gemma_tiny, monk
     ours = hs.fit(gemma_tiny, train, qa, config, progress=False).intervention.delta
     torch.testing.assert_close(fitted[0].detach().view_as(ours), ours, rtol=1e-4, atol=1e-5)
     assert ours.abs().max() > 0.1, "Δ moved"
+
+
+def test_the_bf16_benchmark_recomputes_a_fits_own_training_loss(gemma_tiny):
+    """Its fp32 training loss of a fitted Δ is the loss the fit itself recorded for that Δ (its history's last row)."""
+    spec = importlib.util.spec_from_file_location("bf16_unembedding", REPO / "benchmarks" / "bf16_unembedding.py")
+    assert spec and spec.loader
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    train, _ = hs.split_task(hs.load_task("builtin/antonym"), n_train=10, seed=0)
+    qa, config = hs.get_template("qa"), hs.FitConfig(layer=1, steps=5)
+    result = hs.fit(gemma_tiny, train, qa, config, progress=False)
+    recomputed = bench.fp32_loss(gemma_tiny, train, qa, config, result.intervention.delta)
+    recorded = float(result.history["task_loss"].iloc[-1])
+    assert recorded > 0.1
+    assert recomputed == pytest.approx(recorded, rel=1e-5)

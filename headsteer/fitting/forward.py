@@ -101,9 +101,11 @@ class PrefixCachedForward:
     from its own layer (:mod:`~headsteer.fitting.from_layer`); off, or where that
     plan does not reproduce the model's forward, every block runs.
     ``bf16_unembedding`` (off by default): the NLL reads a bf16 copy of the
-    unembedding, made once per model, with bf16 products
-    (:attr:`~headsteer.fitting.unembed.FinalHidden.low_precision`): faster where
-    the hardware has bf16 arithmetic, not exact.
+    unembedding, made once per model
+    (:attr:`~headsteer.fitting.unembed.FinalHidden.low_precision`: the CPU kernel widens
+    it to fp32 as it reads it, the torch loop multiplies in bf16): half the memory
+    traffic, not exact (its measured effect on loss, Δ and held-out accuracy:
+    ``benchmarks/bf16_unembedding.py``, RESEARCH.md).
     """
 
     def __init__(self, bf16_unembedding: bool = False, from_layer: bool = True) -> None:
