@@ -13,8 +13,9 @@ streaming and prefetching, each thread on its own share of W's rows.
 
 :func:`skinny_linears` routes the ``nn.Linear`` layers inside some modules through it for the
 duration of a ``with`` block, each call where it applies: CPU, fp32 input, weight and bias,
-a contiguous weight that needs no gradient, at most ``linear_max_rows`` (32) rows, and
-:mod:`headsteer.kernels` loaded; any other call runs ``F.linear`` as before. Only plain
+a contiguous weight that needs no gradient with at least ``MIN_WEIGHT_ELEMENTS`` (2^18) elements,
+at most ``linear_max_rows`` (32) rows, and :mod:`headsteer.kernels` loaded; any other call runs
+``F.linear`` as before. Only plain
 ``nn.Linear`` modules whose ``forward`` nobody else replaced are touched, and each is given
 back its own ``forward`` on leaving, whatever happens. The results equal ``F.linear``'s up to
 fp32 summation order (``tests/fitting/test_linear_kernel.py``).
@@ -64,8 +65,8 @@ class _SkinnyLinear(torch.autograd.Function):
         return grad_x, None, None, None
 
 
-# Below this many weight elements torch's GEMM is as fast (the kernel's fixed cost per call, about 20 µs, is
-# not repaid): measured with ``python benchmarks/profile_step.py --linears`` on Gemma 3 270M's layers.
+# Below this many weight elements torch's GEMM is as fast (the kernel's fixed cost per call is not repaid):
+# measured with ``python benchmarks/profile_step.py --linears`` on Gemma 3 270M's layers (its k and v, 640 × 256).
 MIN_WEIGHT_ELEMENTS = 2**18
 
 

@@ -94,6 +94,8 @@ AVX512 void headsteer_linear(const float *x, const float *W, const float *bias, 
 /* dx [M, K] = g [M, N] W, W as in headsteer_linear; scratch holds (shares - 1) x M x K floats. */
 AVX512 void headsteer_linear_input_grad(const float *g, const float *W, float *dx, int M, long N, int K, int shares,
                                         float *scratch) {
+    long blocks = (N + BLOCK - 1) / BLOCK;
+    if (shares > blocks) shares = blocks > 0 ? (int)blocks : 1; /* no share without a block: each costs a sum */
 #pragma omp parallel num_threads(shares)
     for (int t = omp_get_thread_num(); t < shares; t += omp_get_num_threads()) {
         long r0, r1;
