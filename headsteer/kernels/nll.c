@@ -71,14 +71,16 @@ INLINE AVX512 void softmax_block(float *logits, int R, int nb, float *m, float *
     }
 }
 
-/* logits[r][j] = h_r . W_{v+j} + b_{v+j} for the block's nb vocabulary rows. */
+/* logits[r][j] = h_r . W_{v+j} + b_{v+j} for the block's nb vocabulary rows, prefetching the block from `next`
+   (-1: none) meanwhile (here rather than in block_sum: W streams in while the logits are computed). */
 INLINE AVX512 void block_logits(const float *h, const void *W, long v, const float *bias, int R, int D, int nb,
-                                float *logits, int bf16) {
+                                float *logits, long next, int bf16) {
     for (int r0 = 0; r0 < R; r0 += TILE_ROWS) {
         int rr = R - r0 < TILE_ROWS ? R - r0 : TILE_ROWS;
         for (int j0 = 0; j0 < nb; j0 += DOT_COLS) {
             int jj = nb - j0 < DOT_COLS ? nb - j0 : DOT_COLS;
-#define DOT(RR) DOT_TILE(h + (long)r0 * D, W, v + j0, D, RR, jj, logits + r0 * BLOCK + j0, BLOCK, -1, bf16)
+            long ahead = r0 == 0 && next >= 0 ? next + j0 : -1; /* the same rows of the next block */
+#define DOT(RR) DOT_TILE(h + (long)r0 * D, W, v + j0, D, RR, jj, logits + r0 * BLOCK + j0, BLOCK, ahead, bf16)
             EACH_ROW_COUNT(rr, DOT)
 #undef DOT
         }
@@ -88,14 +90,13 @@ INLINE AVX512 void block_logits(const float *h, const void *W, long v, const flo
             for (int j = 0; j < nb; j++) logits[r * BLOCK + j] += bias[v + j];
 }
 
-/* s_r <- scale_r s_r + sum_j p_rj W_{v+j}, prefetching the block from `next` (-1: none). */
+/* s_r <- scale_r s_r + sum_j p_rj W_{v+j} (the block is in L2 from block_logits). */
 INLINE AVX512 void block_sum(const float *p, const void *W, long v, int R, int D, int nb, const float *scale, float *s,
-                             long next, int bf16) {
+                             int bf16) {
     for (int r0 = 0; r0 < R; r0 += TILE_ROWS) {
         int rr = R - r0 < TILE_ROWS ? R - r0 : TILE_ROWS;
-        long nx = r0 == 0 ? next : -1;
         for (int k = 0; k < D; k += 32) {
-#define SUM(RR) sum_tile(p + r0 * BLOCK, BLOCK, W, v, D, nb, k, RR, scale + r0, s + (long)r0 * D, nx, bf16)
+#define SUM(RR) sum_tile(p + r0 * BLOCK, BLOCK, W, v, D, nb, k, RR, scale + r0, s + (long)r0 * D, -1, bf16)
             EACH_ROW_COUNT(rr, SUM)
 #undef SUM
         }
@@ -107,9 +108,9 @@ INLINE AVX512 void nll_range(const float *h, const void *W, const float *bias, i
     float logits[HS_NLL_MAX_ROWS * BLOCK], scale[HS_NLL_MAX_ROWS];
     for (long v = v0; v < v1; v += BLOCK) {
         int nb = v1 - v < BLOCK ? (int)(v1 - v) : BLOCK;
-        block_logits(h, W, v, bias, R, D, nb, logits, bf16);
+        block_logits(h, W, v, bias, R, D, nb, logits, v + 2 * BLOCK <= v1 ? v + BLOCK : -1, bf16);
         softmax_block(logits, R, nb, m, z, scale);
-        block_sum(logits, W, v, R, D, nb, scale, s, v + 2 * BLOCK <= v1 ? v + BLOCK : -1, bf16);
+        block_sum(logits, W, v, R, D, nb, scale, s, bf16);
     }
 }
 
