@@ -168,10 +168,8 @@ def run_suffix(
     at_first = torch.zeros(len(prefix.suffix_ids), dtype=torch.long)
     hooks = [] if layer is None or delta is None else delta_hooks(layer, delta, AtIndex(at_first, prompt_len=1))
     kind = model_kind(model)
-    with (
-        added_hooks(model, hooks),
-        skinny_linears(plain_linears(model.blocks)),
-    ):  # a few rows: the linear layers' CPU kernel
+    # Every block runs on a few rows: its linear layers through the CPU kernel where it applies.
+    with added_hooks(model, hooks), skinny_linears(plain_linears(model.blocks)):
         hidden = kind.final_hidden(model, prefix.cache, prefix.suffix_ids, prefix.suffix_mask, keep=False)
     return FinalHidden(hidden, *kind.unembedding(model))
 
