@@ -66,8 +66,8 @@ INLINE AVX512 void dot_tile(const float *x, const void *W, long row, int d, int 
         __mmask16 mask = lanes(d - k);
         __m512 w[DOT_COLS];
         for (int b = 0; b < JJ; b++) w[b] = load_w(W, (row + b) * d + k, mask, bf16);
-        if (ahead >= 0 && k % (bf16 ? 32 : 16) == 0) /* one cache line per row per 64 bytes of W */
-            for (int b = 0; b < DOT_COLS; b++) _mm_prefetch((const char *)W + ((ahead + b) * d + k) * (bf16 ? 2 : 4), _MM_HINT_T0);
+        if (ahead >= 0 && k % 32 == 0) /* prefetch_w takes 32 elements at a time */
+            for (int b = 0; b < DOT_COLS; b++) prefetch_w(W, (ahead + b) * d + k, bf16);
         for (int a = 0; a < RR; a++) {
             __m512 xa = _mm512_maskz_loadu_ps(mask, x + (long)a * d + k);
             for (int b = 0; b < JJ; b++) acc[a][b] = _mm512_fmadd_ps(xa, w[b], acc[a][b]);
