@@ -6,7 +6,8 @@ On Gemma 3 270M (fp32, antonym, the first 10 training pairs of seed 0, frozen we
 
 * the whole step (suffix forward with Δ at ``--layer``, streamed first-token NLL, backward to Δ),
   with the fp32 unembedding and with the optional bf16 one, every block run; and as the fitter runs
-  it, from Δ's layer on (:mod:`headsteer.fitting.from_layer`);
+  it, from Δ's layer on (:mod:`headsteer.fitting.from_layer`), with the bridge's hook-free components
+  stepped around (:mod:`headsteer.fitting.bare_bridge`) and with every component;
 * the suffix alone (forward without gradient; forward and backward);
 * the streamed NLL alone (:mod:`headsteer.fitting.unembed`) in fp32 and bf16, as the fitter runs it (the
   fused kernel of :mod:`headsteer.fitting.nll_kernel` where it applies) and as the torch loop;
@@ -30,11 +31,12 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable
+from unittest import mock
 
 import torch
 
 import headsteer as hs
-from headsteer.fitting import unembed
+from headsteer.fitting import from_layer, unembed
 from headsteer.fitting.forward import PrefixCachedForward, build_prefix, run_suffix
 from headsteer.fitting.unembed import FinalHidden, _StreamedNLL
 from headsteer.kernels import status as kernel_status
@@ -235,9 +237,12 @@ def main() -> None:
         scored.token_nll(first).mean().backward()
 
     fitter = PrefixCachedForward()  # its plan is made on the first call (a warm-up call of milliseconds)
+    wrapped = PrefixCachedForward()
+    with mock.patch.object(from_layer, "bridge_slots", lambda blocks: ()):  # its plan: no component stepped around
+        wrapped(model, layer, tokens, delta, 1)
 
-    def fitter_step() -> None:
-        fitter(model, layer, tokens, delta, 1).token_nll(first).mean().backward()
+    def fitter_step(forward: PrefixCachedForward = fitter) -> None:
+        forward(model, layer, tokens, delta, 1).token_nll(first).mean().backward()
 
     def fitter_suffix() -> None:
         fitter(model, layer, tokens, delta, 1).hidden.sum().backward()
@@ -251,7 +256,8 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; Gemma 3 270M fp32, layer {args.layer}")
     print(f"step: fp32 unembedding {milliseconds(step):.1f}; bf16 unembedding {milliseconds(lambda: step(True)):.1f}")
-    print(f"step as the fitter runs it, blocks {args.layer}.. only: {milliseconds(fitter_step):.1f}")
+    print(f"step as the fitter runs it, blocks {args.layer}.. only: {milliseconds(fitter_step):.1f}", end="")
+    print(f"; with every bridge component: {milliseconds(lambda: fitter_step(wrapped)):.1f}")
     print(f"suffix: forward {milliseconds(suffix_forward):.1f}; forward + backward {milliseconds(suffix_backward):.1f}")
     total, in_products = matrix_share(fitter_suffix)
     print(f"suffix as the fitter runs it, forward + backward: {total:.1f} (profiled); in products {in_products:.1f}")

@@ -14,7 +14,9 @@ Each block is called as the model's own forward called it in that first run
 its rows): nothing here knows an architecture. The plan is checked once: run
 without Δ, it must give that first run's final hidden states (up to summation
 order), or it is not used and the caller runs every block (:func:`plan`
-returns None, with a warning).
+returns None, with a warning). On a TransformerBridge, the blocks' components that carry no
+hook are stepped around (:mod:`headsteer.fitting.bare_bridge`): the plan is checked with them
+stepped around first and, where that does not reproduce the forward, with every component.
 
 In a fit this is the same values and gradients as running every block; the work
 saved is the forward below ℓ (and, for a batch of fits at many layers, the
@@ -31,6 +33,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from headsteer.backends import KVCache, model_kind
+from headsteer.fitting.bare_bridge import Slot, bare_components, bridge_slots
 from headsteer.fitting.linear_kernel import plain_linears, skinny_linears
 from headsteer.hooks import AtIndex, Hook, added_hooks, delta_hooks
 
@@ -49,6 +52,7 @@ class FromLayer:
     joins: dict[int, tuple[int, Float[Tensor, "join n_scored d_model"]]]
     calls: dict[int, tuple[tuple, dict]]  # block b -> its other arguments, narrowed to its rows
     linears: tuple[nn.Linear, ...]  # the linear layers of the blocks that run, found once
+    bare: tuple[Slot, ...]  # a bridge's components in those blocks, stepped around where hook-free (may be none)
 
     def hidden(
         self, model, delta: Float[Tensor, "rows n_heads d_head"] | None
@@ -64,8 +68,14 @@ class FromLayer:
                 padded = torch.cat([delta.new_zeros(start, *delta.shape[1:]), delta[start:rows]])
                 hooks += delta_hooks(block, padded, AtIndex(torch.zeros(rows, dtype=torch.long), prompt_len=1))
         residual: Tensor | None = None
-        # Each block runs on a few rows: its linear layers through the CPU kernel where it applies.
-        with added_hooks(model, hooks), kind.narrowed(self.cache, self.rows_at), skinny_linears(self.linears):
+        # Each block runs on a few rows: its linear layers through the CPU kernel where it applies, and a bridge's
+        # components without hooks (all but Δ's attention, as a rule) out of the way. Δ's hooks first: they count.
+        with (
+            added_hooks(model, hooks),
+            kind.narrowed(self.cache, self.rows_at),
+            skinny_linears(self.linears),
+            bare_components(self.bare),
+        ):
             for block in range(min(self.joins), len(self.rows_at)):
                 if block in self.joins:
                     join = self.joins[block][1]
@@ -123,14 +133,17 @@ def plan(
     }
     back = torch.empty_like(order)
     back[order] = torch.arange(n_rows)
-    linears = plain_linears(model.blocks[b] for b in range(first, n_layers))
-    result = FromLayer(cache, order, back, rows_at, joins, calls, linears)
-    replayed = result.hidden(model, None)[order.to(reference.device)]
+    blocks = [model.blocks[b] for b in range(first, n_layers)]
+    linears, slots = plain_linears(blocks), bridge_slots(blocks)
     tolerance = torch.finfo(reference.dtype).eps ** 0.5
-    if not torch.allclose(replayed, reference, rtol=tolerance, atol=tolerance * float(reference.abs().max())):
-        _unused("running its blocks one by one does not reproduce its forward")
-        return None
-    return result
+    # With a bridge's components stepped around where that reproduces the forward, else with every component.
+    for bare in (slots, ()) if slots else ((),):
+        result = FromLayer(cache, order, back, rows_at, joins, calls, linears, bare)
+        replayed = result.hidden(model, None)[order.to(reference.device)]
+        if torch.allclose(replayed, reference, rtol=tolerance, atol=tolerance * float(reference.abs().max())):
+            return result
+    _unused("running its blocks one by one does not reproduce its forward")
+    return None
 
 
 def _narrow(value, n_rows: int, rows: int):
