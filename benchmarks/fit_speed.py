@@ -6,8 +6,9 @@
 Each case runs in its own process (so its peak resident memory is its own)
 on the same model, data and layer, and prints one table:
 
-* single fit, the hand-written loop (``hand``: the plain Hugging Face model, a forward pre-hook on
-  layer 4's ``o_proj`` adding Δ at the last prompt token, Adam on the first-token NLL, full forwards)
+* single fit, the hand-written loop (``hand``: the plain Hugging Face model, loaded on its own with its
+  default attention, no bridge around it; a forward pre-hook on layer 4's ``o_proj`` adding Δ at the
+  last prompt token, Adam on the first-token NLL, full forwards)
   vs headsteer's prefix-cached fit (``fast``; ``fast-bf16`` with the optional bf16 unembedding):
   steps per second and their ratio;
 * single fit, naive full forward vs prefix-cached: seconds per step, ratio;
@@ -41,7 +42,7 @@ OPT_IN = ("figure1",)  # minutes long: run only when named in --cases
 LAYER = 4  # the single fits' layer
 
 
-def hand_fit(model, pairs, template, layer: int, steps: int, gamma: float, lam: float, lr: float) -> None:
+def hand_fit(hf, tokenizer, pairs, template, layer: int, steps: int, gamma: float, lam: float, lr: float) -> None:
     """The loop a researcher writes by hand: Δ added by a pre-hook on ``o_proj``, Adam, full forwards.
 
     ``o_proj``'s input is the heads' outputs concatenated (``hook_z`` flattened), so adding Δ there at the
@@ -49,12 +50,14 @@ def hand_fit(model, pairs, template, layer: int, steps: int, gamma: float, lam: 
     """
     from headsteer.prompts import encode_targets
 
-    hf = model.original_model
-    tokens, targets = encode_targets(model.tokenizer, template, pairs)
-    rows, last = torch.arange(len(pairs)), tokens.last_index
-    first = targets.target_ids[:, 0]  # the answer's first token
-    n_heads, d_head = model.cfg.n_heads, model.cfg.d_head
-    delta = torch.zeros(n_heads * d_head, requires_grad=True)
+    tokens, targets = encode_targets(tokenizer, template, pairs)
+    device = hf.device
+    ids, mask = tokens.input_ids.to(device), tokens.attention_mask.to(device)
+    rows, last = torch.arange(len(pairs), device=device), tokens.last_index.to(device)
+    first = targets.target_ids[:, 0].to(device)  # the answer's first token
+    config = hf.config.get_text_config()
+    n_heads, d_head = config.num_attention_heads, config.head_dim
+    delta = torch.zeros(n_heads * d_head, device=device, requires_grad=True)
 
     def add_delta(module, args):
         (z,) = args
@@ -69,7 +72,7 @@ def hand_fit(model, pairs, template, layer: int, steps: int, gamma: float, lam: 
     try:
         for step in range(steps + 1):  # as headsteer: steps updates, then the fitted Δ's loss without a gradient
             with torch.set_grad_enabled(step < steps):
-                logits = hf(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).logits
+                logits = hf(input_ids=ids, attention_mask=mask).logits
                 nll = -torch.log_softmax(logits[rows, last].float(), -1)[rows, first].mean()
                 heads = delta.view(n_heads, d_head)
                 loss = nll + gamma * heads.abs().sum() + lam * heads.norm(dim=-1).sum()
@@ -100,6 +103,18 @@ def load(kind: str, dtype: str, device: str):
     )
 
 
+def load_plain(dtype: str, device: str):
+    """The default model as a plain Hugging Face causal LM (no bridge around it; its default attention), and the
+    tokenizer headsteer uses (so both loops see the same tokens)."""
+    from transformers import AutoModelForCausalLM
+
+    from headsteer import models
+
+    files = models.open_model(placement=models.Placement(device, dtype))
+    hf = AutoModelForCausalLM.from_pretrained(files.source, dtype=files.placement.torch_dtype).to(device)
+    return hf.eval(), files.tokenizer
+
+
 def case(args: argparse.Namespace) -> dict:
     import headsteer as hs
     from headsteer.fitting.forward import PrefixCachedForward, naive_scored_logits
@@ -107,12 +122,18 @@ def case(args: argparse.Namespace) -> dict:
     from headsteer.paper.sweep import sweep
 
     name, steps, task, seeds, sequential = args.case, args.steps, args.task, args.seeds, args.sequential
-    model = load(args.kind, args.dtype, args.device)
+    if name in ("hand", "sequential-hand"):  # the hand-written loop's own model: no bridge in the way
+        hf, tokenizer = load_plain(args.dtype, args.device)
+        n_layers = hf.config.get_text_config().num_hidden_layers
+    else:
+        model = load(args.kind, args.dtype, args.device)
+        n_layers = model.cfg.n_layers
     loaded, template = hs.load_task(task), hs.get_template("qa")
     train = lambda seed: tuple(hs.split_task(loaded, n_train=10, seed=seed)[0])  # noqa: E731
     config = lambda layer, seed: hs.FitConfig(layer=layer, seed=seed, steps=steps)  # noqa: E731
     start = time.perf_counter()
-    hand = lambda layer: hand_fit(model, train(0), template, layer, steps, config(0, 0).gamma, config(0, 0).lam, 0.01)  # noqa: E731
+    penalty = config(0, 0).gamma, config(0, 0).lam
+    hand = lambda layer: hand_fit(hf, tokenizer, train(0), template, layer, steps, *penalty, 0.01)  # noqa: E731
     if name in ("naive", "fast", "fast-bf16", "fast-sequence"):
         forward = {"naive": naive_scored_logits, "fast-bf16": PrefixCachedForward(bf16_unembedding=True)}.get(name)
         loss = "sequence" if name == "fast-sequence" else "first_token"
@@ -122,7 +143,7 @@ def case(args: argparse.Namespace) -> dict:
         hand(LAYER)
         fits = 1
     elif name in ("sequential-naive", "sequential-hand"):
-        layers = range(0, model.cfg.n_layers, max(1, model.cfg.n_layers // sequential))[:sequential]
+        layers = range(0, n_layers, max(1, n_layers // sequential))[:sequential]
         for layer in layers:
             if name == "sequential-hand":
                 hand(layer)
@@ -178,8 +199,6 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--case", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.kind == "hooked" and {"hand", "sequential-hand"} & set(args.cases or ()):
-        parser.error("the hand-written loop runs a Hugging Face model: use it with --kind bridge")
     if args.case:
         print(json.dumps(case(args)))
         return

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import headsteer as hs
-from tests.helpers import REPO
+from tests.helpers import REPO, tiny_hf_model
 
 
 def test_the_hand_written_loop_fits_the_same_delta_as_headsteer(gemma_tiny, monkeypatch):
@@ -24,7 +24,8 @@ def test_the_hand_written_loop_fits_the_same_delta_as_headsteer(gemma_tiny, monk
             super().__init__(params, lr=lr)
 
     monkeypatch.setattr(fit_speed.torch.optim, "Adam", Recorded)
-    fit_speed.hand_fit(gemma_tiny, train, qa, layer=1, steps=5, gamma=0.0, lam=0.0, lr=0.05)
+    plain = tiny_hf_model("gemma3")  # gemma_tiny's weights, no bridge around them: the researcher's own model
+    fit_speed.hand_fit(plain, gemma_tiny.tokenizer, train, qa, layer=1, steps=5, gamma=0.0, lam=0.0, lr=0.05)
     config = hs.FitConfig(layer=1, steps=5, gamma=0.0, lam=0.0, optimizer="adam", lr=0.05)
     ours = hs.fit(gemma_tiny, train, qa, config, progress=False).intervention.delta
     torch.testing.assert_close(fitted[0].detach().view_as(ours), ours, rtol=1e-4, atol=1e-5)
