@@ -4,8 +4,8 @@ A TransformerBridge wraps each Hugging Face module of a block (attention, MLP, n
 layers) in a component that fires its hook points around that module's computation. Where no
 hook is attached, the wrapper only costs time, and on a suffix of a few rows the cost is not
 small beside the arithmetic: module calls for every hook point, each norm computed a second
-time for hooks nobody reads, an attention re-implemented to expose its pattern (4 to 7 ms of a
-125 ms fit step on Gemma 3 270M: ``python benchmarks/profile_step.py``).
+time for hooks nobody reads, an attention re-implemented to expose its pattern (4.6 and 8.0 ms of a
+fit step of about 125 ms on Gemma 3 270M in two runs of ``python benchmarks/profile_step.py``).
 
 :func:`bridge_slots` finds, once, every place where a Hugging Face module holds a bridge
 component as a child (a *slot*: ``Gemma3DecoderLayer.self_attn``, ``Gemma3Attention.q_proj``, …).
