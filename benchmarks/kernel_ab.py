@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,24 +26,20 @@ from pathlib import Path
 import torch
 
 import headsteer as hs
+from headsteer import kernels
 from headsteer.backends import model_kind
 from headsteer.fitting.linear_kernel import MIN_WEIGHT_ELEMENTS, plain_linears
-from headsteer.kernels import FLAGS
 
-_p, _int, _long = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
 ROWS = 10
 
 
 def build(sources: Path, into: Path) -> ctypes.CDLL:
-    """The kernels of ``sources`` compiled as headsteer compiles its own, loaded."""
+    """The kernels of ``sources`` compiled and loaded as headsteer compiles and loads its own."""
     target = into / f"{sources.name}.so"
-    files = [str(sources / name) for name in ("support.c", "nll.c", "linear.c")]
-    subprocess.run(["cc", *FLAGS, *files, "-o", str(target), "-lm"], check=True)
-    handle = ctypes.CDLL(str(target))
-    handle.headsteer_nll.argtypes = [_p, _p, _p, _int, _int, _long, _int, _p, _p, _p, _int]
-    handle.headsteer_linear.argtypes = [_p, _p, _p, _p, _int, _int, _long, _int]
-    handle.headsteer_linear_input_grad.argtypes = [_p, _p, _p, _int, _long, _int, _int, _p]
-    return handle
+    failed = kernels.compile_sources("cc", tuple(sources / path.name for path in kernels.SOURCES), target)
+    if failed:
+        raise SystemExit(f"{sources}: cc failed: {failed}")
+    return kernels.load(target)
 
 
 def milliseconds(fn: Callable[[], object], repeats: int) -> float:

@@ -61,6 +61,27 @@ class Kernels:
         return self.handle.headsteer_linear_input_grad
 
 
+def compile_sources(compiler: str, sources: tuple[Path, ...], target: Path) -> str | None:
+    """Build ``sources`` (this package's, or a changed copy: ``benchmarks/kernel_ab.py``) into ``target``;
+    the compiler's last words where it fails."""
+    command = [compiler, *FLAGS, *map(str, sources), "-o", str(target), "-lm"]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode == 0:
+        return None
+    return done.stderr.strip()[-300:] or f"exit status {done.returncode}"
+
+
+def load(path: Path) -> ctypes.CDLL:
+    """A built library, its functions' argument types declared (see each function in its C source)."""
+    handle = ctypes.CDLL(str(path))
+    for name in ("headsteer_supported", "headsteer_nll_max_rows", "headsteer_linear_max_rows"):
+        getattr(handle, name).restype = _int
+    handle.headsteer_nll.argtypes = [_p, _p, _p, _int, _int, _long, _int, _p, _p, _p, _int]
+    handle.headsteer_linear.argtypes = [_p, _p, _p, _p, _int, _int, _long, _int]
+    handle.headsteer_linear_input_grad.argtypes = [_p, _p, _p, _int, _long, _int, _int, _p]
+    return handle
+
+
 @functools.cache
 def library() -> Kernels | str:
     """The compiled kernels, or why there are none (built into the cache on first use)."""
@@ -77,17 +98,11 @@ def library() -> Kernels | str:
     if not target.exists():
         with tempfile.TemporaryDirectory() as build:
             built = Path(build) / target.name
-            command = [compiler, *FLAGS, *map(str, SOURCES), "-o", str(built), "-lm"]
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                return f"off ({compiler} failed: {done.stderr.strip()[-300:]})"
+            failed = compile_sources(compiler, SOURCES, built)
+            if failed:
+                return f"off ({compiler} failed: {failed})"
             write_bytes_atomic(target, built.read_bytes())
-    handle = ctypes.CDLL(str(target))
-    for name in ("headsteer_supported", "headsteer_nll_max_rows", "headsteer_linear_max_rows"):
-        getattr(handle, name).restype = _int
-    handle.headsteer_nll.argtypes = [_p, _p, _p, _int, _int, _long, _int, _p, _p, _p, _int]
-    handle.headsteer_linear.argtypes = [_p, _p, _p, _p, _int, _int, _long, _int]
-    handle.headsteer_linear_input_grad.argtypes = [_p, _p, _p, _int, _long, _int, _int, _p]
+    handle = load(target)
     if not handle.headsteer_supported():
         return "off (this CPU has no AVX-512)"
     return Kernels(handle, handle.headsteer_nll_max_rows(), handle.headsteer_linear_max_rows())
