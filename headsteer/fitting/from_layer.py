@@ -15,8 +15,9 @@ its rows): nothing here knows an architecture. The plan is checked once: run
 without Δ, it must give that first run's final hidden states (up to summation
 order), or it is not used and the caller runs every block (:func:`plan`
 returns None, with a warning). On a TransformerBridge, the blocks' components that carry no
-hook are stepped around (:mod:`headsteer.fitting.bare_bridge`): the plan is checked with them
-stepped around first and, where that does not reproduce the forward, with every component.
+hook are stepped around (:mod:`headsteer.fitting.bare_bridge`), and a hook-free block of a known
+architecture runs as one hand-written step (:mod:`headsteer.fitting.fused_block`): the plan is
+checked with both first, then with the components stepped around only, then with every component.
 
 In a fit this is the same values and gradients as running every block; the work
 saved is the forward below ℓ (and, for a batch of fits at many layers, the
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 
 from headsteer.backends import KVCache, model_kind
 from headsteer.fitting.bare_bridge import Slot, bare_components, bridge_slots
+from headsteer.fitting.fused_block import FusedBlock, fused_blocks
 from headsteer.fitting.linear_kernel import plain_linears, skinny_linears
 from headsteer.hooks import AtIndex, Hook, added_hooks, delta_hooks
 
@@ -53,6 +55,7 @@ class FromLayer:
     calls: dict[int, tuple[tuple, dict]]  # block b -> its other arguments, narrowed to its rows
     linears: tuple[nn.Linear, ...]  # the linear layers of the blocks that run, found once
     bare: tuple[Slot, ...]  # a bridge's components in those blocks, stepped around where hook-free (may be none)
+    fused: dict[int, FusedBlock]  # block b -> its hand-written step, used where the block is hook-free (may be none)
 
     def hidden(
         self, model, delta: Float[Tensor, "rows n_heads d_head"] | None
@@ -81,8 +84,12 @@ class FromLayer:
                     join = self.joins[block][1]
                     residual = join if residual is None else torch.cat([residual, join])
                 args, kwargs = self.calls[block]
-                out = model.blocks[block](residual, *args, **kwargs)
-                residual = out[0] if isinstance(out, tuple) else out
+                fused = self.fused.get(block)
+                if fused is not None and residual is not None and not args and fused.applies(residual):
+                    residual = fused(residual, kwargs)
+                else:
+                    out = model.blocks[block](residual, *args, **kwargs)
+                    residual = out[0] if isinstance(out, tuple) else out
         assert residual is not None
         return kind.final_norm(model, residual)[self.back.to(residual.device)]
 
@@ -135,10 +142,17 @@ def plan(
     back[order] = torch.arange(n_rows)
     blocks = [model.blocks[b] for b in range(first, n_layers)]
     linears, slots = plain_linears(blocks), bridge_slots(blocks)
+    fused = fused_blocks((b, model.blocks[b]) for b in range(first, n_layers))
     tolerance = torch.finfo(reference.dtype).eps ** 0.5
-    # With a bridge's components stepped around where that reproduces the forward, else with every component.
-    for bare in (slots, ()) if slots else ((),):
-        result = FromLayer(cache, order, back, rows_at, joins, calls, linears, bare)
+    # The fastest way that reproduces the forward: hand-written blocks and a bridge's components stepped around,
+    # the components stepped around only, every component.
+    ways: list[tuple[tuple[Slot, ...], dict[int, FusedBlock]]] = [((), {})]
+    if slots:
+        ways.insert(0, (slots, {}))
+    if fused:
+        ways.insert(0, (slots, fused))
+    for bare, fusing in ways:
+        result = FromLayer(cache, order, back, rows_at, joins, calls, linears, bare, fusing)
         replayed = result.hidden(model, None)[order.to(reference.device)]
         if torch.allclose(replayed, reference, rtol=tolerance, atol=tolerance * float(reference.abs().max())):
             return result

@@ -35,6 +35,28 @@ from torch.autograd.function import once_differentiable
 from headsteer.kernels import Kernels, library
 
 
+def kernel_forward(x: Float[Tensor, "rows d_in"], weight: Tensor, bias: Tensor | None, kernels: Kernels) -> Tensor:
+    """y = x Wᵀ + b by the kernel; x ``[rows, in]`` contiguous fp32, W ``[out, in]`` as :func:`_weight_fits` takes."""
+    rows, width = x.shape
+    y = x.new_empty(rows, weight.shape[0])
+    bias_ptr = None if bias is None else bias.data_ptr()
+    shares = torch.get_num_threads()
+    kernels.linear(x.data_ptr(), weight.data_ptr(), bias_ptr, y.data_ptr(), rows, width, weight.shape[0], shares)
+    return y
+
+
+def kernel_input_grad(grad_y: Float[Tensor, "rows d_out"], weight: Tensor, kernels: Kernels) -> Tensor:
+    """∂L/∂x = (∂L/∂y) W by the kernel; W as in :func:`kernel_forward`."""
+    grad_y = grad_y.float().contiguous()
+    rows, width = grad_y.shape[0], weight.shape[1]
+    shares = torch.get_num_threads()
+    grad_x = grad_y.new_empty(rows, width)
+    scratch = grad_y.new_empty(max(shares - 1, 1), rows, width)  # the other threads' partial sums
+    args = (grad_y.data_ptr(), weight.data_ptr(), grad_x.data_ptr(), rows, weight.shape[0], width, shares)
+    kernels.linear_input_grad(*args, scratch.data_ptr())
+    return grad_x
+
+
 class _SkinnyLinear(torch.autograd.Function):
     """y = x Wᵀ + b and ∂L/∂x = (∂L/∂y) W by the kernel; x ``[rows, in]``, W ``[out, in]`` contiguous fp32."""
 
@@ -42,27 +64,15 @@ class _SkinnyLinear(torch.autograd.Function):
     def forward(
         ctx, x: Float[Tensor, "rows d_in"], weight: Tensor, bias: Tensor | None, kernels: Kernels
     ) -> Float[Tensor, "rows d_out"]:
-        rows, width = x.shape
-        y = x.new_empty(rows, weight.shape[0])
-        bias_ptr = None if bias is None else bias.data_ptr()
-        shares = torch.get_num_threads()
-        kernels.linear(x.data_ptr(), weight.data_ptr(), bias_ptr, y.data_ptr(), rows, width, weight.shape[0], shares)
         ctx.save_for_backward(weight)
         ctx.kernels = kernels
-        return y
+        return kernel_forward(x, weight, bias, kernels)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y: Float[Tensor, "rows d_out"]):
         (weight,) = ctx.saved_tensors
-        grad_y = grad_y.float().contiguous()
-        rows, width = grad_y.shape[0], weight.shape[1]
-        shares = torch.get_num_threads()
-        grad_x = grad_y.new_empty(rows, width)
-        scratch = grad_y.new_empty(max(shares - 1, 1), rows, width)  # the other threads' partial sums
-        args = (grad_y.data_ptr(), weight.data_ptr(), grad_x.data_ptr(), rows, weight.shape[0], width, shares)
-        ctx.kernels.linear_input_grad(*args, scratch.data_ptr())
-        return grad_x, None, None, None
+        return kernel_input_grad(grad_y, weight, ctx.kernels), None, None, None
 
 
 # Below this many weight elements torch's GEMM is as fast (the kernel's fixed cost per call is not repaid):
@@ -91,6 +101,32 @@ def _kernel_forward(weight: Tensor, bias: Tensor | None, kernels: Kernels) -> Ca
         return y.reshape(*x.shape[:-1], d_out)
 
     return forward
+
+
+class FrozenLinear:
+    """A frozen linear layer's product and input gradient, without autograd, for a hand-written backward pass.
+
+    Each call goes through the kernel where it applies (as :func:`skinny_linears` decides), else torch.
+    """
+
+    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+        self.weight, self.bias = weight, bias
+        kernels = library()
+        self.kernels = kernels if not isinstance(kernels, str) and _weight_fits(weight, bias) else None
+
+    def _takes(self, x: Tensor) -> bool:
+        assert self.kernels is not None
+        return x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[0] <= self.kernels.linear_max_rows
+
+    def __call__(self, x: Float[Tensor, "rows d_in"]) -> Float[Tensor, "rows d_out"]:
+        if self.kernels is not None and self._takes(x):
+            return kernel_forward(x.contiguous(), self.weight, self.bias, self.kernels)
+        return F.linear(x, self.weight, self.bias)
+
+    def input_grad(self, grad_y: Float[Tensor, "rows d_out"]) -> Float[Tensor, "rows d_in"]:
+        if self.kernels is not None and self._takes(grad_y):
+            return kernel_input_grad(grad_y, self.weight, self.kernels)
+        return grad_y @ self.weight
 
 
 def plain_linears(modules: Iterable[nn.Module]) -> tuple[nn.Linear, ...]:

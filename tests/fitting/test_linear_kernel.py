@@ -2,12 +2,13 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from headsteer import kernels
 from headsteer.fitting import linear_kernel
 from headsteer.fitting.forward import PrefixCachedForward
-from headsteer.fitting.linear_kernel import plain_linears, skinny_linears
+from headsteer.fitting.linear_kernel import FrozenLinear, plain_linears, skinny_linears
 
 needs_kernels = pytest.mark.skipif(kernels.status() != "on", reason=f"kernels {kernels.status()}")
 
@@ -141,3 +142,15 @@ def test_the_fitters_suffix_gives_the_same_values_and_gradients_with_the_kernel(
     want = loss_and_grad(any_model, PrefixCachedForward(), layers, loss)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows", [1, 10, 40])  # 40: more rows than the kernel takes, torch's product
+def test_a_frozen_linear_gives_torchs_product_and_input_gradient(rows):
+    generator = torch.Generator().manual_seed(0)
+    weight, bias = torch.randn(48, 33, generator=generator), torch.randn(48, generator=generator)
+    layer = FrozenLinear(weight, bias)
+    assert layer.kernels is not None
+    x, grad_y = torch.randn(rows, 33, generator=generator), torch.randn(rows, 48, generator=generator)
+    torch.testing.assert_close(layer(x), F.linear(x, weight, bias))
+    torch.testing.assert_close(layer.input_grad(grad_y), grad_y @ weight)

@@ -1,0 +1,147 @@
+"""A Gemma 3 block's hand-written suffix step: the layer's values and gradients, used only where nothing is hooked."""
+
+import pytest
+import torch
+from transformers.models.gemma3.modeling_gemma3 import Gemma3DecoderLayer
+
+from headsteer.fitting import linear_kernel
+from headsteer.fitting.forward import PrefixCachedForward
+from headsteer.fitting.from_layer import FromLayer
+from headsteer.fitting.fused_block import FusedBlock, fused_blocks
+from tests.conftest import NO_HOOKED
+from tests.fitting.test_from_layer import PAIRS, loss_and_grad, prepared
+from tests.fitting.test_linear_kernel import needs_kernels
+from tests.helpers import tiny_bridge, tiny_hooked
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    return tiny_bridge("gemma3")
+
+
+def _steps(monkeypatch) -> list[int]:
+    """Count the hand-written steps run."""
+    calls: list[int] = []
+    original = FusedBlock.__call__
+    monkeypatch.setattr(FusedBlock, "__call__", lambda self, x, kw: calls.append(1) or original(self, x, kw))
+    return calls
+
+
+@pytest.mark.parametrize("kernel", [False, pytest.param(True, marks=needs_kernels)])
+@pytest.mark.parametrize("loss", ["first_token", "sequence"])
+def test_the_hand_written_step_gives_the_layers_values_and_gradients(gemma, loss, kernel, monkeypatch):
+    """Δ at block 0: blocks 1 and 2 run by hand, with the values and ∂L/∂Δ of autograd through the layers.
+
+    ``kernel``: its linear layers through the CPU kernel (the fitter keeps it for larger layers than these).
+    """
+    if kernel:
+        monkeypatch.setattr(linear_kernel, "MIN_WEIGHT_ELEMENTS", 1)
+    layers = torch.zeros(len(PAIRS), dtype=torch.long)
+    fused, plain = PrefixCachedForward(), PrefixCachedForward()
+    loss_and_grad(gemma, fused, layers, loss)
+    loss_and_grad(gemma, plain, layers, loss)
+    assert sorted(prepared(fused).fused) == [0, 1, 2]  # block 0 too: it runs by hand wherever Δ is not there
+    prepared(plain).fused = {}
+    steps = _steps(monkeypatch)
+    got = loss_and_grad(gemma, fused, layers, loss, seed=1)
+    assert len(steps) == 2, "blocks 1 and 2 did not run by hand (block 0 holds Δ's hook)"
+    want = loss_and_grad(gemma, plain, layers, loss, seed=1)
+    assert len(steps) == 2
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_a_users_hook_in_a_block_makes_it_run_as_the_model_runs_it(gemma, monkeypatch):
+    layers = torch.zeros(len(PAIRS), dtype=torch.long)
+    forward = PrefixCachedForward()
+    loss_and_grad(gemma, forward, layers)
+    seen: list[torch.Tensor] = []
+    top = gemma.cfg.n_layers - 1
+    gemma.blocks[top].mlp.hook_out.add_hook(lambda act, hook: seen.append(act.detach()))
+    steps = _steps(monkeypatch)
+    try:
+        loss_and_grad(gemma, forward, layers)
+    finally:
+        gemma.blocks[top].mlp.hook_out.remove_hooks()
+    assert len(seen) == 1 and len(steps) == top - 1  # only the blocks between Δ's and the hooked one
+    loss_and_grad(gemma, forward, layers)
+    assert len(steps) == top - 1 + top  # hook gone: the hooked block runs by hand again
+
+
+def test_a_global_module_hook_makes_every_block_run_as_the_model_runs_it(gemma, monkeypatch):
+    layers = torch.zeros(len(PAIRS), dtype=torch.long)
+    forward = PrefixCachedForward()
+    loss_and_grad(gemma, forward, layers)
+    steps = _steps(monkeypatch)
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(lambda m, a: None)
+    try:
+        loss_and_grad(gemma, forward, layers)
+    finally:
+        handle.remove()
+    assert steps == []
+
+
+def test_a_hand_written_step_that_differs_from_the_layer_is_not_used(gemma, monkeypatch, recwarn):
+    """The plan's replay catches a step that does not reproduce the layer, and runs the layers themselves."""
+    right = FusedBlock.forward
+    monkeypatch.setattr(FusedBlock, "forward", lambda self, x, *a: (lambda y, s: (y + 1e-2, s))(*right(self, x, *a)))
+    layers = torch.zeros(len(PAIRS), dtype=torch.long)
+    forward = PrefixCachedForward()
+    loss_and_grad(gemma, forward, layers)
+    plan = prepared(forward)
+    assert isinstance(plan, FromLayer) and plan.fused == {} and plan.bare
+    assert not [w for w in recwarn if "runs every block" in str(w.message)]
+
+
+def test_only_fp32_gemma3_layers_of_a_bridge_in_eval_mode_get_one():
+    assert fused_blocks(enumerate(tiny_bridge("llama").blocks)) == {}
+    assert fused_blocks(enumerate(tiny_bridge("gemma3", dtype=torch.bfloat16).blocks)) == {}
+    model = tiny_bridge("gemma3")
+    assert sorted(fused_blocks(enumerate(model.blocks))) == list(range(model.cfg.n_layers))
+    model.blocks[1]._modules["_original_component"].train()
+    assert sorted(fused_blocks(enumerate(model.blocks))) == [0, 2]
+
+
+@NO_HOOKED
+def test_a_hooked_transformers_blocks_get_none():
+    assert fused_blocks(enumerate(tiny_hooked("gemma3").blocks)) == {}
+
+
+def test_its_backward_is_the_chain_rule_of_its_forward():
+    """∂L/∂x of the hand-written backward against autograd through the same forward, with a cache and a mask."""
+    model = tiny_bridge("gemma3")
+    block = model.blocks[1]
+    layer = block._modules["_original_component"]
+    assert isinstance(layer, Gemma3DecoderLayer)
+    step = fused_blocks([(1, block)])[1]
+    generator = torch.Generator().manual_seed(0)
+    n, S, T, d = 3, 2, 5, layer.self_attn.head_dim
+    x = torch.randn(n, S, model.cfg.d_model, generator=generator)
+    angles = torch.randn(n, S, d // 2, generator=generator)
+    cos, sin = (torch.cat([f(angles)] * 2, dim=-1).unsqueeze(1) for f in (torch.cos, torch.sin))
+    mask = torch.zeros(n, 1, S, T)
+    mask[0, :, :, 0] = float("-inf")  # a padded prefix position
+    mask[:, :, 0, -1] = float("-inf")  # causal within the suffix
+
+    class Cache:  # the prefix's keys and values, as a cache hands them back
+        prefix = torch.randn(2, n, 1, T - S, d, generator=generator)
+
+        def update(self, keys, values, index):
+            return torch.cat([self.prefix[0], keys], dim=-2), torch.cat([self.prefix[1], values], dim=-2)
+
+    with torch.enable_grad():
+        x_auto = x.clone().requires_grad_(True)
+        y_auto, _ = _autograd_forward(step, x_auto, cos, sin, mask, Cache())
+        grad_y = torch.randn(y_auto.shape, generator=generator)
+        (want,) = torch.autograd.grad(y_auto, x_auto, grad_y)
+    with torch.no_grad():
+        y, saved = step.forward(x, cos, sin, mask, Cache())
+        got = step.backward(grad_y, saved)
+    torch.testing.assert_close(y, y_auto.detach())
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def _autograd_forward(step: FusedBlock, x, cos, sin, mask, cache):
+    """The step's forward with autograd recording (its operations are all differentiable)."""
+    with torch.enable_grad():
+        return FusedBlock.forward(step, x, cos, sin, mask, cache)
