@@ -16,7 +16,7 @@ without Δ, it must give that first run's final hidden states (up to summation
 order), or it is not used and the caller runs every block (:func:`plan`
 returns None, with a warning). On a TransformerBridge, the blocks' components that carry no
 hook are stepped around (:mod:`headsteer.fitting.bare_bridge`), and a hook-free block of a known
-architecture runs as one hand-written step (:mod:`headsteer.fitting.fused_block`): the plan is
+architecture runs as one hand-written step that adds Δ itself (:mod:`headsteer.fitting.fused_block`): the plan is
 checked with both first, then with the components stepped around only, then with every component.
 
 In a fit this is the same values and gradients as running every block; the work
@@ -62,31 +62,42 @@ class FromLayer:
     ) -> Float[Tensor, "rows n_scored d_model"]:
         """Final hidden states of the suffix, Δ (rows in the batch's order) at each row's layer; None: no Δ."""
         kind = model_kind(model)
+        dtype = next(iter(self.joins.values()))[1].dtype
+        # The blocks run by hand this step: those hook-free now (before Δ's hooks), called with keywords only.
+        by_hand = {b: f for b, f in self.fused.items() if not self.calls[b][0] and f.applies(dtype)}
         hooks: list[Hook] = []
+        deltas: dict[int, Tensor] = {}  # Δ of the blocks run by hand, which add it themselves
         if delta is not None:
             delta = delta[self.order.to(delta.device)]
             for block, (start, _) in self.joins.items():
                 rows = self.rows_at[block]
                 # Block b's batch is rows 0 .. n_b − 1; Δ goes to the rows that joined at b (the last ones).
                 padded = torch.cat([delta.new_zeros(start, *delta.shape[1:]), delta[start:rows]])
-                hooks += delta_hooks(block, padded, AtIndex(torch.zeros(rows, dtype=torch.long), prompt_len=1))
+                if block in by_hand and padded.dtype == dtype:
+                    deltas[block] = padded
+                else:
+                    by_hand.pop(block, None)
+                    hooks += delta_hooks(block, padded, AtIndex(torch.zeros(rows, dtype=torch.long), prompt_len=1))
         residual: Tensor | None = None
-        # Each block runs on a few rows: its linear layers through the CPU kernel where it applies, and a bridge's
-        # components without hooks (all but Δ's attention, as a rule) out of the way. Δ's hooks first: they count.
-        with (
+        # The other blocks run as the model runs them, on a few rows: their linear layers through the CPU kernel
+        # where it applies, a bridge's components without hooks (all but Δ's attention, as a rule) out of the way.
+        by_hand_ids = frozenset().union(*(f.module_ids for f in by_hand.values()))
+        linears = [m for m in self.linears if id(m) not in by_hand_ids]
+        bare = [s for s in self.bare if id(s.parent) not in by_hand_ids]
+        with (  # Δ's hooks first: they count for bare_components
             added_hooks(model, hooks),
             kind.narrowed(self.cache, self.rows_at),
-            skinny_linears(self.linears),
-            bare_components(self.bare),
+            skinny_linears(linears),
+            bare_components(bare),
         ):
             for block in range(min(self.joins), len(self.rows_at)):
                 if block in self.joins:
                     join = self.joins[block][1]
                     residual = join if residual is None else torch.cat([residual, join])
+                assert residual is not None
                 args, kwargs = self.calls[block]
-                fused = self.fused.get(block)
-                if fused is not None and residual is not None and not args and fused.applies(residual):
-                    residual = fused(residual, kwargs)
+                if block in by_hand:
+                    residual = by_hand[block](residual, kwargs, deltas.get(block))
                 else:
                     out = model.blocks[block](residual, *args, **kwargs)
                     residual = out[0] if isinstance(out, tuple) else out

@@ -14,21 +14,22 @@ N_w(u) = u · rsqrt(mean(u²) + ε) · (1 + w) Gemma's RMSNorm along the last di
     a  = N_in(x);   q, k, v = a W_qᵀ, a W_kᵀ, a W_vᵀ        per head: q [n, H, S, d], k, v [n, H_kv, S, d]
     q̂  = R(N_q(q)),  k̂ = R(N_k(k))                        R: rotary, u cos + rotate_half(u) sin
     K, V = cache ⧺ k̂, cache ⧺ v                          the prefix's keys and values, then the suffix's
-    P  = softmax(s · q̂ Kᵀ + mask);  o = P V               head h reads key/value head h // (H / H_kv)
-    h  = x + N_pa(o W_oᵀ)
+    P  = softmax(s · q̂ Kᵀ + mask);  z = P V + Δ           head h reads key/value head h // (H / H_kv)
+    h  = x + N_pa(z W_oᵀ)                                  z: hook_z, Δ (if any) at suffix position 0 only
     y  = h + N_pf'(( gelu_tanh(b W_gᵀ) ⊙ b W_uᵀ ) W_dᵀ),  b = N_pf(h)
 
 and the backward applies the chain rule to each line in turn (∂ of N_w: r·g − u·r³·mean(g·u)
 with r = rsqrt(mean(u²) + ε) and g the gradient times (1 + w); of R: g cos + rotate_halfᵀ(g sin);
-of the softmax: P ⊙ (∂P − Σ ∂P ⊙ P)). The cache is updated as the layer updates it (the caller
-restores it after the step).
+of the softmax: P ⊙ (∂P − Σ ∂P ⊙ P)); ∂L/∂Δ is ∂L/∂z at position 0. The cache is updated as the
+layer updates it (the caller restores it after the step).
 
 :func:`fused_blocks` offers one for each block of a TransformerBridge whose Hugging Face layer is
-a ``Gemma3DecoderLayer`` in fp32 and in eval mode; :meth:`FusedBlock.applies` is checked at
-every call, so a block with any hook in it (a user's, or Δ's own at its layer) runs as the
-model runs it. The plan that uses them checks that its block-by-block run reproduces the
-model's forward, and does without them otherwise; ``tests/fitting/test_fused_block.py``
-compares values and gradients with autograd through the layer.
+a ``Gemma3DecoderLayer`` in fp32 and in eval mode. :meth:`FusedBlock.applies` is checked at
+every step, before Δ's hooks are added: a block with a hook in it (a user's) runs as the model
+runs it, with Δ's hook where Δ enters there; a block run by hand adds Δ itself. The plan that
+uses them checks that its block-by-block run reproduces the model's forward, and does without
+them otherwise; ``tests/fitting/test_fused_block.py`` compares values and gradients with
+autograd through the layers.
 """
 
 from __future__ import annotations
@@ -113,24 +114,33 @@ class FusedBlock:
         # Every module where a hook could change what the block computes; the bridge's own capture hooks
         # (which hand its attention component the residual, and call hook_mlp_in) are not among them.
         self._modules = tuple(block.modules())
+        self.module_ids = frozenset(id(m) for m in self._modules)  # what a step run by hand leaves alone
         self._own_hooks = {h.id for h in getattr(block, "_capture_hook_handles", ())}
 
-    def applies(self, x: Tensor) -> bool:
-        """Whether this call can run by hand: fp32 rows, and no hook in the block nor any global module hook."""
-        if x.dtype != torch.float32 or any(getattr(torch_module, f"_global{d}", None) for d in _HOOK_DICTS):
+    def applies(self, dtype: torch.dtype) -> bool:
+        """Whether a call can run by hand now: fp32 rows, and no hook in the block nor any global module hook."""
+        if dtype != torch.float32 or any(getattr(torch_module, f"_global{d}", None) for d in _HOOK_DICTS):
             return False
         own = self._own_hooks
         return not any((hooks := getattr(m, d)) and not hooks.keys() <= own for m in self._modules for d in _HOOK_DICTS)
 
-    def __call__(self, x: Float[Tensor, "n S d_model"], kwargs: dict) -> Float[Tensor, "n S d_model"]:
-        """The block's output for residual x, called with the keyword arguments the model's forward gave it."""
+    def __call__(
+        self, x: Float[Tensor, "n S d_model"], kwargs: dict, delta: Float[Tensor, "n n_heads d_head"] | None = None
+    ) -> Float[Tensor, "n S d_model"]:
+        """The block's output for residual x, called with the keyword arguments the model's forward gave it.
+
+        ``delta``: Δ added to ``hook_z`` (the output projection's input, per head) at suffix position 0, as
+        Δ's hook adds it where the block runs as the model runs it; its gradient comes back through autograd.
+        """
         cos, sin = kwargs["position_embeddings"]
         mask = kwargs.get("attention_mask")
         if mask is not None and mask.dtype == torch.bool:
             mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(~mask, float("-inf"))
-        return _Step.apply(x, self, (cos.unsqueeze(1), sin.unsqueeze(1), mask, kwargs.get("past_key_values")))
+        return _Step.apply(x, delta, self, (cos.unsqueeze(1), sin.unsqueeze(1), mask, kwargs.get("past_key_values")))
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache) -> tuple[Tensor, dict]:
+    def forward(
+        self, x: Tensor, delta: Tensor | None, cos: Tensor, sin: Tensor, mask: Tensor | None, cache
+    ) -> tuple[Tensor, dict]:
         """The block's output and what its backward needs (no autograd graph)."""
         n, S, D = x.shape
         H, Hkv, d = self.n_heads, self.n_kv, self.head_dim
@@ -152,8 +162,10 @@ class FusedBlock:
         if mask is not None:
             scores = scores + mask
         p = torch.softmax(scores, dim=-1).view(n, Hkv, H // Hkv * S, T)
-        o = (p @ values).view(n, H, S, d).transpose(1, 2).reshape(n * S, H * d)
-        attn = self.o(o).view(n, S, D)
+        z = (p @ values).view(n, H, S, d).transpose(1, 2)  # hook_z: [n, S, H, d]
+        if delta is not None:
+            z = torch.cat([z[:, :1] + delta[:, None], z[:, 1:]], dim=1)
+        attn = self.o(z.reshape(n * S, H * d)).view(n, S, D)
         attn_normed, r_pa = _norm(attn, self.n_pa.eps)
         h = x + attn_normed * self.n_pa.scale
         b, r_pf = _norm(h, self.n_pf.eps)
@@ -168,8 +180,8 @@ class FusedBlock:
                      mlp=mlp, r_pff=r_pff)  # fmt: skip
         return y, saved
 
-    def backward(self, grad_y: Tensor, s: dict) -> Tensor:
-        """∂L/∂x from ∂L/∂y, line by line back through :meth:`forward`."""
+    def backward(self, grad_y: Tensor, s: dict) -> tuple[Tensor, Tensor]:
+        """∂L/∂x and ∂L/∂Δ from ∂L/∂y, line by line back through :meth:`forward`."""
         n, S, D = grad_y.shape
         H, Hkv, d = self.n_heads, self.n_kv, self.head_dim
         # y = h + N_pff(mlp)
@@ -181,7 +193,8 @@ class FusedBlock:
         grad_h = grad_y + _norm_grad(s["h"], s["r_pf"], grad_b.view(n, S, D) * self.n_pf.scale)
         # h = x + N_pa(o W_oᵀ)
         grad_attn = _norm_grad(s["attn"], s["r_pa"], grad_h * self.n_pa.scale).reshape(n * S, D)
-        grad_o = self.o.input_grad(grad_attn).view(n, S, H, d).transpose(1, 2).reshape(n, Hkv, H // Hkv * S, d)
+        grad_z = self.o.input_grad(grad_attn).view(n, S, H, d)
+        grad_o = grad_z.transpose(1, 2).reshape(n, Hkv, H // Hkv * S, d)
         p, keys, values = s["p"], s["keys"], s["values"]
         grad_values = p.transpose(-1, -2) @ grad_o  # [n, H_kv, T, d]
         grad_p = grad_o @ values.transpose(-1, -2)
@@ -199,22 +212,23 @@ class FusedBlock:
             + self.k.input_grad(grad_k.transpose(1, 2).reshape(n * S, Hkv * d))
             + self.v.input_grad(grad_v.transpose(1, 2).reshape(n * S, Hkv * d))
         )
-        return grad_h + _norm_grad(s["x"], s["r_in"], grad_a.view(n, S, D) * self.n_in.scale)
+        return grad_h + _norm_grad(s["x"], s["r_in"], grad_a.view(n, S, D) * self.n_in.scale), grad_z[:, 0]
 
 
 class _Step(torch.autograd.Function):
-    """y = block(x) with ∂L/∂x by :meth:`FusedBlock.backward`."""
+    """y = block(x; Δ) with ∂L/∂x and ∂L/∂Δ by :meth:`FusedBlock.backward`."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, block: FusedBlock, inputs: tuple) -> Tensor:
-        y, ctx.saved = block.forward(x, *inputs)
+    def forward(ctx, x: Tensor, delta: Tensor | None, block: FusedBlock, inputs: tuple) -> Tensor:
+        y, ctx.saved = block.forward(x, delta, *inputs)
         ctx.block = block
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y: Tensor):
-        return ctx.block.backward(grad_y.contiguous(), ctx.saved), None, None
+        grad_x, grad_delta = ctx.block.backward(grad_y.contiguous(), ctx.saved)
+        return grad_x, grad_delta if ctx.needs_input_grad[1] else None, None, None
 
 
 def fused_blocks(blocks: Iterable[tuple[int, nn.Module]]) -> dict[int, FusedBlock]:

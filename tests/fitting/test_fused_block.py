@@ -23,14 +23,14 @@ def _steps(monkeypatch) -> list[int]:
     """Count the hand-written steps run."""
     calls: list[int] = []
     original = FusedBlock.__call__
-    monkeypatch.setattr(FusedBlock, "__call__", lambda self, x, kw: calls.append(1) or original(self, x, kw))
+    monkeypatch.setattr(FusedBlock, "__call__", lambda self, *a: calls.append(1) or original(self, *a))
     return calls
 
 
 @pytest.mark.parametrize("kernel", [False, pytest.param(True, marks=needs_kernels)])
 @pytest.mark.parametrize("loss", ["first_token", "sequence"])
 def test_the_hand_written_step_gives_the_layers_values_and_gradients(gemma, loss, kernel, monkeypatch):
-    """Δ at block 0: blocks 1 and 2 run by hand, with the values and ∂L/∂Δ of autograd through the layers.
+    """Δ at block 0: every block runs by hand, with the values and ∂L/∂Δ of autograd through the layers.
 
     ``kernel``: its linear layers through the CPU kernel (the fitter keeps it for larger layers than these).
     """
@@ -40,13 +40,13 @@ def test_the_hand_written_step_gives_the_layers_values_and_gradients(gemma, loss
     fused, plain = PrefixCachedForward(), PrefixCachedForward()
     loss_and_grad(gemma, fused, layers, loss)
     loss_and_grad(gemma, plain, layers, loss)
-    assert sorted(prepared(fused).fused) == [0, 1, 2]  # block 0 too: it runs by hand wherever Δ is not there
+    assert sorted(prepared(fused).fused) == [0, 1, 2]
     prepared(plain).fused = {}
     steps = _steps(monkeypatch)
     got = loss_and_grad(gemma, fused, layers, loss, seed=1)
-    assert len(steps) == 2, "blocks 1 and 2 did not run by hand (block 0 holds Δ's hook)"
+    assert len(steps) == 3, "not every block ran by hand"
     want = loss_and_grad(gemma, plain, layers, loss, seed=1)
-    assert len(steps) == 2
+    assert len(steps) == 3
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
 
@@ -63,9 +63,9 @@ def test_a_users_hook_in_a_block_makes_it_run_as_the_model_runs_it(gemma, monkey
         loss_and_grad(gemma, forward, layers)
     finally:
         gemma.blocks[top].mlp.hook_out.remove_hooks()
-    assert len(seen) == 1 and len(steps) == top - 1  # only the blocks between Δ's and the hooked one
+    assert len(seen) == 1 and len(steps) == top  # the blocks below the hooked one
     loss_and_grad(gemma, forward, layers)
-    assert len(steps) == top - 1 + top  # hook gone: the hooked block runs by hand again
+    assert len(steps) == top + gemma.cfg.n_layers  # hook gone: the hooked block runs by hand again
 
 
 def test_a_global_module_hook_makes_every_block_run_as_the_model_runs_it(gemma, monkeypatch):
@@ -108,7 +108,7 @@ def test_a_hooked_transformers_blocks_get_none():
 
 
 def test_its_backward_is_the_chain_rule_of_its_forward():
-    """∂L/∂x of the hand-written backward against autograd through the same forward, with a cache and a mask."""
+    """∂L/∂x and ∂L/∂Δ of the hand-written backward against autograd through its forward, with a cache and a mask."""
     model = tiny_bridge("gemma3")
     block = model.blocks[1]
     layer = block._modules["_original_component"]
@@ -129,19 +129,15 @@ def test_its_backward_is_the_chain_rule_of_its_forward():
         def update(self, keys, values, index):
             return torch.cat([self.prefix[0], keys], dim=-2), torch.cat([self.prefix[1], values], dim=-2)
 
-    with torch.enable_grad():
-        x_auto = x.clone().requires_grad_(True)
-        y_auto, _ = _autograd_forward(step, x_auto, cos, sin, mask, Cache())
-        grad_y = torch.randn(y_auto.shape, generator=generator)
-        (want,) = torch.autograd.grad(y_auto, x_auto, grad_y)
+    delta = torch.randn(n, model.cfg.n_heads, d, generator=generator)
+    x_auto, delta_auto = x.clone().requires_grad_(True), delta.clone().requires_grad_(True)
+    with torch.enable_grad():  # the step's own operations are all differentiable: autograd through them
+        y_auto, _ = step.forward(x_auto, delta_auto, cos, sin, mask, Cache())
+    grad_y = torch.randn(y_auto.shape, generator=generator)
+    want = torch.autograd.grad(y_auto, (x_auto, delta_auto), grad_y)
     with torch.no_grad():
-        y, saved = step.forward(x, cos, sin, mask, Cache())
+        y, saved = step.forward(x, delta, cos, sin, mask, Cache())
         got = step.backward(grad_y, saved)
     torch.testing.assert_close(y, y_auto.detach())
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
-
-
-def _autograd_forward(step: FusedBlock, x, cos, sin, mask, cache):
-    """The step's forward with autograd recording (its operations are all differentiable)."""
-    with torch.enable_grad():
-        return FusedBlock.forward(step, x, cos, sin, mask, cache)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)

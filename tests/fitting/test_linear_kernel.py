@@ -49,8 +49,8 @@ def test_the_kernel_gives_f_linears_values_and_input_gradient(shape, d_in, d_out
     layer = _frozen(nn.Linear(d_in, d_out, bias=bias))
     x = torch.randn(*shape, d_in)
     calls = []
-    original = linear_kernel._SkinnyLinear.apply
-    monkeypatch.setattr(linear_kernel._SkinnyLinear, "apply", lambda *a: calls.append(1) or original(*a))
+    original = linear_kernel.kernel_forward  # the product of a layer run as the model runs it, or by hand
+    monkeypatch.setattr(linear_kernel, "kernel_forward", lambda *a: calls.append(1) or original(*a))
     got = _value_and_grad(layer, x, kernel=True)
     assert calls, "the kernel was not used"
     want = _value_and_grad(layer, x, kernel=False)
@@ -133,8 +133,8 @@ def test_the_fitters_suffix_gives_the_same_values_and_gradients_with_the_kernel(
     for p in any_model.parameters():  # as in a fit (and the module's own copy of the model: nothing else sees it)
         monkeypatch.setattr(p, "requires_grad", False)
     calls = []
-    original = linear_kernel._SkinnyLinear.apply
-    monkeypatch.setattr(linear_kernel._SkinnyLinear, "apply", lambda *a: calls.append(1) or original(*a))
+    original = linear_kernel.kernel_forward  # the product of a layer run as the model runs it, or by hand
+    monkeypatch.setattr(linear_kernel, "kernel_forward", lambda *a: calls.append(1) or original(*a))
     got = loss_and_grad(any_model, PrefixCachedForward(), layers, loss)
     # HookedTransformer's projections are its own parameters, and GPT-2's bridge runs its fused Conv1D.
     assert bool(calls) == (request.node.callspec.params["any_model"] in (("bridge", "gemma3"), ("bridge", "llama")))
