@@ -6,8 +6,9 @@ On Gemma 3 270M (fp32, antonym, the first 10 training pairs of seed 0, frozen we
 
 * the whole step (suffix forward with Δ at ``--layer``, streamed first-token NLL, backward to Δ),
   with the fp32 unembedding and with the optional bf16 one, every block run; and as the fitter runs
-  it, from Δ's layer on (:mod:`headsteer.fitting.from_layer`), with the bridge's hook-free components
-  stepped around (:mod:`headsteer.fitting.bare_bridge`) and with every component;
+  it, from Δ's layer on (:mod:`headsteer.fitting.from_layer`), each block's step written out by hand
+  (:mod:`headsteer.fitting.fused_block`); with each block run as the model runs it, the bridge's
+  hook-free components stepped around (:mod:`headsteer.fitting.bare_bridge`); and with every component;
 * the suffix alone (forward without gradient; forward and backward);
 * the streamed NLL alone (:mod:`headsteer.fitting.unembed`) in fp32 and bf16, as the fitter runs it (the
   fused kernel of :mod:`headsteer.fitting.nll_kernel` where it applies) and as the torch loop;
@@ -237,9 +238,11 @@ def main() -> None:
         scored.token_nll(first).mean().backward()
 
     fitter = PrefixCachedForward()  # its plan is made on the first call (a warm-up call of milliseconds)
-    wrapped = PrefixCachedForward()
-    with mock.patch.object(from_layer, "bridge_slots", lambda blocks: ()):  # its plan: no component stepped around
-        wrapped(model, layer, tokens, delta, 1)
+    as_the_model, wrapped = PrefixCachedForward(), PrefixCachedForward()
+    with mock.patch.object(from_layer, "fused_blocks", lambda blocks: {}):  # its plan: no block run by hand
+        as_the_model(model, layer, tokens, delta, 1)
+        with mock.patch.object(from_layer, "bridge_slots", lambda blocks: ()):  # nor any component stepped around
+            wrapped(model, layer, tokens, delta, 1)
 
     def fitter_step(forward: PrefixCachedForward = fitter) -> None:
         forward(model, layer, tokens, delta, 1).token_nll(first).mean().backward()
@@ -257,7 +260,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; Gemma 3 270M fp32, layer {args.layer}")
     print(f"step: fp32 unembedding {milliseconds(step):.1f}; bf16 unembedding {milliseconds(lambda: step(True)):.1f}")
     print(f"step as the fitter runs it, blocks {args.layer}.. only: {milliseconds(fitter_step):.1f}", end="")
-    print(f"; with every bridge component: {milliseconds(lambda: fitter_step(wrapped)):.1f}")
+    print(f"; each block as the model runs it: {milliseconds(lambda: fitter_step(as_the_model)):.1f}", end="")
+    print(f"; and with every bridge component: {milliseconds(lambda: fitter_step(wrapped)):.1f}")
     print(f"suffix: forward {milliseconds(suffix_forward):.1f}; forward + backward {milliseconds(suffix_backward):.1f}")
     total, in_products = matrix_share(fitter_suffix)
     print(f"suffix as the fitter runs it, forward + backward: {total:.1f} (profiled); in products {in_products:.1f}")

@@ -237,6 +237,14 @@ def _check_key_value_layers(cache) -> None:
             "the prefix-cached forward needs a key/value cache in every block; this model has blocks of another "
             "kind: fit with the naive forward (--no-fast)"
         )
+    if any(layer.keys is None for layer in cache.layers):
+        from importlib.metadata import version
+
+        raise ConfigError(
+            f"the model's forward left its key/value cache empty: TransformerLens {version('transformer-lens')} does "
+            f"not pass the cache to transformers {version('transformers')}'s layers; install the versions headsteer's "
+            "pyproject.toml allows"
+        )
 
 
 def _layer_states(cache) -> list[tuple[Tensor, Tensor, int | None]]:

@@ -132,3 +132,15 @@ def test_peft_baselines_say_a_hooked_transformer_holds_no_hugging_face_model():
 def test_a_model_of_another_kind_is_refused_by_name(call):
     with pytest.raises(ConfigError, match="takes a TransformerLens model .* got GPT2LMHeadModel.*wrap_model"):
         call(tiny_hf_model("gpt2"))
+
+
+def test_a_key_value_cache_the_prefix_left_empty_is_refused_with_the_versions():
+    """A TransformerLens that does not hand transformers' layers the cache (4.3 with transformers 5.24) fills none."""
+    from types import SimpleNamespace
+
+    from transformers.cache_utils import DynamicLayer
+
+    from headsteer.backends import _check_key_value_layers
+
+    with pytest.raises(ConfigError, match="left its key/value cache empty: TransformerLens .* transformers"):
+        _check_key_value_layers(SimpleNamespace(layers=[DynamicLayer()]))
