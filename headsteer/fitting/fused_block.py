@@ -122,7 +122,12 @@ class FusedBlock:
         if dtype != torch.float32 or any(getattr(torch_module, f"_global{d}", None) for d in _HOOK_DICTS):
             return False
         own = self._own_hooks
-        return not any((hooks := getattr(m, d)) and not hooks.keys() <= own for m in self._modules for d in _HOOK_DICTS)
+        # Checked every step: four attribute reads per module, the set operation only where a hook is.
+        return not any(
+            (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+            and any(not getattr(m, d).keys() <= own for d in _HOOK_DICTS)
+            for m in self._modules
+        )
 
     def __call__(
         self, x: Float[Tensor, "n S d_model"], kwargs: dict, delta: Float[Tensor, "n n_heads d_head"] | None = None
@@ -136,7 +141,8 @@ class FusedBlock:
         mask = kwargs.get("attention_mask")
         if mask is not None and mask.dtype == torch.bool:
             mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(~mask, float("-inf"))
-        return _Step.apply(x, delta, self, (cos.unsqueeze(1), sin.unsqueeze(1), mask, kwargs.get("past_key_values")))
+        cache = kwargs.get("past_key_values", kwargs.get("cache"))  # the cache's name in transformers < 5.24, ≥ 5.24
+        return _Step.apply(x, delta, self, (cos.unsqueeze(1), sin.unsqueeze(1), mask, cache))
 
     def forward(
         self, x: Tensor, delta: Tensor | None, cos: Tensor, sin: Tensor, mask: Tensor | None, cache
