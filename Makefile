@@ -15,7 +15,8 @@ TL3_STAMP := $(TL3_VENV)/.installed
 # test_docs runs the README's HookedTransformer example, which the TL 4.x environment skips.
 KIND_TESTS := tests/test_backends.py tests/fitting/test_forward.py tests/fitting/test_loop.py \
 	tests/fitting/test_loop_batched.py tests/fitting/test_unembed.py tests/fitting/test_from_layer.py \
-	tests/fitting/test_linear_kernel.py tests/fitting/test_bare_bridge.py tests/test_generation.py tests/test_hooks.py \
+	tests/fitting/test_linear_kernel.py tests/fitting/test_bare_bridge.py tests/fitting/test_fused_block.py \
+	tests/test_generation.py tests/test_hooks.py \
 	tests/test_evaluate.py tests/baselines tests/test_models.py tests/test_intervention.py tests/heads \
 	tests/paper/test_opinion.py tests/paper/test_sweep.py tests/test_reference.py tests/test_docs.py
 # Jupyter refuses to run as root unless told to.
