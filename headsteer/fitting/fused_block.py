@@ -54,7 +54,8 @@ def _child(module: nn.Module, name: str) -> nn.Module:
     """``module.<name>``, or the Hugging Face module in it where a bridge component holds that slot."""
     child = module._modules[name]
     assert child is not None, name
-    return child._modules.get("_original_component") or child
+    wrapped = child._modules.get("_original_component")
+    return child if wrapped is None else wrapped
 
 
 def _frozen_linear(module: nn.Module) -> FrozenLinear:
