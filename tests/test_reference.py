@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from headsteer import kernels
+from headsteer.fitting import from_layer
 from tests.reference.generate import CASES, LAYERS, run_case
 
 REFERENCE = Path(__file__).parent / "reference"
@@ -15,8 +16,11 @@ REFERENCE = Path(__file__).parent / "reference"
 
 @pytest.fixture
 def torch_paths(monkeypatch):
-    """The hand-written kernels off: their summation order differs from torch's (they are tested against it)."""
+    """The hand-written kernels off, and every block run as the model runs it: their summation order differs from
+    torch's through the layers (each is tested against that: tests/test_kernels.py, tests/fitting/test_fused_block.py).
+    """
     monkeypatch.setenv(kernels.SWITCH_ENV, "0")
+    monkeypatch.setattr(from_layer, "fused_blocks", lambda blocks: {})
     kernels.library.cache_clear()
     yield
     kernels.library.cache_clear()
