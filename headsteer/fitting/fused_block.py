@@ -1,40 +1,45 @@
-"""A Gemma 3 decoder layer's suffix step, forward and input gradient written out by hand.
+"""A decoder layer's suffix step, forward and input gradient written out by hand (Gemma 3, Llama).
 
 In a fit step the blocks above Δ's layer run on a handful of rows (one per training pair
 and scored position) against the prefix's KV cache (:mod:`headsteer.fitting.from_layer`).
 Through autograd, a Hugging Face ``Gemma3DecoderLayer`` is about a hundred small operations
 forward and as many backward, each costing more than its arithmetic on ten rows: about 2.7 ms
 per block of a 4.5 ms block step on Gemma 3 270M, the rest its linear layers. Here the same
-forward is one autograd node whose backward is written out, giving ∂L/∂x only (the weights are
-frozen), its linear layers through :class:`~headsteer.fitting.linear_kernel.FrozenLinear`.
+forward is one autograd node whose backward is written out, giving ∂L/∂x and ∂L/∂Δ only (the
+weights are frozen), its linear layers through :class:`~headsteer.fitting.linear_kernel.FrozenLinear`.
 
 Forward for the rows' residual x ``[n, S, d_model]`` (S suffix positions), with
-N_w(u) = u · rsqrt(mean(u²) + ε) · (1 + w) Gemma's RMSNorm along the last dimension::
+N(u) = u · rsqrt(mean(u²) + ε) · (c + w) an RMSNorm along the last dimension (c = 1 for Gemma,
+0 for Llama)::
 
     a  = N_in(x);   q, k, v = a W_qᵀ, a W_kᵀ, a W_vᵀ        per head: q [n, H, S, d], k, v [n, H_kv, S, d]
     q̂  = R(N_q(q)),  k̂ = R(N_k(k))                        R: rotary, u cos + rotate_half(u) sin
     K, V = cache ⧺ k̂, cache ⧺ v                          the prefix's keys and values, then the suffix's
     P  = softmax(s · q̂ Kᵀ + mask);  z = P V + Δ           head h reads key/value head h // (H / H_kv)
     h  = x + N_pa(z W_oᵀ)                                  z: hook_z, Δ (if any) at suffix position 0 only
-    y  = h + N_pf'(( gelu_tanh(b W_gᵀ) ⊙ b W_uᵀ ) W_dᵀ),  b = N_pf(h)
+    y  = h + N_pf'(( act(b W_gᵀ) ⊙ b W_uᵀ ) W_dᵀ),  b = N_pf(h)
 
-and the backward applies the chain rule to each line in turn (∂ of N_w: r·g − u·r³·mean(g·u)
-with r = rsqrt(mean(u²) + ε) and g the gradient times (1 + w); of R: g cos + rotate_halfᵀ(g sin);
-of the softmax: P ⊙ (∂P − Σ ∂P ⊙ P)); ∂L/∂Δ is ∂L/∂z at position 0. The cache is updated as the
-layer updates it (the caller restores it after the step).
+where an :class:`Architecture` says which norms a layer has (Llama: no N_q, N_k, N_pa, N_pf'; they
+are the identity above) and its gate's activation (Gemma: tanh-approximated GELU; Llama: SiLU).
+The backward applies the chain rule to each line in turn (∂ of N: r·g − u·r³·mean(g·u) with
+r = rsqrt(mean(u²) + ε) and g the gradient times (c + w); of R: g cos + rotate_halfᵀ(g sin); of the
+softmax: P ⊙ (∂P − Σ ∂P ⊙ P)); ∂L/∂Δ is ∂L/∂z at position 0. The cache is updated as the layer
+updates it (the caller restores it after the step).
 
 :func:`fused_blocks` offers one for each block of a TransformerBridge whose Hugging Face layer is
-a ``Gemma3DecoderLayer`` in fp32 and in eval mode. :meth:`FusedBlock.applies` is checked at
-every step, before Δ's hooks are added: a block with a hook in it (a user's) runs as the model
-runs it, with Δ's hook where Δ enters there; a block run by hand adds Δ itself. The plan that
-uses them checks that its block-by-block run reproduces the model's forward, and does without
-them otherwise; ``tests/fitting/test_fused_block.py`` compares values and gradients with
-autograd through the layers.
+of a class in :data:`LAYERS`, in fp32 and eval mode, whose MLP gate computes the expected
+activation. :meth:`FusedBlock.applies` is checked at every step, before Δ's hooks are added: a
+block with a hook in it (a user's) runs as the model runs it, with Δ's hook where Δ enters there;
+a block run by hand adds Δ itself. The plan that uses them checks that its block-by-block run
+reproduces the model's forward, and does without them otherwise; ``tests/fitting/test_fused_block.py``
+compares values and gradients with autograd through the layers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -75,6 +80,15 @@ def _norm_grad(u: Tensor, r: Tensor, g: Tensor) -> Tensor:
     return r * g - u * (r.pow(3) * (g * u).mean(-1, keepdim=True))
 
 
+def _normed(norm: _Norm | None, u: Tensor) -> tuple[Tensor, Tensor | None]:
+    """(N(u), r), or (u, None) where the layer has no such norm."""
+    return (u, None) if norm is None else norm(u)
+
+
+def _normed_grad(norm: _Norm | None, u: Tensor, r: Tensor | None, grad_out: Tensor) -> Tensor:
+    return grad_out if norm is None or r is None else norm.grad(u, r, grad_out)
+
+
 def _rotate_half(u: Tensor) -> Tensor:
     half = u.shape[-1] // 2
     return torch.cat((-u[..., half:], u[..., :half]), dim=-1)
@@ -87,29 +101,70 @@ def _rotate_half_transposed(g: Tensor) -> Tensor:
 
 
 class _Norm:
-    """Gemma's RMSNorm: its ε and its scale 1 + w, taken once."""
+    """An RMSNorm's ε and its scale (offset + w: Gemma's norms scale by 1 + w, the others by w), taken once."""
 
-    def __init__(self, module: nn.Module) -> None:
-        weight = module.weight
+    def __init__(self, module: nn.Module, offset: float) -> None:
+        weight, settings = module.weight, vars(module)
         assert isinstance(weight, Tensor)
-        self.eps = float(vars(module)["eps"])
-        self.scale = 1.0 + weight.detach().float()
+        self.eps = float(settings["eps"] if "eps" in settings else settings["variance_epsilon"])
+        self.scale = offset + weight.detach().float()
+
+    def __call__(self, u: Tensor) -> tuple[Tensor, Tensor]:
+        """(N(u), r)."""
+        normed, r = _norm(u, self.eps)
+        return normed * self.scale, r
+
+    def grad(self, u: Tensor, r: Tensor, grad_out: Tensor) -> Tensor:
+        return _norm_grad(u, r, grad_out * self.scale)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """What differs between the decoder layers written out here (all: rotary, grouped-query attention, gated MLP)."""
+
+    norms: tuple[str, str | None, str, str | None]  # the RMSNorms before and after attention, before and after the MLP
+    qk_norm: bool  # q and k normed per head before rotary
+    norm_offset: float  # an RMSNorm scales by offset + w
+    activation: Callable[[Tensor], Tensor]  # the MLP's gate
+    activation_grad: Callable[[Tensor, Tensor], Tensor]  # (∂L/∂out, its input) -> ∂L/∂input
+
+
+GEMMA3 = Architecture(
+    ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm", "post_feedforward_layernorm"),
+    qk_norm=True,
+    norm_offset=1.0,
+    activation=lambda u: F.gelu(u, approximate="tanh"),
+    activation_grad=lambda g, u: torch.ops.aten.gelu_backward(g, u, approximate="tanh"),
+)
+LLAMA = Architecture(
+    ("input_layernorm", None, "post_attention_layernorm", None),
+    qk_norm=False,
+    norm_offset=0.0,
+    activation=F.silu,
+    activation_grad=torch.ops.aten.silu_backward,
+)
+# transformers' decoder layer classes (module, class) written out here, and how.
+LAYERS = {("gemma3", "Gemma3DecoderLayer"): GEMMA3, ("llama", "LlamaDecoderLayer"): LLAMA}
 
 
 class FusedBlock:
-    """One ``Gemma3DecoderLayer``'s suffix step as a single autograd node (see the module's docstring)."""
+    """One decoder layer's suffix step as a single autograd node (see the module's docstring)."""
 
-    def __init__(self, block: nn.Module, layer: nn.Module) -> None:
+    def __init__(self, block: nn.Module, layer: nn.Module, architecture: Architecture) -> None:
+        self.architecture = architecture
         attention, mlp = _child(layer, "self_attn"), _child(layer, "mlp")
         settings = vars(attention)  # a Hugging Face attention's plain attributes
         config = settings["config"]
         self.layer_idx, self.head_dim, self.scaling = settings["layer_idx"], settings["head_dim"], settings["scaling"]
         self.n_heads, self.n_kv = int(config.num_attention_heads), int(config.num_key_value_heads)
-        self.n_in, self.n_pa, self.n_pf, self.n_pff = (
-            _Norm(_child(layer, f"{name}_layernorm"))
-            for name in ("input", "post_attention", "pre_feedforward", "post_feedforward")
+        offset = architecture.norm_offset
+        pre_attention, post_attention, pre_mlp, post_mlp = architecture.norms
+        self.n_in, self.n_pf = _Norm(_child(layer, pre_attention), offset), _Norm(_child(layer, pre_mlp), offset)
+        self.n_pa, self.n_pff = (
+            None if name is None else _Norm(_child(layer, name), offset) for name in (post_attention, post_mlp)
         )
-        self.n_q, self.n_k = _Norm(_child(attention, "q_norm")), _Norm(_child(attention, "k_norm"))
+        self.n_q: _Norm | None = _Norm(_child(attention, "q_norm"), offset) if architecture.qk_norm else None
+        self.n_k: _Norm | None = _Norm(_child(attention, "k_norm"), offset) if architecture.qk_norm else None
         self.q, self.k, self.v, self.o = (_frozen_linear(_child(attention, f"{p}_proj")) for p in "qkvo")
         self.gate, self.up, self.down = (_frozen_linear(_child(mlp, f"{p}_proj")) for p in ("gate", "up", "down"))
         # Every module where a hook could change what the block computes; the bridge's own capture hooks
@@ -151,14 +206,13 @@ class FusedBlock:
         """The block's output and what its backward needs (no autograd graph)."""
         n, S, D = x.shape
         H, Hkv, d = self.n_heads, self.n_kv, self.head_dim
-        a, r_in = _norm(x, self.n_in.eps)
-        a = (a * self.n_in.scale).reshape(n * S, D)
+        a, r_in = self.n_in(x)
+        a = a.reshape(n * S, D)
         q = self.q(a).view(n, S, H, d).transpose(1, 2)
         k = self.k(a).view(n, S, Hkv, d).transpose(1, 2)
         v = self.v(a).view(n, S, Hkv, d).transpose(1, 2)
-        qn, r_q = _norm(q, self.n_q.eps)
-        kn, r_k = _norm(k, self.n_k.eps)
-        qn, kn = qn * self.n_q.scale, kn * self.n_k.scale
+        qn, r_q = _normed(self.n_q, q)
+        kn, r_k = _normed(self.n_k, k)
         q_rot = qn * cos + _rotate_half(qn) * sin
         k_rot = kn * cos + _rotate_half(kn) * sin
         keys, values = (k_rot, v) if cache is None else cache.update(k_rot, v, self.layer_idx)
@@ -173,17 +227,17 @@ class FusedBlock:
         if delta is not None:
             z = torch.cat([z[:, :1] + delta[:, None], z[:, 1:]], dim=1)
         attn = self.o(z.reshape(n * S, H * d)).view(n, S, D)
-        attn_normed, r_pa = _norm(attn, self.n_pa.eps)
-        h = x + attn_normed * self.n_pa.scale
-        b, r_pf = _norm(h, self.n_pf.eps)
-        b = (b * self.n_pf.scale).reshape(n * S, D)
+        attn_out, r_pa = _normed(self.n_pa, attn)
+        h = x + attn_out
+        b, r_pf = self.n_pf(h)
+        b = b.reshape(n * S, D)
         gate, up = self.gate(b), self.up(b)
-        gelu = F.gelu(gate, approximate="tanh")
-        mlp = self.down(gelu * up).view(n, S, D)
-        mlp_normed, r_pff = _norm(mlp, self.n_pff.eps)
-        y = h + mlp_normed * self.n_pff.scale
+        act = self.architecture.activation(gate)
+        mlp = self.down(act * up).view(n, S, D)
+        mlp_out, r_pff = _normed(self.n_pff, mlp)
+        y = h + mlp_out
         saved = dict(x=x, r_in=r_in, q=q, r_q=r_q, k=k, r_k=r_k, cos=cos, sin=sin, keys=keys, values=values,
-                     q_grouped=q_grouped, p=p, attn=attn, r_pa=r_pa, h=h, r_pf=r_pf, gate=gate, up=up, gelu=gelu,
+                     q_grouped=q_grouped, p=p, attn=attn, r_pa=r_pa, h=h, r_pf=r_pf, gate=gate, up=up, act=act,
                      mlp=mlp, r_pff=r_pff)  # fmt: skip
         return y, saved
 
@@ -191,15 +245,15 @@ class FusedBlock:
         """∂L/∂x and ∂L/∂Δ from ∂L/∂y, line by line back through :meth:`forward`."""
         n, S, D = grad_y.shape
         H, Hkv, d = self.n_heads, self.n_kv, self.head_dim
-        # y = h + N_pff(mlp)
-        grad_mlp = _norm_grad(s["mlp"], s["r_pff"], grad_y * self.n_pff.scale).reshape(n * S, D)
+        # y = h + N_pff(mlp) (or h + mlp)
+        grad_mlp = _normed_grad(self.n_pff, s["mlp"], s["r_pff"], grad_y).reshape(n * S, D)
         grad_product = self.down.input_grad(grad_mlp)
-        grad_gate = torch.ops.aten.gelu_backward(grad_product * s["up"], s["gate"], approximate="tanh")
-        grad_b = self.gate.input_grad(grad_gate) + self.up.input_grad(grad_product * s["gelu"])
+        grad_gate = self.architecture.activation_grad(grad_product * s["up"], s["gate"])
+        grad_b = self.gate.input_grad(grad_gate) + self.up.input_grad(grad_product * s["act"])
         # b = N_pf(h), and h reaches y directly
-        grad_h = grad_y + _norm_grad(s["h"], s["r_pf"], grad_b.view(n, S, D) * self.n_pf.scale)
-        # h = x + N_pa(o W_oᵀ)
-        grad_attn = _norm_grad(s["attn"], s["r_pa"], grad_h * self.n_pa.scale).reshape(n * S, D)
+        grad_h = grad_y + self.n_pf.grad(s["h"], s["r_pf"], grad_b.view(n, S, D))
+        # h = x + N_pa(z W_oᵀ) (or x + z W_oᵀ)
+        grad_attn = _normed_grad(self.n_pa, s["attn"], s["r_pa"], grad_h).reshape(n * S, D)
         grad_z = self.o.input_grad(grad_attn).view(n, S, H, d)
         grad_o = grad_z.transpose(1, 2).reshape(n, Hkv, H // Hkv * S, d)
         p, keys, values = s["p"], s["keys"], s["values"]
@@ -212,14 +266,14 @@ class FusedBlock:
         cos, sin = s["cos"], s["sin"]
         grad_qn = grad_q_rot * cos + _rotate_half_transposed(grad_q_rot * sin)
         grad_kn = grad_k_rot * cos + _rotate_half_transposed(grad_k_rot * sin)
-        grad_q = _norm_grad(s["q"], s["r_q"], grad_qn * self.n_q.scale)
-        grad_k = _norm_grad(s["k"], s["r_k"], grad_kn * self.n_k.scale)
+        grad_q = _normed_grad(self.n_q, s["q"], s["r_q"], grad_qn)
+        grad_k = _normed_grad(self.n_k, s["k"], s["r_k"], grad_kn)
         grad_a = (
             self.q.input_grad(grad_q.transpose(1, 2).reshape(n * S, H * d))
             + self.k.input_grad(grad_k.transpose(1, 2).reshape(n * S, Hkv * d))
             + self.v.input_grad(grad_v.transpose(1, 2).reshape(n * S, Hkv * d))
         )
-        return grad_h + _norm_grad(s["x"], s["r_in"], grad_a.view(n, S, D) * self.n_in.scale), grad_z[:, 0]
+        return grad_h + self.n_in.grad(s["x"], s["r_in"], grad_a.view(n, S, D)), grad_z[:, 0]
 
 
 class _Step(torch.autograd.Function):
@@ -239,16 +293,29 @@ class _Step(torch.autograd.Function):
 
 
 def fused_blocks(blocks: Iterable[tuple[int, nn.Module]]) -> dict[int, FusedBlock]:
-    """A :class:`FusedBlock` for each (index, block) bridging an fp32 ``Gemma3DecoderLayer`` in eval mode."""
-    try:
-        from transformers.models.gemma3.modeling_gemma3 import Gemma3DecoderLayer
-    except ImportError:
-        return {}
+    """A :class:`FusedBlock` for each (index, block) bridging an fp32 decoder layer of :data:`LAYERS` in eval mode."""
+    known: dict[type, Architecture] = {}
+    for (module, name), architecture in LAYERS.items():
+        try:
+            layer_class = getattr(importlib.import_module(f"transformers.models.{module}.modeling_{module}"), name)
+        except (ImportError, AttributeError):  # a transformers without it
+            continue
+        known[layer_class] = architecture
     fused = {}
     for index, block in blocks:
         layer = block._modules.get("_original_component")
-        if type(layer) is not Gemma3DecoderLayer or layer.training:
+        found = known.get(type(layer))
+        if layer is None or found is None or layer.training:
             continue
-        if all(p.dtype == torch.float32 for p in layer.parameters()):
-            fused[index] = FusedBlock(block, layer)
+        if all(p.dtype == torch.float32 for p in layer.parameters()) and _gate_is(layer, found):
+            fused[index] = FusedBlock(block, layer, found)
     return fused
+
+
+def _gate_is(layer: nn.Module, architecture: Architecture) -> bool:
+    """Whether the layer's MLP gate computes the architecture's activation (a config may choose another)."""
+    probe = torch.linspace(-6, 6, 97)
+    act_fn = _child(layer, "mlp").act_fn
+    assert callable(act_fn)
+    with torch.no_grad():
+        return torch.allclose(act_fn(probe), architecture.activation(probe), rtol=1e-6, atol=1e-7)
