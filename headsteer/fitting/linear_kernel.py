@@ -17,8 +17,10 @@ a contiguous weight that needs no gradient with at least ``MIN_WEIGHT_ELEMENTS``
 at most ``linear_max_rows`` (32) rows, and :mod:`headsteer.kernels` loaded; any other call runs
 ``F.linear`` as before. Only plain
 ``nn.Linear`` modules whose ``forward`` nobody else replaced are touched, and each is given
-back its own ``forward`` on leaving, whatever happens. The results equal ``F.linear``'s up to
-fp32 summation order (``tests/fitting/test_linear_kernel.py``).
+back its own ``forward`` on leaving, whatever happens. :class:`FrozenLinear` is the same product
+and input gradient without autograd, for a backward written out by hand
+(:mod:`headsteer.fitting.fused_block`). The results equal ``F.linear``'s up to fp32 summation order
+(``tests/fitting/test_linear_kernel.py``).
 """
 
 from __future__ import annotations
@@ -89,7 +91,7 @@ def _weight_fits(weight: Tensor, bias: Tensor | None) -> bool:
     )
 
 
-def _kernel_forward(weight: Tensor, bias: Tensor | None, kernels: Kernels) -> Callable[[Tensor], Tensor]:
+def _routed_forward(weight: Tensor, bias: Tensor | None, kernels: Kernels) -> Callable[[Tensor], Tensor]:
     """A forward for the layer of ``weight`` and ``bias``: the kernel for inputs it takes, else ``F.linear``."""
     d_out, d_in = weight.shape
 
@@ -146,7 +148,7 @@ def skinny_linears(linears: Iterable[nn.Linear]) -> Iterator[None]:
     patched = [m for m in linears if "forward" not in vars(m) and _weight_fits(m.weight, m.bias)]
     try:
         for module in patched:
-            module.forward = _kernel_forward(module.weight, module.bias, kernels)  # type: ignore[method-assign,assignment]
+            module.forward = _routed_forward(module.weight, module.bias, kernels)  # type: ignore[method-assign,assignment]
         yield
     finally:
         for module in patched:
