@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.modules import module as torch_module
 
-__all__ = ["Slot", "bare_components", "bridge_slots"]
+__all__ = ["Slot", "bare_components", "bridge_slots", "global_module_hooks"]
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ def bridge_slots(modules: Iterable[nn.Module]) -> tuple[Slot, ...]:
     return tuple(slots.values())
 
 
-def _global_hooks() -> bool:
+def global_module_hooks() -> bool:
     """Whether torch has module hooks for every module (they would see different modules called)."""
     return any(
         getattr(torch_module, name, None)
@@ -85,7 +85,7 @@ def _global_hooks() -> bool:
 @contextmanager
 def bare_components(slots: Iterable[Slot]) -> Iterator[None]:
     """Within the block, each hook-free component in ``slots`` is replaced in its slot by the module it wraps."""
-    bare = [] if _global_hooks() else [slot for slot in slots if not slot.hooked()]
+    bare = [] if global_module_hooks() else [slot for slot in slots if not slot.hooked()]
     try:
         for slot in bare:
             slot.parent._modules[slot.name] = slot.wrapped

@@ -46,8 +46,8 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
-from torch.nn.modules import module as torch_module
 
+from headsteer.fitting.bare_bridge import global_module_hooks
 from headsteer.fitting.linear_kernel import FrozenLinear
 
 __all__ = ["FusedBlock", "fused_blocks"]
@@ -175,7 +175,7 @@ class FusedBlock:
 
     def applies(self, dtype: torch.dtype) -> bool:
         """Whether a call can run by hand now: fp32 rows, and no hook in the block nor any global module hook."""
-        if dtype != torch.float32 or any(getattr(torch_module, f"_global{d}", None) for d in _HOOK_DICTS):
+        if dtype != torch.float32 or global_module_hooks():
             return False
         own = self._own_hooks
         # Checked every step: four attribute reads per module, the set operation only where a hook is.
