@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from torch import nn
 from torch.nn.modules import module as torch_module
 
-__all__ = ["Slot", "bare_components", "bridge_slots", "global_module_hooks"]
+__all__ = ["Slot", "any_hook", "bare_components", "bridge_slots", "global_module_hooks"]
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,22 @@ class Slot:
     inside: tuple[nn.Module, ...]  # every module within the component, where a hook could be attached
 
     def hooked(self) -> bool:
-        return any(
-            m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks for m in self.inside
-        )
+        return any_hook(self.inside)
+
+
+_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+
+
+def any_hook(modules: Iterable[nn.Module], allowed: frozenset[int] = frozenset()) -> bool:
+    """Whether a hook of any kind is attached to one of ``modules``, other than the handles (ids) in ``allowed``.
+
+    Checked every step: four attribute reads per module, the set operation only where a hook is.
+    """
+    return any(
+        (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
+        and any(not getattr(m, d).keys() <= allowed for d in _HOOK_DICTS)
+        for m in modules
+    )
 
 
 def bridge_slots(modules: Iterable[nn.Module]) -> tuple[Slot, ...]:
@@ -71,15 +84,7 @@ def bridge_slots(modules: Iterable[nn.Module]) -> tuple[Slot, ...]:
 
 def global_module_hooks() -> bool:
     """Whether torch has module hooks for every module (they would see different modules called)."""
-    return any(
-        getattr(torch_module, name, None)
-        for name in (
-            "_global_forward_hooks",
-            "_global_forward_pre_hooks",
-            "_global_backward_hooks",
-            "_global_backward_pre_hooks",
-        )
-    )
+    return any(getattr(torch_module, f"_global{d}", None) for d in _HOOK_DICTS)
 
 
 @contextmanager

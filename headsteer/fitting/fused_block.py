@@ -47,12 +47,10 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from headsteer.fitting.bare_bridge import global_module_hooks
+from headsteer.fitting.bare_bridge import any_hook, global_module_hooks
 from headsteer.fitting.linear_kernel import FrozenLinear
 
 __all__ = ["FusedBlock", "fused_blocks"]
-
-_HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
 
 
 def _child(module: nn.Module, name: str) -> nn.Module:
@@ -171,19 +169,11 @@ class FusedBlock:
         # (which hand its attention component the residual, and call hook_mlp_in) are not among them.
         self._modules = tuple(block.modules())
         self.module_ids = frozenset(id(m) for m in self._modules)  # what a step run by hand leaves alone
-        self._own_hooks = {h.id for h in getattr(block, "_capture_hook_handles", ())}
+        self._own_hooks = frozenset(h.id for h in getattr(block, "_capture_hook_handles", ()))
 
     def applies(self, dtype: torch.dtype) -> bool:
         """Whether a call can run by hand now: fp32 rows, and no hook in the block nor any global module hook."""
-        if dtype != torch.float32 or global_module_hooks():
-            return False
-        own = self._own_hooks
-        # Checked every step: four attribute reads per module, the set operation only where a hook is.
-        return not any(
-            (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks)
-            and any(not getattr(m, d).keys() <= own for d in _HOOK_DICTS)
-            for m in self._modules
-        )
+        return dtype == torch.float32 and not global_module_hooks() and not any_hook(self._modules, self._own_hooks)
 
     def __call__(
         self, x: Float[Tensor, "n S d_model"], kwargs: dict, delta: Float[Tensor, "n n_heads d_head"] | None = None
