@@ -6,7 +6,9 @@ Through autograd, a Hugging Face ``Gemma3DecoderLayer`` is about a hundred small
 forward and as many backward, each costing more than its arithmetic on ten rows: about 2.7 ms
 per block of a 4.5 ms block step on Gemma 3 270M, the rest its linear layers. Here the same
 forward is one autograd node whose backward is written out, giving ∂L/∂x and ∂L/∂Δ only (the
-weights are frozen), its linear layers through :class:`~headsteer.fitting.linear_kernel.FrozenLinear`.
+weights are frozen), its linear layers through :class:`~headsteer.fitting.linear_kernel.FrozenLinear`
+and the stages between them (norms, rotary, attention) through :mod:`headsteer.fitting.block_ops`:
+one C call each on CPU where the kernels loaded, torch's operations elsewhere.
 
 Forward for the rows' residual x ``[n, S, d_model]`` (S suffix positions), with
 N(u) = u · rsqrt(mean(u²) + ε) · (c + w) an RMSNorm along the last dimension (c = 1 for Gemma,
@@ -48,6 +50,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from headsteer.fitting.bare_bridge import any_hook, global_module_hooks
+from headsteer.fitting.block_ops import ops_for
 from headsteer.fitting.linear_kernel import FrozenLinear
 
 __all__ = ["FusedBlock", "fused_blocks"]
@@ -67,37 +70,6 @@ def _frozen_linear(module: nn.Module) -> FrozenLinear:
     return FrozenLinear(weight.detach(), None if bias is None else bias.detach())
 
 
-def _norm(u: Tensor, eps: float) -> tuple[Tensor, Tensor]:
-    """(u · r, r) with r = rsqrt(mean(u²) + ε) along the last dimension."""
-    r = torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + eps)
-    return u * r, r
-
-
-def _norm_grad(u: Tensor, r: Tensor, g: Tensor) -> Tensor:
-    """∂L/∂u for u · r (r as :func:`_norm` gives it), g = ∂L/∂(u · r)."""
-    return r * g - u * (r.pow(3) * (g * u).mean(-1, keepdim=True))
-
-
-def _normed(norm: _Norm | None, u: Tensor) -> tuple[Tensor, Tensor | None]:
-    """(N(u), r), or (u, None) where the layer has no such norm."""
-    return (u, None) if norm is None else norm(u)
-
-
-def _normed_grad(norm: _Norm | None, u: Tensor, r: Tensor | None, grad_out: Tensor) -> Tensor:
-    return grad_out if norm is None or r is None else norm.grad(u, r, grad_out)
-
-
-def _rotate_half(u: Tensor) -> Tensor:
-    half = u.shape[-1] // 2
-    return torch.cat((-u[..., half:], u[..., :half]), dim=-1)
-
-
-def _rotate_half_transposed(g: Tensor) -> Tensor:
-    """The transpose of :func:`_rotate_half` (a signed permutation) applied to g."""
-    half = g.shape[-1] // 2
-    return torch.cat((g[..., half:], -g[..., :half]), dim=-1)
-
-
 class _Norm:
     """An RMSNorm's ε and its scale (offset + w: Gemma's norms scale by 1 + w, the others by w), taken once."""
 
@@ -105,15 +77,15 @@ class _Norm:
         weight, settings = module.weight, vars(module)
         assert isinstance(weight, Tensor)
         self.eps = float(settings["eps"] if "eps" in settings else settings["variance_epsilon"])
-        self.scale = offset + weight.detach().float()
+        self.scale = (offset + weight.detach().float()).contiguous()
 
-    def __call__(self, u: Tensor) -> tuple[Tensor, Tensor]:
-        """(N(u), r)."""
-        normed, r = _norm(u, self.eps)
-        return normed * self.scale, r
 
-    def grad(self, u: Tensor, r: Tensor, grad_out: Tensor) -> Tensor:
-        return _norm_grad(u, r, grad_out * self.scale)
+def _scale(norm: _Norm | None) -> Tensor | None:
+    return None if norm is None else norm.scale
+
+
+def _eps(norm: _Norm | None) -> float:
+    return 0.0 if norm is None else norm.eps
 
 
 @dataclass(frozen=True)
@@ -188,7 +160,7 @@ class FusedBlock:
         if mask is not None and mask.dtype == torch.bool:
             mask = torch.zeros(mask.shape, dtype=x.dtype, device=x.device).masked_fill(~mask, float("-inf"))
         cache = kwargs.get("past_key_values", kwargs.get("cache"))  # the cache's name in transformers < 5.24, ≥ 5.24
-        return _Step.apply(x, delta, self, (cos.unsqueeze(1), sin.unsqueeze(1), mask, cache))
+        return _Step.apply(x, delta, self, (cos, sin, mask, cache))
 
     def forward(
         self, x: Tensor, delta: Tensor | None, cos: Tensor, sin: Tensor, mask: Tensor | None, cache
@@ -196,74 +168,55 @@ class FusedBlock:
         """The block's output and what its backward needs (no autograd graph)."""
         n, S, D = x.shape
         H, Hkv, d = self.n_heads, self.n_kv, self.head_dim
-        a, r_in = self.n_in(x)
-        a = a.reshape(n * S, D)
-        q = self.q(a).view(n, S, H, d).transpose(1, 2)
-        k = self.k(a).view(n, S, Hkv, d).transpose(1, 2)
-        v = self.v(a).view(n, S, Hkv, d).transpose(1, 2)
-        qn, r_q = _normed(self.n_q, q)
-        kn, r_k = _normed(self.n_k, k)
-        q_rot = qn * cos + _rotate_half(qn) * sin
-        k_rot = kn * cos + _rotate_half(kn) * sin
-        keys, values = (k_rot, v) if cache is None else cache.update(k_rot, v, self.layer_idx)
-        T = keys.shape[-2]
-        # Query heads grouped by the key/value head they read: [n, H_kv, (H / H_kv) · S, d].
-        q_grouped = q_rot.reshape(n, Hkv, H // Hkv * S, d)
-        scores = (q_grouped @ keys.transpose(-1, -2) * self.scaling).view(n, H, S, T)
-        if mask is not None:
-            scores = scores + mask
-        p = torch.softmax(scores, dim=-1).view(n, Hkv, H // Hkv * S, T)
-        z = (p @ values).view(n, H, S, d).transpose(1, 2)  # hook_z: [n, S, H, d]
-        if delta is not None:
-            z = torch.cat([z[:, :1] + delta[:, None], z[:, 1:]], dim=1)
+        ops = ops_for(x)
+        a, r_in = ops.norm(x, self.n_in.scale, self.n_in.eps)
+        a = a.view(n * S, D)
+        q, k, v = self.q(a).view(n, S, H, d), self.k(a).view(n, S, Hkv, d), self.v(a).view(n, S, Hkv, d)
+        q_rot, r_q = ops.qk(q, _scale(self.n_q), _eps(self.n_q), cos, sin)  # [n, H, S, d]
+        k_rot, r_k = ops.qk(k, _scale(self.n_k), _eps(self.n_k), cos, sin)  # [n, H_kv, S, d]
+        v_heads = v.transpose(1, 2)
+        keys, values = (k_rot, v_heads) if cache is None else cache.update(k_rot, v_heads, self.layer_idx)
+        p, z = ops.attention(q_rot, keys, values, mask, self.scaling, delta)  # z: hook_z [n, S, H, d], Δ added
         attn = self.o(z.reshape(n * S, H * d)).view(n, S, D)
-        attn_out, r_pa = _normed(self.n_pa, attn)
-        h = x + attn_out
-        b, r_pf = self.n_pf(h)
-        b = b.reshape(n * S, D)
+        h, r_pa = (x + attn, None) if self.n_pa is None else ops.norm(attn, self.n_pa.scale, self.n_pa.eps, add=x)
+        b, r_pf = ops.norm(h, self.n_pf.scale, self.n_pf.eps)
+        b = b.view(n * S, D)
         gate, up = self.gate(b), self.up(b)
         act = self.architecture.activation(gate)
         mlp = self.down(act * up).view(n, S, D)
-        mlp_out, r_pff = _normed(self.n_pff, mlp)
-        y = h + mlp_out
+        y, r_pff = (h + mlp, None) if self.n_pff is None else ops.norm(mlp, self.n_pff.scale, self.n_pff.eps, add=h)
         saved = dict(x=x, r_in=r_in, q=q, r_q=r_q, k=k, r_k=r_k, cos=cos, sin=sin, keys=keys, values=values,
-                     q_grouped=q_grouped, p=p, attn=attn, r_pa=r_pa, h=h, r_pf=r_pf, gate=gate, up=up, act=act,
-                     mlp=mlp, r_pff=r_pff)  # fmt: skip
+                     q_rot=q_rot, p=p, attn=attn, r_pa=r_pa, h=h, r_pf=r_pf, gate=gate, up=up, act=act, mlp=mlp,
+                     r_pff=r_pff)  # fmt: skip
         return y, saved
 
     def backward(self, grad_y: Tensor, s: dict) -> tuple[Tensor, Tensor]:
         """∂L/∂x and ∂L/∂Δ from ∂L/∂y, line by line back through :meth:`forward`."""
         n, S, D = grad_y.shape
         H, Hkv, d = self.n_heads, self.n_kv, self.head_dim
+        ops = ops_for(grad_y)
         # y = h + N_pff(mlp) (or h + mlp)
-        grad_mlp = _normed_grad(self.n_pff, s["mlp"], s["r_pff"], grad_y).reshape(n * S, D)
-        grad_product = self.down.input_grad(grad_mlp)
+        grad_mlp = grad_y if self.n_pff is None else ops.norm_grad(s["mlp"], s["r_pff"], self.n_pff.scale, grad_y)
+        grad_product = self.down.input_grad(grad_mlp.reshape(n * S, D))
         grad_gate = self.architecture.activation_grad(grad_product * s["up"], s["gate"])
         grad_b = self.gate.input_grad(grad_gate) + self.up.input_grad(grad_product * s["act"])
         # b = N_pf(h), and h reaches y directly
-        grad_h = grad_y + self.n_pf.grad(s["h"], s["r_pf"], grad_b.view(n, S, D))
+        grad_h = ops.norm_grad(s["h"], s["r_pf"], self.n_pf.scale, grad_b.view(n, S, D), add=grad_y)
         # h = x + N_pa(z W_oᵀ) (or x + z W_oᵀ)
-        grad_attn = _normed_grad(self.n_pa, s["attn"], s["r_pa"], grad_h).reshape(n * S, D)
-        grad_z = self.o.input_grad(grad_attn).view(n, S, H, d)
-        grad_o = grad_z.transpose(1, 2).reshape(n, Hkv, H // Hkv * S, d)
-        p, keys, values = s["p"], s["keys"], s["values"]
-        grad_values = p.transpose(-1, -2) @ grad_o  # [n, H_kv, T, d]
-        grad_p = grad_o @ values.transpose(-1, -2)
-        grad_scores = p * (grad_p - (grad_p * p).sum(-1, keepdim=True)) * self.scaling
-        grad_q_rot = (grad_scores @ keys).view(n, H, S, d)
-        grad_k_rot = (grad_scores.transpose(-1, -2) @ s["q_grouped"])[:, :, -S:]  # the suffix's own keys
-        grad_v = grad_values[:, :, -S:]
-        cos, sin = s["cos"], s["sin"]
-        grad_qn = grad_q_rot * cos + _rotate_half_transposed(grad_q_rot * sin)
-        grad_kn = grad_k_rot * cos + _rotate_half_transposed(grad_k_rot * sin)
-        grad_q = _normed_grad(self.n_q, s["q"], s["r_q"], grad_qn)
-        grad_k = _normed_grad(self.n_k, s["k"], s["r_k"], grad_kn)
+        grad_attn = grad_h if self.n_pa is None else ops.norm_grad(s["attn"], s["r_pa"], self.n_pa.scale, grad_h)
+        grad_z = self.o.input_grad(grad_attn.reshape(n * S, D)).view(n, S, H, d)
+        grad_q_rot, grad_k_rot, grad_v = ops.attention_grad(
+            grad_z, s["p"], s["q_rot"], s["keys"], s["values"], self.scaling
+        )  # the suffix's own keys and values only: the cache's are frozen
+        grad_q = ops.qk_grad(grad_q_rot, s["q"], s["r_q"], _scale(self.n_q), s["cos"], s["sin"])
+        grad_k = ops.qk_grad(grad_k_rot, s["k"], s["r_k"], _scale(self.n_k), s["cos"], s["sin"])
         grad_a = (
-            self.q.input_grad(grad_q.transpose(1, 2).reshape(n * S, H * d))
-            + self.k.input_grad(grad_k.transpose(1, 2).reshape(n * S, Hkv * d))
-            + self.v.input_grad(grad_v.transpose(1, 2).reshape(n * S, Hkv * d))
+            self.q.input_grad(grad_q.reshape(n * S, H * d))
+            + self.k.input_grad(grad_k.reshape(n * S, Hkv * d))
+            + self.v.input_grad(grad_v.reshape(n * S, Hkv * d))
         )
-        return grad_h + self.n_in.grad(s["x"], s["r_in"], grad_a.view(n, S, D)), grad_z[:, 0]
+        grad_x = ops.norm_grad(s["x"], s["r_in"], self.n_in.scale, grad_a.view(n, S, D), add=grad_h)
+        return grad_x, grad_z[:, 0]
 
 
 class _Step(torch.autograd.Function):

@@ -1,11 +1,13 @@
 """Hand-written CPU kernels, built on first use with the machine's C compiler and loaded through ctypes.
 
-Two kernels, for the small products of a fit step that stock GEMMs run slowly (a few rows
-against a large weight), both in one shared library:
+Three kernels, for the parts of a fit step that torch runs slowly on a few rows, all in one
+shared library:
 
 * ``nll.c``: the streamed NLL's pass over the unembedding (:mod:`headsteer.fitting.nll_kernel`);
 * ``linear.c``: a linear layer's forward and input gradient for a few rows
-  (:mod:`headsteer.fitting.linear_kernel`), for the blocks above Δ's layer.
+  (:mod:`headsteer.fitting.linear_kernel`), for the blocks above Δ's layer;
+* ``block.c``: the operations of those blocks' hand-written steps between their linear layers
+  (RMSNorms, rotary, attention against the cache; :mod:`headsteer.fitting.block_ops`).
 
 They build only on x86-64, need a C compiler with OpenMP (``$CC``, else ``cc``) and run only on
 a CPU with AVX-512. Their threads are torch's own: the library is loaded after torch, so its
@@ -33,11 +35,11 @@ import torch  # noqa: F401  (loaded first: the library's OpenMP binds to the lib
 from headsteer.files import default_cache_dir, write_bytes_atomic
 
 SWITCH_ENV = "HEADSTEER_KERNELS"  # "0": always the torch paths
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("support.c", "nll.c", "linear.c"))
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("support.c", "nll.c", "linear.c", "block.c"))
 HEADERS = (Path(__file__).with_name("tiles.h"),)
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp")  # the instruction sets are chosen per function in the source
 
-_p, _int, _long = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
+_p, _int, _long, _float = ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_float
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,12 @@ def load(path: Path) -> ctypes.CDLL:
     handle.headsteer_nll.argtypes = [_p, _p, _p, _int, _int, _long, _int, _p, _p, _p, _int]
     handle.headsteer_linear.argtypes = [_p, _p, _p, _p, _int, _int, _long, _int]
     handle.headsteer_linear_input_grad.argtypes = [_p, _p, _p, _int, _long, _int, _int, _p]
+    handle.headsteer_rms_norm.argtypes = [_p, _p, _float, _long, _int, _p, _p, _p, _int]
+    handle.headsteer_rms_norm_grad.argtypes = [_p, _p, _p, _p, _long, _int, _p, _p, _int]
+    handle.headsteer_qk.argtypes = [_p, _p, _float, _p, _p, _long, _int, _int, _int, _p, _p, _int]
+    handle.headsteer_qk_grad.argtypes = [_p, _p, _p, _p, _p, _p, _long, _int, _int, _int, _p, _int]
+    handle.headsteer_attention.argtypes = [*(_p,) * 4, _float, _p, _long, *(_int,) * 5, _p, _p, _int]
+    handle.headsteer_attention_grad.argtypes = [*(_p,) * 5, _float, _long, *(_int,) * 5, *(_p,) * 3, _int]
     return handle
 
 
