@@ -131,7 +131,11 @@ class TorchOps:
 
 
 class KernelOps:
-    """The stages as one call each into ``headsteer/kernels/block.c`` (CPU, fp32; same layouts as :class:`TorchOps`)."""
+    """The stages as one call each into ``headsteer/kernels/block.c`` (CPU, fp32; same layouts as :class:`TorchOps`).
+
+    Every tensor handed to C is first bound to a name in its contiguous fp32 CPU form (:func:`_ready`), so that
+    it outlives the call: a temporary made inside the call's argument list could be freed before C reads it.
+    """
 
     def __init__(self, kernels: Kernels) -> None:
         self.kernels = kernels
@@ -139,45 +143,41 @@ class KernelOps:
     def norm(
         self, u: Tensor, scale: Tensor, eps: float, add: Tensor | None = None
     ) -> tuple[Tensor, Float[Tensor, "*rows 1"]]:
-        u = u.contiguous()
+        u, scale, add = _ready(u, scale, add)
         out, r = torch.empty_like(u), u.new_empty(*u.shape[:-1], 1)
-        add = None if add is None else add.contiguous()
         rows, dim = u.numel() // u.shape[-1], u.shape[-1]
         self.kernels.handle.headsteer_rms_norm(
-            u.data_ptr(), scale.data_ptr(), eps, rows, dim, _pointer(add), out.data_ptr(), r.data_ptr(), _threads()
+            _pointer(u), _pointer(scale), eps, rows, dim, _pointer(add), _pointer(out), _pointer(r), _threads()
         )
         return out, r
 
     def norm_grad(self, u: Tensor, r: Tensor, scale: Tensor, g: Tensor, add: Tensor | None = None) -> Tensor:
-        g, add = g.contiguous(), None if add is None else add.contiguous()
+        u, r, scale, g, add = _ready(u, r, scale, g, add)
         out = torch.empty_like(g)
         rows, dim = g.numel() // g.shape[-1], g.shape[-1]
         self.kernels.handle.headsteer_rms_norm_grad(
-            u.data_ptr(), r.data_ptr(), scale.data_ptr(), g.data_ptr(), rows, dim, _pointer(add), out.data_ptr(),
-            _threads(),
-        )  # fmt: skip
+            _pointer(u), _pointer(r), _pointer(scale), _pointer(g), rows, dim, _pointer(add), _pointer(out), _threads()
+        )
         return out
 
     def qk(self, u: Tensor, scale: Tensor | None, eps: float, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor | None]:
-        u = u.contiguous()
         n, S, heads, d = u.shape
-        cos, sin = cos.expand(n, S, d).contiguous(), sin.expand(n, S, d).contiguous()
+        u, scale, cos, sin = _ready(u, scale, cos.expand(n, S, d), sin.expand(n, S, d))
         out = u.new_empty(n, heads, S, d)
         r = None if scale is None else u.new_empty(n, S, heads, 1)
         self.kernels.handle.headsteer_qk(
-            u.data_ptr(), _pointer(scale), eps, cos.data_ptr(), sin.data_ptr(), n, S, heads, d, out.data_ptr(),
+            _pointer(u), _pointer(scale), eps, _pointer(cos), _pointer(sin), n, S, heads, d, _pointer(out),
             _pointer(r), _threads(),
         )  # fmt: skip
         return out, r
 
     def qk_grad(self, g: Tensor, u: Tensor, r: Tensor | None, scale: Tensor | None, cos: Tensor, sin: Tensor) -> Tensor:
-        g = g.contiguous()
         n, heads, S, d = g.shape
-        cos, sin = cos.expand(n, S, d).contiguous(), sin.expand(n, S, d).contiguous()
+        g, u, r, scale, cos, sin = _ready(g, u, r, scale, cos.expand(n, S, d), sin.expand(n, S, d))
         out = g.new_empty(n, S, heads, d)
         self.kernels.handle.headsteer_qk_grad(
-            g.data_ptr(), u.contiguous().data_ptr(), _pointer(r), _pointer(scale), cos.data_ptr(), sin.data_ptr(),
-            n, S, heads, d, out.data_ptr(), _threads(),
+            _pointer(g), _pointer(u), _pointer(r), _pointer(scale), _pointer(cos), _pointer(sin), n, S, heads, d,
+            _pointer(out), _threads(),
         )  # fmt: skip
         return out
 
@@ -186,13 +186,12 @@ class KernelOps:
     ) -> tuple[Tensor, Tensor]:
         n, H, S, d = q.shape
         Hkv, T = keys.shape[1], keys.shape[2]
-        q, keys, values = q.contiguous(), keys.contiguous(), values.contiguous()
-        mask = None if mask is None else mask.expand(n, H, S, T).contiguous()
-        delta = None if delta is None else delta.contiguous()
+        mask = None if mask is None else mask.expand(n, H, S, T)
+        q, keys, values, mask, delta = _ready(q, keys, values, mask, delta)
         p, z = q.new_empty(n, H, S, T), q.new_empty(n, S, H, d)
         self.kernels.handle.headsteer_attention(
-            q.data_ptr(), keys.data_ptr(), values.data_ptr(), _pointer(mask), scaling, _pointer(delta),
-            n, H, Hkv, S, T, d, p.data_ptr(), z.data_ptr(), _threads(),
+            _pointer(q), _pointer(keys), _pointer(values), _pointer(mask), scaling, _pointer(delta),
+            n, H, Hkv, S, T, d, _pointer(p), _pointer(z), _threads(),
         )  # fmt: skip
         return p, z
 
@@ -201,13 +200,21 @@ class KernelOps:
     ) -> tuple[Tensor, Tensor, Tensor]:
         n, H, S, d = q.shape
         Hkv, T = keys.shape[1], keys.shape[2]
+        grad_z, p, q, keys, values = _ready(grad_z, p, q, keys, values)
         grad_q, grad_k, grad_v = q.new_empty(n, H, S, d), q.new_empty(n, Hkv, S, d), q.new_empty(n, S, Hkv, d)
         self.kernels.handle.headsteer_attention_grad(
-            grad_z.contiguous().data_ptr(), p.contiguous().data_ptr(), q.contiguous().data_ptr(),
-            keys.contiguous().data_ptr(), values.contiguous().data_ptr(), scaling, n, H, Hkv, S, T, d,
-            grad_q.data_ptr(), grad_k.data_ptr(), grad_v.data_ptr(), _threads(),
+            _pointer(grad_z), _pointer(p), _pointer(q), _pointer(keys), _pointer(values), scaling, n, H, Hkv, S, T, d,
+            _pointer(grad_q), _pointer(grad_k), _pointer(grad_v), _threads(),
         )  # fmt: skip
         return grad_q, grad_k, grad_v
+
+
+def _ready(*tensors: Tensor | None) -> tuple:
+    """Each tensor contiguous (None stays None), after checking that it is an fp32 CPU tensor as C reads it."""
+    for t in tensors:
+        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
+            raise TypeError(f"the block's C stages take fp32 CPU tensors, not {t.dtype} on {t.device}")
+    return tuple(None if t is None else t.contiguous() for t in tensors)
 
 
 Ops = TorchOps | KernelOps

@@ -88,3 +88,29 @@ def test_the_c_stages_only_for_fp32_cpu_rows_with_the_kernels_loaded(monkeypatch
     assert isinstance(ops_for(torch.zeros(2, 3, device="meta")), TorchOps)
     monkeypatch.setattr(block_ops, "library", lambda: "off (test)")
     assert isinstance(ops_for(torch.zeros(2, 3)), TorchOps)
+
+
+def test_strided_inputs_are_read_as_torch_reads_them(kernel_ops):
+    """Views that are not contiguous (a transposed residual, a sliced cache) give torch's results."""
+    u = torch.randn(640, 6).T  # [6, 640], strided
+    scale, g = 1 + torch.randn(640) / 4, torch.randn(6, 640)
+    r = TORCH.norm(u, scale, 1e-6)[1]
+    close(kernel_ops.norm(u, scale, 1e-6)[0], TORCH.norm(u, scale, 1e-6)[0])
+    close(kernel_ops.norm_grad(u, r, scale, g, add=u), TORCH.norm_grad(u, r, scale, g, add=u))
+    q, cache = torch.randn(3, 4, 1, 16), torch.randn(2, 3, 1, 20, 16)[..., 1:9, :]  # keys and values: a slice
+    grad_z = torch.randn(3, 4, 1, 16).transpose(1, 2)
+    p = TORCH.attention(q, cache[0], cache[1], None, 0.5, None)[0]
+    close(
+        kernel_ops.attention(q, cache[0], cache[1], None, 0.5, None)[1], TORCH.attention(q, *cache, None, 0.5, None)[1]
+    )
+    for got, want in zip(
+        kernel_ops.attention_grad(grad_z, p, q, cache[0], cache[1], 0.5),
+        TORCH.attention_grad(grad_z, p, q, cache[0], cache[1], 0.5),
+        strict=True,
+    ):
+        close(got, want)
+
+
+def test_other_dtypes_are_refused_by_name(kernel_ops):
+    with pytest.raises(TypeError, match="fp32 CPU tensors, not torch.float64"):
+        kernel_ops.norm(torch.randn(2, 8, dtype=torch.float64), torch.ones(8), 1e-6)
