@@ -146,7 +146,7 @@ class KernelOps:
         u, scale, add = _ready(u, scale, add)
         out, r = torch.empty_like(u), u.new_empty(*u.shape[:-1], 1)
         rows, dim = u.numel() // u.shape[-1], u.shape[-1]
-        self.kernels.handle.headsteer_rms_norm(
+        self.kernels.rms_norm(
             _pointer(u), _pointer(scale), eps, rows, dim, _pointer(add), _pointer(out), _pointer(r), _threads()
         )
         return out, r
@@ -155,7 +155,7 @@ class KernelOps:
         u, r, scale, g, add = _ready(u, r, scale, g, add)
         out = torch.empty_like(g)
         rows, dim = g.numel() // g.shape[-1], g.shape[-1]
-        self.kernels.handle.headsteer_rms_norm_grad(
+        self.kernels.rms_norm_grad(
             _pointer(u), _pointer(r), _pointer(scale), _pointer(g), rows, dim, _pointer(add), _pointer(out), _threads()
         )
         return out
@@ -165,7 +165,7 @@ class KernelOps:
         u, scale, cos, sin = _ready(u, scale, cos.expand(n, S, d), sin.expand(n, S, d))
         out = u.new_empty(n, heads, S, d)
         r = None if scale is None else u.new_empty(n, S, heads, 1)
-        self.kernels.handle.headsteer_qk(
+        self.kernels.qk(
             _pointer(u), _pointer(scale), eps, _pointer(cos), _pointer(sin), n, S, heads, d, _pointer(out),
             _pointer(r), _threads(),
         )  # fmt: skip
@@ -175,7 +175,7 @@ class KernelOps:
         n, heads, S, d = g.shape
         g, u, r, scale, cos, sin = _ready(g, u, r, scale, cos.expand(n, S, d), sin.expand(n, S, d))
         out = g.new_empty(n, S, heads, d)
-        self.kernels.handle.headsteer_qk_grad(
+        self.kernels.qk_grad(
             _pointer(g), _pointer(u), _pointer(r), _pointer(scale), _pointer(cos), _pointer(sin), n, S, heads, d,
             _pointer(out), _threads(),
         )  # fmt: skip
@@ -189,7 +189,7 @@ class KernelOps:
         mask = None if mask is None else mask.expand(n, H, S, T)
         q, keys, values, mask, delta = _ready(q, keys, values, mask, delta)
         p, z = q.new_empty(n, H, S, T), q.new_empty(n, S, H, d)
-        self.kernels.handle.headsteer_attention(
+        self.kernels.attention(
             _pointer(q), _pointer(keys), _pointer(values), _pointer(mask), scaling, _pointer(delta),
             n, H, Hkv, S, T, d, _pointer(p), _pointer(z), _threads(),
         )  # fmt: skip
@@ -202,7 +202,7 @@ class KernelOps:
         Hkv, T = keys.shape[1], keys.shape[2]
         grad_z, p, q, keys, values = _ready(grad_z, p, q, keys, values)
         grad_q, grad_k, grad_v = q.new_empty(n, H, S, d), q.new_empty(n, Hkv, S, d), q.new_empty(n, S, Hkv, d)
-        self.kernels.handle.headsteer_attention_grad(
+        self.kernels.attention_grad(
             _pointer(grad_z), _pointer(p), _pointer(q), _pointer(keys), _pointer(values), scaling, n, H, Hkv, S, T, d,
             _pointer(grad_q), _pointer(grad_k), _pointer(grad_v), _threads(),
         )  # fmt: skip

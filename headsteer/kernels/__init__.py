@@ -62,6 +62,30 @@ class Kernels:
     def linear_input_grad(self):  # (g, W, dx, rows, out, in, shares, scratch)
         return self.handle.headsteer_linear_input_grad
 
+    @property
+    def rms_norm(self):  # (u, scale, eps, rows, dim, add | None, out, r, threads)
+        return self.handle.headsteer_rms_norm
+
+    @property
+    def rms_norm_grad(self):  # (u, r, scale, g, rows, dim, add | None, out, threads)
+        return self.handle.headsteer_rms_norm_grad
+
+    @property
+    def qk(self):  # (u, scale | None, eps, cos, sin, n, S, heads, d, out, r | None, threads)
+        return self.handle.headsteer_qk
+
+    @property
+    def qk_grad(self):  # (g, u, r | None, scale | None, cos, sin, n, S, heads, d, out, threads)
+        return self.handle.headsteer_qk_grad
+
+    @property
+    def attention(self):  # (q, keys, values, mask | None, scaling, delta | None, n, H, H_kv, S, T, d, p, z, threads)
+        return self.handle.headsteer_attention
+
+    @property
+    def attention_grad(self):  # (grad_z, p, q, keys, values, scaling, n, H, H_kv, S, T, d, dq, dk, dv, threads)
+        return self.handle.headsteer_attention_grad
+
 
 def compile_sources(compiler: str, sources: tuple[Path, ...], target: Path) -> str | None:
     """Build ``sources`` (this package's, or a changed copy: ``benchmarks/kernel_ab.py``) into ``target``;
