@@ -9,7 +9,7 @@ on the same model, data and layer, and prints one table:
 * single fit, the hand-written loop (``hand``: the plain Hugging Face model, loaded on its own with its
   default attention, no bridge around it; a forward pre-hook on layer 4's ``o_proj`` adding Δ at the
   last prompt token, Adam on the first-token NLL, full forwards)
-  vs headsteer's prefix-cached fit (``fast``; ``fast-bf16`` with the optional bf16 unembedding):
+  vs headsteer's prefix-cached fit (``fast``; ``fast-bf16`` with the optional bf16 weights):
   steps per second and their ratio;
 * single fit, naive full forward vs prefix-cached: seconds per step, ratio;
 * single fit, the sequence loss (every answer token and the stop) vs the first-token loss, both prefix-cached;
@@ -135,7 +135,7 @@ def case(args: argparse.Namespace) -> dict:
     penalty = config(0, 0).gamma, config(0, 0).lam
     hand = lambda layer: hand_fit(hf, tokenizer, train(0), template, layer, steps, *penalty, 0.01)  # noqa: E731
     if name in ("naive", "fast", "fast-bf16", "fast-sequence"):
-        forward = {"naive": naive_scored_logits, "fast-bf16": PrefixCachedForward(bf16_unembedding=True)}.get(name)
+        forward = {"naive": naive_scored_logits, "fast-bf16": PrefixCachedForward(bf16_weights=True)}.get(name)
         loss = "sequence" if name == "fast-sequence" else "first_token"
         hs.fit(model, train(0), template, replace(config(LAYER, 0), loss=loss), forward=forward, progress=False)
         fits = 1
@@ -217,7 +217,7 @@ def main() -> None:
         )
     ratios = (
         ("hand", "fast", "single fit, fast / hand-written loop steps per second", "goal 5x"),
-        ("hand", "fast-bf16", "single fit, fast with bf16 unembedding / hand-written loop", "goal 10x"),
+        ("hand", "fast-bf16", "single fit, fast with bf16 weights / hand-written loop", "goal 10x"),
         ("naive", "fast", "single fit, fast / naive steps per second", "target 2.5x"),
         (
             "sequential-naive",

@@ -9,7 +9,9 @@ On Gemma 3 270M (fp32, antonym, the first 10 training pairs of seed 0, frozen we
   it, from Δ's layer on (:mod:`headsteer.fitting.from_layer`), each block's step written out by hand
   (:mod:`headsteer.fitting.fused_block`); with each block run as the model runs it, the bridge's
   hook-free components stepped around (:mod:`headsteer.fitting.bare_bridge`); and with every component;
-* the suffix alone (forward without gradient; forward and backward);
+* the fitter's step with its bf16 option (``PrefixCachedForward(bf16_weights=True)``);
+* the suffix alone (forward without gradient; forward and backward; as the fitter runs it, in fp32 and with
+  bf16 weights);
 * the streamed NLL alone (:mod:`headsteer.fitting.unembed`) in fp32 and bf16, as the fitter runs it (the
   fused kernel of :mod:`headsteer.fitting.nll_kernel` where it applies) and as the torch loop;
 * for ``--rows`` hidden states, the two products the NLL needs (logits ``h Wᵀ`` and the gradient's
@@ -238,6 +240,7 @@ def main() -> None:
         scored.token_nll(first).mean().backward()
 
     fitter = PrefixCachedForward()  # its plan is made on the first call (a warm-up call of milliseconds)
+    fitter16 = PrefixCachedForward(bf16_weights=True)
     as_the_model, wrapped = PrefixCachedForward(), PrefixCachedForward()
     with mock.patch.object(from_layer, "fused_blocks", lambda blocks: {}):  # its plan: no block run by hand
         as_the_model(model, layer, tokens, delta, 1)
@@ -247,8 +250,8 @@ def main() -> None:
     def fitter_step(forward: PrefixCachedForward = fitter) -> None:
         forward(model, layer, tokens, delta, 1).token_nll(first).mean().backward()
 
-    def fitter_suffix() -> None:
-        fitter(model, layer, tokens, delta, 1).hidden.sum().backward()
+    def fitter_suffix(forward: PrefixCachedForward = fitter) -> None:
+        forward(model, layer, tokens, delta, 1).hidden.sum().backward()
 
     def suffix_backward() -> None:
         run_suffix(model, prefix, layer, delta).hidden.sum().backward()
@@ -260,11 +263,16 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; Gemma 3 270M fp32, layer {args.layer}")
     print(f"step: fp32 unembedding {milliseconds(step):.1f}; bf16 unembedding {milliseconds(lambda: step(True)):.1f}")
     print(f"step as the fitter runs it, blocks {args.layer}.. only: {milliseconds(fitter_step):.1f}", end="")
+    print(f" (with bf16 weights: {milliseconds(lambda: fitter_step(fitter16)):.1f})", end="")
     print(f"; each block as the model runs it: {milliseconds(lambda: fitter_step(as_the_model)):.1f}", end="")
     print(f"; and with every bridge component: {milliseconds(lambda: fitter_step(wrapped)):.1f}")
     print(f"suffix: forward {milliseconds(suffix_forward):.1f}; forward + backward {milliseconds(suffix_backward):.1f}")
     total, in_products = matrix_share(fitter_suffix)
-    print(f"suffix as the fitter runs it, forward + backward: {total:.1f} (profiled); in products {in_products:.1f}")
+    print(
+        f"suffix as the fitter runs it, forward + backward: {total:.1f} (profiled); in products {in_products:.1f}; ",
+        end="",
+    )
+    print(f"with bf16 weights {milliseconds(lambda: fitter_suffix(fitter16)):.1f}")
     nll32, nll16 = streamed(weight, len(train), 5), streamed(weight16, len(train), 5)
     print(f"streamed NLL, {len(train)} rows, as the fitter runs it (fused kernel {kernel_status()}): ", end="")
     print(f"fp32 {nll32:.1f}; bf16 {nll16:.1f}")

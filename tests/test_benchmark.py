@@ -34,7 +34,7 @@ def test_the_hand_written_loop_fits_the_same_delta_as_headsteer(gemma_tiny, monk
 
 def test_the_bf16_benchmark_recomputes_a_fits_own_training_loss(gemma_tiny):
     """Its fp32 training loss of a fitted Δ is the loss the fit itself recorded for that Δ (its history's last row)."""
-    spec = importlib.util.spec_from_file_location("bf16_unembedding", REPO / "benchmarks" / "bf16_unembedding.py")
+    spec = importlib.util.spec_from_file_location("bf16_weights", REPO / "benchmarks" / "bf16_weights.py")
     assert spec and spec.loader
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)

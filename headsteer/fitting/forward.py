@@ -32,7 +32,7 @@ Two implementations, with the same values and gradients (up to fp32 summation or
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -100,16 +100,18 @@ class PrefixCachedForward:
     :meth:`clear` to drop them. ``from_layer`` (on by default): each row runs
     from its own layer (:mod:`~headsteer.fitting.from_layer`); off, or where that
     plan does not reproduce the model's forward, every block runs.
-    ``bf16_unembedding`` (off by default): the NLL reads a bf16 copy of the
-    unembedding, made once per model
-    (:attr:`~headsteer.fitting.unembed.FinalHidden.low_precision`: the CPU kernel widens
-    it to fp32 as it reads it, the torch loop multiplies in bf16): half the memory
-    traffic, not exact (its measured effect on loss, Δ and held-out accuracy:
-    ``benchmarks/bf16_unembedding.py``, RESEARCH.md).
+    ``bf16_weights`` (off by default): the NLL reads a bf16 copy of the
+    unembedding (:attr:`~headsteer.fitting.unembed.FinalHidden.low_precision`: the CPU
+    kernel widens it to fp32 as it reads it, the torch loop multiplies in bf16), and the
+    blocks run by hand read bf16 copies of their linear layers' weights where the CPU
+    kernel runs them (:meth:`~headsteer.fitting.fused_block.FusedBlock.in_bf16`); each
+    copy is made once per weight. Half the memory traffic of those weights, not exact
+    (its measured effect on loss, Δ and held-out accuracy: ``benchmarks/bf16_weights.py``,
+    RESEARCH.md).
     """
 
-    def __init__(self, bf16_unembedding: bool = False, from_layer: bool = True) -> None:
-        self.bf16_unembedding = bf16_unembedding
+    def __init__(self, bf16_weights: bool = False, from_layer: bool = True) -> None:
+        self.bf16_weights = bf16_weights
         self.from_layer = from_layer
         # (model, tokens, n_scored, layers) -> (tokens, kept alive; the plan, or the prefix where there is none)
         self._prefixes: dict[tuple, tuple[TokenBatch, FromLayer | PrefixCache]] = {}
@@ -129,6 +131,9 @@ class PrefixCachedForward:
                 prepared = plan(model, prefix.cache, prefix.suffix_ids, prefix.suffix_mask, layers, order)
                 if prepared is None and torch.equal(order, torch.arange(len(order))):
                     prepared = prefix  # no plan, but the rows were in layer order already: the batch's own prefix
+                if isinstance(prepared, FromLayer) and self.bf16_weights:  # checked against the forward in fp32 first
+                    fused = {b: block.in_bf16(self._bf16_copy) for b, block in prepared.fused.items()}
+                    prepared = replace(prepared, fused=fused)
             self._prefixes[key] = (tokens, prepared or build_prefix(model, tokens, n_scored))
         return self._prefixes[key][1]
 
@@ -147,13 +152,18 @@ class PrefixCachedForward:
             scored = FinalHidden(prepared.hidden(model, per_row), *model_kind(model).unembedding(model))
         else:
             scored = run_suffix(model, prepared, layer, delta)
-        if not self.bf16_unembedding:
+        if not self.bf16_weights:
             return scored
-        weight = scored.weight  # a fresh view of the model's weight each step: keyed by its storage
+        weight = self._bf16_copy(scored.weight)
+        return FinalHidden(scored.hidden, weight, scored.bias, scored.softcap, low_precision=True)
+
+    def _bf16_copy(self, weight: Tensor) -> Tensor:
+        """A bf16 copy of a frozen weight, made on first use. Keyed by its storage: the unembedding comes as a fresh
+        view each step; the entry keeps the storage alive, so its address stays unique."""
         storage = (weight.data_ptr(), tuple(weight.shape), weight.dtype)
-        if storage not in self._bf16:  # the entry keeps the storage alive, so its address stays unique
-            self._bf16[storage] = (weight, weight.to(torch.bfloat16))
-        return FinalHidden(scored.hidden, self._bf16[storage][1], scored.bias, scored.softcap, low_precision=True)
+        if storage not in self._bf16:
+            self._bf16[storage] = (weight, weight.detach().to(torch.bfloat16).contiguous())
+        return self._bf16[storage][1]
 
 
 def run_suffix(

@@ -39,6 +39,7 @@ compares values and gradients with autograd through the layers.
 
 from __future__ import annotations
 
+import copy
 import importlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -54,6 +55,8 @@ from headsteer.fitting.block_ops import ops_for
 from headsteer.fitting.linear_kernel import FrozenLinear
 
 __all__ = ["FusedBlock", "fused_blocks"]
+
+LINEARS = ("q", "k", "v", "o", "gate", "up", "down")  # a FusedBlock's FrozenLinear attributes
 
 
 def _child(module: nn.Module, name: str) -> nn.Module:
@@ -142,6 +145,15 @@ class FusedBlock:
         self._modules = tuple(block.modules())
         self.module_ids = frozenset(id(m) for m in self._modules)  # what a step run by hand leaves alone
         self._own_hooks = frozenset(h.id for h in getattr(block, "_capture_hook_handles", ()))
+
+    def in_bf16(self, to_bf16: Callable[[Tensor], Tensor]) -> FusedBlock:
+        """This block with its linear layers' kernels reading bf16 copies of their weights (``to_bf16`` makes or
+        looks up each copy); everything else shared. Not exact: see
+        :class:`~headsteer.fitting.linear_kernel.FrozenLinear`."""
+        lowered = copy.copy(self)
+        for name in LINEARS:
+            setattr(lowered, name, getattr(self, name).in_bf16(to_bf16))
+        return lowered
 
     def applies(self, dtype: torch.dtype) -> bool:
         """Whether a call can run by hand now: fp32 rows, and no hook in the block nor any global module hook."""

@@ -38,12 +38,14 @@ from headsteer.kernels import Kernels, library
 
 
 def kernel_forward(x: Float[Tensor, "rows d_in"], weight: Tensor, bias: Tensor | None, kernels: Kernels) -> Tensor:
-    """y = x Wᵀ + b by the kernel; x ``[rows, in]`` contiguous fp32, W ``[out, in]`` as :func:`_weight_fits` takes."""
+    """y = x Wᵀ + b by the kernel; x ``[rows, in]`` contiguous fp32, W ``[out, in]`` as :func:`_weight_fits` takes
+    (or its contiguous bf16 copy: each element widened to fp32 as the kernel reads it)."""
     rows, width = x.shape
     y = x.new_empty(rows, weight.shape[0])
     bias_ptr = None if bias is None else bias.data_ptr()
     shares = torch.get_num_threads()
-    kernels.linear(x.data_ptr(), weight.data_ptr(), bias_ptr, y.data_ptr(), rows, width, weight.shape[0], shares)
+    bf16 = int(weight.dtype == torch.bfloat16)
+    kernels.linear(x.data_ptr(), weight.data_ptr(), bias_ptr, y.data_ptr(), rows, width, weight.shape[0], shares, bf16)
     return y
 
 
@@ -55,7 +57,7 @@ def kernel_input_grad(grad_y: Float[Tensor, "rows d_out"], weight: Tensor, kerne
     grad_x = grad_y.new_empty(rows, width)
     scratch = grad_y.new_empty(max(shares - 1, 1), rows, width)  # the other threads' partial sums
     args = (grad_y.data_ptr(), weight.data_ptr(), grad_x.data_ptr(), rows, weight.shape[0], width, shares)
-    kernels.linear_input_grad(*args, scratch.data_ptr())
+    kernels.linear_input_grad(*args, scratch.data_ptr(), int(weight.dtype == torch.bfloat16))
     return grad_x
 
 
@@ -109,12 +111,27 @@ class FrozenLinear:
     """A frozen linear layer's product and input gradient, without autograd, for a hand-written backward pass.
 
     Each call goes through the kernel where it applies (as :func:`skinny_linears` decides), else torch.
+    ``kernel_weight``: a contiguous bf16 copy of ``weight`` for the kernel to read instead (half the
+    memory traffic; the products stay fp32, only W's rounding differs), where the kernel applies.
     """
 
-    def __init__(self, weight: Tensor, bias: Tensor | None) -> None:
+    def __init__(self, weight: Tensor, bias: Tensor | None, kernel_weight: Tensor | None = None) -> None:
+        if kernel_weight is not None and not (
+            kernel_weight.dtype == torch.bfloat16
+            and kernel_weight.shape == weight.shape
+            and kernel_weight.is_contiguous()
+        ):
+            shape = tuple(weight.shape)
+            raise ValueError(f"FrozenLinear: kernel_weight must be a contiguous bf16 copy of the {shape} weight")
         self.weight, self.bias = weight, bias
         kernels = library()
         self.kernels = kernels if not isinstance(kernels, str) and _weight_fits(weight, bias) else None
+        # What the kernel reads: the weight, or its bf16 copy (the bf16 option); torch's path always reads the weight.
+        self.kernel_weight = weight if kernel_weight is None else kernel_weight
+
+    def in_bf16(self, to_bf16: Callable[[Tensor], Tensor]) -> FrozenLinear:
+        """The same layer, its kernel reading ``to_bf16(weight)`` (a bf16 copy, made or looked up by the caller)."""
+        return FrozenLinear(self.weight, self.bias, to_bf16(self.weight) if self.kernels is not None else None)
 
     def _takes(self, x: Tensor) -> bool:
         assert self.kernels is not None
@@ -122,12 +139,12 @@ class FrozenLinear:
 
     def __call__(self, x: Float[Tensor, "rows d_in"]) -> Float[Tensor, "rows d_out"]:
         if self.kernels is not None and self._takes(x):
-            return kernel_forward(x.contiguous(), self.weight, self.bias, self.kernels)
+            return kernel_forward(x.contiguous(), self.kernel_weight, self.bias, self.kernels)
         return F.linear(x, self.weight, self.bias)
 
     def input_grad(self, grad_y: Float[Tensor, "rows d_out"]) -> Float[Tensor, "rows d_in"]:
         if self.kernels is not None and self._takes(grad_y):
-            return kernel_input_grad(grad_y, self.weight, self.kernels)
+            return kernel_input_grad(grad_y, self.kernel_weight, self.kernels)
         return grad_y @ self.weight
 
 

@@ -55,11 +55,11 @@ class Kernels:
         return self.handle.headsteer_nll
 
     @property
-    def linear(self):  # (x, W, bias | None, y, rows, in, out, shares)
+    def linear(self):  # (x, W, bias | None, y, rows, in, out, shares, bf16)
         return self.handle.headsteer_linear
 
     @property
-    def linear_input_grad(self):  # (g, W, dx, rows, out, in, shares, scratch)
+    def linear_input_grad(self):  # (g, W, dx, rows, out, in, shares, scratch, bf16)
         return self.handle.headsteer_linear_input_grad
 
     @property
@@ -103,8 +103,8 @@ def load(path: Path) -> ctypes.CDLL:
     for name in ("headsteer_supported", "headsteer_nll_max_rows", "headsteer_linear_max_rows"):
         getattr(handle, name).restype = _int
     handle.headsteer_nll.argtypes = [_p, _p, _p, _int, _int, _long, _int, _p, _p, _p, _int]
-    handle.headsteer_linear.argtypes = [_p, _p, _p, _p, _int, _int, _long, _int]
-    handle.headsteer_linear_input_grad.argtypes = [_p, _p, _p, _int, _long, _int, _int, _p]
+    handle.headsteer_linear.argtypes = [_p, _p, _p, _p, _int, _int, _long, _int, _int]
+    handle.headsteer_linear_input_grad.argtypes = [_p, _p, _p, _int, _long, _int, _int, _p, _int]
     handle.headsteer_rms_norm.argtypes = [_p, _p, _float, _long, _int, _p, _p, _p, _int]
     handle.headsteer_rms_norm_grad.argtypes = [_p, _p, _p, _p, _long, _int, _p, _p, _int]
     handle.headsteer_qk.argtypes = [_p, _p, _float, _p, _p, _long, _int, _int, _int, _p, _p, _int]

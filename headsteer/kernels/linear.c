@@ -33,14 +33,14 @@ INLINE void share_rows(long N, int t, int shares, long *r0, long *r1) {
 
 /* y[:, r0:r1] = x W[r0:r1]^T + b[r0:r1], a pair of W rows at a time (prefetching AHEAD rows on). Not inlined
    into the OpenMP region that calls it: compiled there, the tiles' accumulators would spill to the stack. */
-static AVX512 __attribute__((noinline)) void forward_rows(const float *x, const float *W, const float *bias, float *y,
-                                                          int M, int K, long N, long r0, long r1) {
+INLINE AVX512 void forward_rows(const float *x, const void *W, const float *bias, float *y, int M, int K, long N, long r0,
+                                long r1, int bf16) {
     for (long j0 = r0; j0 < r1; j0 += DOT_COLS) {
         int jj = r1 - j0 < DOT_COLS ? (int)(r1 - j0) : DOT_COLS;
         long ahead = j0 + AHEAD + DOT_COLS <= r1 ? j0 + AHEAD : -1;
         for (int a0 = 0; a0 < M; a0 += TILE_ROWS) { /* the pair of W rows stays in L1 across row groups */
             int rr = M - a0 < TILE_ROWS ? M - a0 : TILE_ROWS;
-#define DOT(RR) DOT_TILE(x + (long)a0 * K, W, j0, K, RR, jj, y + (long)a0 * N + j0, N, a0 == 0 ? ahead : -1, 0)
+#define DOT(RR) DOT_TILE(x + (long)a0 * K, W, j0, K, RR, jj, y + (long)a0 * N + j0, N, a0 == 0 ? ahead : -1, bf16)
             EACH_ROW_COUNT(rr, DOT)
 #undef DOT
         }
@@ -51,8 +51,8 @@ static AVX512 __attribute__((noinline)) void forward_rows(const float *x, const 
 }
 
 /* dx = g[:, r0:r1] W[r0:r1], block by block (the next block prefetched); not inlined, as forward_rows. */
-static AVX512 __attribute__((noinline)) void input_grad_rows(const float *g, const float *W, float *dx, int M, long N,
-                                                             int K, long r0, long r1) {
+INLINE AVX512 void input_grad_rows(const float *g, const void *W, float *dx, int M, long N, int K, long r0, long r1,
+                                   int bf16) {
     memset(dx, 0, sizeof(float) * (size_t)M * (size_t)K);
     for (long v = r0; v < r1; v += BLOCK) {
         int nb = r1 - v < BLOCK ? (int)(r1 - v) : BLOCK;
@@ -61,7 +61,7 @@ static AVX512 __attribute__((noinline)) void input_grad_rows(const float *g, con
             int rr = M - a0 < TILE_ROWS ? M - a0 : TILE_ROWS;
             long nx = a0 == 0 ? next : -1;
             for (int k = 0; k < K; k += 32) {
-#define SUM(RR) sum_tile(g + (long)a0 * N + v, N, W, v, K, nb, k, RR, NULL, dx + (long)a0 * K, nx, 0)
+#define SUM(RR) sum_tile(g + (long)a0 * N + v, N, W, v, K, nb, k, RR, NULL, dx + (long)a0 * K, nx, bf16)
                 EACH_ROW_COUNT(rr, SUM)
 #undef SUM
             }
@@ -69,20 +69,43 @@ static AVX512 __attribute__((noinline)) void input_grad_rows(const float *g, con
     }
 }
 
-/* y [M, N] = x [M, K] W^T + bias; W [N, K] and bias [N] (or NULL) fp32. */
-AVX512 void headsteer_linear(const float *x, const float *W, const float *bias, float *y, int M, int K, long N,
-                             int shares) {
+/* One function per weight dtype and product, called from the OpenMP regions, so that `bf16` is a constant where the
+   tiles are compiled: inlined into a region (or with `bf16` a variable) the tiles' accumulators spill to the stack. */
+static AVX512 __attribute__((noinline)) void forward_f32(const float *x, const void *W, const float *bias, float *y,
+                                                         int M, int K, long N, long r0, long r1) {
+    forward_rows(x, W, bias, y, M, K, N, r0, r1, 0);
+}
+
+static AVX512 __attribute__((noinline)) void forward_bf16(const float *x, const void *W, const float *bias, float *y,
+                                                          int M, int K, long N, long r0, long r1) {
+    forward_rows(x, W, bias, y, M, K, N, r0, r1, 1);
+}
+
+static AVX512 __attribute__((noinline)) void input_grad_f32(const float *g, const void *W, float *dx, int M, long N,
+                                                            int K, long r0, long r1) {
+    input_grad_rows(g, W, dx, M, N, K, r0, r1, 0);
+}
+
+static AVX512 __attribute__((noinline)) void input_grad_bf16(const float *g, const void *W, float *dx, int M, long N,
+                                                             int K, long r0, long r1) {
+    input_grad_rows(g, W, dx, M, N, K, r0, r1, 1);
+}
+
+/* y [M, N] = x [M, K] W^T + bias; W [N, K] fp32 (bf16 = 0) or bf16 stored as uint16 (bf16 = 1), bias [N] fp32 or
+   NULL. */
+AVX512 void headsteer_linear(const float *x, const void *W, const float *bias, float *y, int M, int K, long N,
+                             int shares, int bf16) {
 #pragma omp parallel num_threads(shares)
     for (int t = omp_get_thread_num(); t < shares; t += omp_get_num_threads()) { /* fewer threads: more shares each */
         long r0, r1;
         share_rows(N, t, shares, &r0, &r1);
-        forward_rows(x, W, bias, y, M, K, N, r0, r1);
+        (bf16 ? forward_bf16 : forward_f32)(x, W, bias, y, M, K, N, r0, r1);
     }
 }
 
 /* dx [M, K] = g [M, N] W, W as in headsteer_linear; scratch holds (shares - 1) x M x K floats. */
-AVX512 void headsteer_linear_input_grad(const float *g, const float *W, float *dx, int M, long N, int K, int shares,
-                                        float *scratch) {
+AVX512 void headsteer_linear_input_grad(const float *g, const void *W, float *dx, int M, long N, int K, int shares,
+                                        float *scratch, int bf16) {
     long blocks = (N + BLOCK - 1) / BLOCK;
     if (shares > blocks) shares = blocks > 0 ? (int)blocks : 1; /* no share without a block: each costs a sum */
 #pragma omp parallel num_threads(shares)
@@ -90,7 +113,7 @@ AVX512 void headsteer_linear_input_grad(const float *g, const float *W, float *d
         long r0, r1;
         share_rows(N, t, shares, &r0, &r1);
         float *partial = t == 0 ? dx : scratch + (long)(t - 1) * M * K; /* each share's own sum */
-        input_grad_rows(g, W, partial, M, N, K, r0, r1);
+        (bf16 ? input_grad_bf16 : input_grad_f32)(g, W, partial, M, N, K, r0, r1);
     }
     for (int t = 1; t < shares; t++)
         for (long i = 0; i < (long)M * K; i++) dx[i] += scratch[(long)(t - 1) * M * K + i];

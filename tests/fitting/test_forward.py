@@ -105,10 +105,10 @@ def test_repeated_rows_share_one_prefix_run_and_keep_their_values(any_model, mon
 
 
 @pytest.mark.parametrize("loss", ["first_token", "sequence"])
-def test_the_bf16_unembedding_is_close_to_fp32_and_made_once(gemma_tiny, loss):
+def test_the_bf16_weights_is_close_to_fp32_and_made_once(gemma_tiny, loss):
     """Off by default; on, the loss and gradient stay within bf16's rounding and the bf16 copy is made once."""
-    assert not PrefixCachedForward().bf16_unembedding
-    low = PrefixCachedForward(bf16_unembedding=True)
+    assert not PrefixCachedForward().bf16_weights
+    low = PrefixCachedForward(bf16_weights=True)
     for seed in (0, 1):
         ref_loss, ref_grad = loss_and_grad(PrefixCachedForward(), gemma_tiny, loss, seed=seed)
         got_loss, got_grad = loss_and_grad(low, gemma_tiny, loss, seed=seed)

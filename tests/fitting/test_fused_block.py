@@ -6,7 +6,7 @@ import torch
 from headsteer.fitting import block_ops, linear_kernel
 from headsteer.fitting.forward import PrefixCachedForward
 from headsteer.fitting.from_layer import FromLayer
-from headsteer.fitting.fused_block import FusedBlock, fused_blocks
+from headsteer.fitting.fused_block import LINEARS, FusedBlock, fused_blocks
 from tests.conftest import NO_HOOKED
 from tests.fitting.test_from_layer import PAIRS, loss_and_grad, prepared
 from tests.fitting.test_linear_kernel import needs_kernels
@@ -158,3 +158,24 @@ def test_its_backward_is_the_chain_rule_of_its_forward(kind, kernel, monkeypatch
     torch.testing.assert_close(y, y_auto.detach())
     for g, w in zip(got, want, strict=True):  # C and torch sum in different orders: both ~3e-5 from fp64 on Llama's ∂x
         torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5 if kernel else 1e-6)
+
+
+@needs_kernels
+def test_the_bf16_option_gives_hand_run_blocks_one_shared_bf16_copy_of_each_weight(gemma, monkeypatch):
+    """Planned and checked in fp32, then each hand-run block's kernels read bf16 copies, one per weight for every
+    plan; the loss and ∂L/∂Δ stay within bf16's rounding of fp32's."""
+    monkeypatch.setattr(linear_kernel, "MIN_WEIGHT_ELEMENTS", 1)
+    low, exact = PrefixCachedForward(bf16_weights=True), PrefixCachedForward()
+    for layer in (0, 1):  # two plans: from block 0 and from block 1
+        layers = torch.full((len(PAIRS),), layer)
+        (_, got_loss, got_grad), (_, want_loss, want_grad) = (loss_and_grad(gemma, f, layers) for f in (low, exact))
+        torch.testing.assert_close(got_loss, want_loss, rtol=2e-2, atol=2e-2)
+        assert torch.nn.functional.cosine_similarity(got_grad.flatten(), want_grad.flatten(), dim=0) > 0.99
+        assert not torch.equal(got_grad, want_grad)
+    plans = [entry[1] for entry in low._prefixes.values()]
+    assert len(plans) == 2 and all(isinstance(p, FromLayer) and p.fused for p in plans)
+    for name in LINEARS:
+        linears = [getattr(p.fused[2], name) for p in plans]
+        assert len({linear.kernel_weight.data_ptr() for linear in linears}) == 1  # one copy for both plans
+        assert linears[0].weight.dtype == torch.float32  # torch's path (more rows than the kernel takes): fp32
+        torch.testing.assert_close(linears[0].kernel_weight, linears[0].weight.to(torch.bfloat16), rtol=0, atol=0)

@@ -1,11 +1,13 @@
-"""What the optional bf16 unembedding does to a fit: its loss, its Δ and its held-out accuracy.
+"""What the optional bf16 weights do to a fit: its loss, its Δ and its held-out accuracy.
 
-    python benchmarks/bf16_unembedding.py [--tasks antonym english-french country-currency] [--seeds 0 1 2]
+    python benchmarks/bf16_weights.py [--tasks antonym english-french country-currency] [--seeds 0 1 2]
         [--layer 4] [--test 100]
 
 For each task and seed it fits Δ on the seed's 10 training pairs (the default ``FitConfig`` at
-``--layer``) twice, with the fp32 unembedding (the default) and with the bf16 one
-(``PrefixCachedForward(bf16_unembedding=True)``: the NLL reads a bf16 copy of W), and reports per fit:
+``--layer``) twice, with fp32 weights (the default) and with the bf16 option
+(``PrefixCachedForward(bf16_weights=True)``: the NLL reads a bf16 copy of the unembedding, and the
+blocks above Δ's layer that run by hand read bf16 copies of their linear layers' weights), and reports
+per fit:
 
 * the final objective as the fit saw it, and the fitted Δ's training loss recomputed in fp32;
 * the bf16 Δ's distance from the fp32 one, ‖Δ_bf16 − Δ_fp32‖ / ‖Δ_fp32‖;
@@ -31,7 +33,7 @@ from headsteer.prompts import encode_targets
 
 
 def fp32_loss(model, pairs, template, config: hs.FitConfig, delta: torch.Tensor) -> float:
-    """The mean training loss of ``delta`` with the fp32 unembedding, without the penalty."""
+    """The mean training loss of ``delta`` with fp32 weights, without the penalty."""
     tokens, targets = encode_targets(model.tokenizer, template, pairs, include_stop=config.loss == "sequence")
     with torch.no_grad():
         scored = PrefixCachedForward()(model, config.layer, tokens, delta, scored_positions(config.loss, targets))
@@ -57,7 +59,7 @@ def main() -> None:
             deltas = {}
             for variant, bf16 in (("fp32", False), ("bf16", True)):
                 start = time.perf_counter()
-                forward = PrefixCachedForward(bf16_unembedding=bf16)
+                forward = PrefixCachedForward(bf16_weights=bf16)
                 result = hs.fit(model, train, template, config, task=task, forward=forward, progress=False)
                 seconds = time.perf_counter() - start
                 delta = result.intervention.delta
@@ -76,7 +78,7 @@ def main() -> None:
                     {
                         "task": task,
                         "seed": seed,
-                        "unembedding": variant,
+                        "weights": variant,
                         "objective (as fitted)": float(result.history["objective"].iloc[-1]),
                         "training loss (fp32)": fp32_loss(model, train, template, config, delta),
                         "first_token": scores["first_token"],
@@ -86,10 +88,10 @@ def main() -> None:
                     }
                 )
     table = pd.DataFrame(rows)
-    means = table.drop(columns="seed").groupby(["task", "unembedding"], sort=False).mean().reset_index()
+    means = table.drop(columns="seed").groupby(["task", "weights"], sort=False).mean().reset_index()
     print(f"Gemma 3 270M fp32, layer {args.layer}, seeds {args.seeds}, {args.test} held-out pairs; means over seeds")
     print(means.to_markdown(index=False, floatfmt=".4f"))
-    paired = table.pivot_table(index=["task", "seed"], columns="unembedding", values=["first_token", "exact_match"])
+    paired = table.pivot_table(index=["task", "seed"], columns="weights", values=["first_token", "exact_match"])
     for metric in ("first_token", "exact_match"):
         change = (paired[metric]["bf16"] - paired[metric]["fp32"]).abs()
         print(f"largest per-seed change in {metric}: {change.max():.3f} (mean {change.mean():.3f})")
