@@ -68,18 +68,20 @@ def main() -> None:
     h, x, g = torch.randn(ROWS, width), torch.randn(ROWS, widest), torch.randn(ROWS, widest)
     m, z, s = torch.empty(threads, ROWS), torch.empty(threads, ROWS), torch.empty(threads, ROWS, width)
     out, scratch = torch.empty(ROWS, widest), torch.empty(max(threads - 1, 1), ROWS, widest)
+    split = kernels.split_scratch(ROWS, widest)  # the rows as the kernels split them for bf16 weights
 
     def nll(lib: ctypes.CDLL) -> None:
         m.fill_(-torch.inf)
         z.zero_()
         s.zero_()
         pointers = (h.data_ptr(), weight.data_ptr(), None, ROWS, width, vocab, threads)
-        lib.headsteer_nll(*pointers, m.data_ptr(), z.data_ptr(), s.data_ptr(), int(args.bf16))
+        lib.headsteer_nll(*pointers, m.data_ptr(), z.data_ptr(), s.data_ptr(), int(args.bf16), split.data_ptr())
 
     def layers(lib: ctypes.CDLL) -> None:
         for w in linears:
             n, k = w.shape
-            lib.headsteer_linear(x.data_ptr(), w.data_ptr(), None, out.data_ptr(), ROWS, k, n, threads, int(args.bf16))
+            call = (x.data_ptr(), w.data_ptr(), None, out.data_ptr(), ROWS, k, n, threads, int(args.bf16))
+            lib.headsteer_linear(*call, split.data_ptr())
         for w in reversed(linears):
             n, k = w.shape
             lib.headsteer_linear_input_grad(

@@ -34,7 +34,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from headsteer.kernels import Kernels, library
+from headsteer.kernels import Kernels, library, split_scratch
 
 
 def kernel_forward(x: Float[Tensor, "rows d_in"], weight: Tensor, bias: Tensor | None, kernels: Kernels) -> Tensor:
@@ -44,8 +44,10 @@ def kernel_forward(x: Float[Tensor, "rows d_in"], weight: Tensor, bias: Tensor |
     y = x.new_empty(rows, weight.shape[0])
     bias_ptr = None if bias is None else bias.data_ptr()
     shares = torch.get_num_threads()
-    bf16 = int(weight.dtype == torch.bfloat16)
-    kernels.linear(x.data_ptr(), weight.data_ptr(), bias_ptr, y.data_ptr(), rows, width, weight.shape[0], shares, bf16)
+    bf16 = weight.dtype == torch.bfloat16
+    split = split_scratch(rows, width) if bf16 else None  # kept alive until the call returns
+    args = (x.data_ptr(), weight.data_ptr(), bias_ptr, y.data_ptr(), rows, width, weight.shape[0], shares, bf16)
+    kernels.linear(*args, None if split is None else split.data_ptr())
     return y
 
 

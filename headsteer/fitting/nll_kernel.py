@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from headsteer.kernels import library
+from headsteer.kernels import library, split_scratch
 
 
 def online_softmax(
@@ -60,8 +60,17 @@ def online_softmax(
     z = torch.zeros(shares, rows)
     s = torch.zeros(shares, rows, width)
     pointers = (hidden.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr())
+    split = split_scratch(rows, width) if low_precision else None  # kept alive until the call returns
+    state = (m.data_ptr(), z.data_ptr(), s.data_ptr())
     kernels.nll(
-        *pointers, rows, width, weight.shape[0], shares, m.data_ptr(), z.data_ptr(), s.data_ptr(), low_precision
+        *pointers,
+        rows,
+        width,
+        weight.shape[0],
+        shares,
+        *state,
+        low_precision,
+        None if split is None else split.data_ptr(),
     )
     top = m.max(0).values
     weights = torch.exp(m - top)

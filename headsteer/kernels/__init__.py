@@ -30,7 +30,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch  # noqa: F401  (loaded first: the library's OpenMP binds to the libgomp torch loads)
+import torch  # loaded first: the library's OpenMP binds to the libgomp torch loads
 
 from headsteer.files import default_cache_dir, write_bytes_atomic
 
@@ -51,11 +51,11 @@ class Kernels:
     linear_max_rows: int  # input rows per linear call
 
     @property
-    def nll(self):  # (h, W, bias | None, rows, d_model, vocab, shares, m, z, s, bf16)
+    def nll(self):  # (h, W, bias | None, rows, d_model, vocab, shares, m, z, s, bf16, split | None)
         return self.handle.headsteer_nll
 
     @property
-    def linear(self):  # (x, W, bias | None, y, rows, in, out, shares, bf16)
+    def linear(self):  # (x, W, bias | None, y, rows, in, out, shares, bf16, split | None)
         return self.handle.headsteer_linear
 
     @property
@@ -87,6 +87,12 @@ class Kernels:
         return self.handle.headsteer_attention_grad
 
 
+def split_scratch(rows: int, width: int) -> torch.Tensor:
+    """Scratch for ``rows`` fp32 rows of ``width`` as the kernels split them to multiply bf16 weights (``split``
+    in nll.c and linear.c: their columns in groups of 32, the last one padded)."""
+    return torch.empty(rows, -(-width // 32) * 32)
+
+
 def compile_sources(compiler: str, sources: tuple[Path, ...], target: Path) -> str | None:
     """Build ``sources`` (this package's, or a changed copy: ``benchmarks/kernel_ab.py``) into ``target``;
     the compiler's last words where it fails."""
@@ -102,8 +108,8 @@ def load(path: Path) -> ctypes.CDLL:
     handle = ctypes.CDLL(str(path))
     for name in ("headsteer_supported", "headsteer_nll_max_rows", "headsteer_linear_max_rows"):
         getattr(handle, name).restype = _int
-    handle.headsteer_nll.argtypes = [_p, _p, _p, _int, _int, _long, _int, _p, _p, _p, _int]
-    handle.headsteer_linear.argtypes = [_p, _p, _p, _p, _int, _int, _long, _int, _int]
+    handle.headsteer_nll.argtypes = [_p, _p, _p, _int, _int, _long, _int, _p, _p, _p, _int, _p]
+    handle.headsteer_linear.argtypes = [_p, _p, _p, _p, _int, _int, _long, _int, _int, _p]
     handle.headsteer_linear_input_grad.argtypes = [_p, _p, _p, _int, _long, _int, _int, _p, _int]
     handle.headsteer_rms_norm.argtypes = [_p, _p, _float, _long, _int, _p, _p, _p, _int]
     handle.headsteer_rms_norm_grad.argtypes = [_p, _p, _p, _p, _long, _int, _p, _p, _int]

@@ -31,16 +31,17 @@ INLINE void share_rows(long N, int t, int shares, long *r0, long *r1) {
     *r1 = t + 1 == shares ? N : N * (t + 1) / shares / BLOCK * BLOCK;
 }
 
-/* y[:, r0:r1] = x W[r0:r1]^T + b[r0:r1], a pair of W rows at a time (prefetching AHEAD rows on). Not inlined
-   into the OpenMP region that calls it: compiled there, the tiles' accumulators would spill to the stack. */
+/* y[:, r0:r1] = x W[r0:r1]^T + b[r0:r1], a pair of W rows at a time (prefetching AHEAD rows on); with bf16 W, x is
+   split_rows' copy. */
 INLINE AVX512 void forward_rows(const float *x, const void *W, const float *bias, float *y, int M, int K, long N, long r0,
                                 long r1, int bf16) {
+    long x_row = bf16 ? round32(K) : K;
     for (long j0 = r0; j0 < r1; j0 += DOT_COLS) {
         int jj = r1 - j0 < DOT_COLS ? (int)(r1 - j0) : DOT_COLS;
         long ahead = j0 + AHEAD + DOT_COLS <= r1 ? j0 + AHEAD : -1;
         for (int a0 = 0; a0 < M; a0 += TILE_ROWS) { /* the pair of W rows stays in L1 across row groups */
             int rr = M - a0 < TILE_ROWS ? M - a0 : TILE_ROWS;
-#define DOT(RR) DOT_TILE(x + (long)a0 * K, W, j0, K, RR, jj, y + (long)a0 * N + j0, N, a0 == 0 ? ahead : -1, bf16)
+#define DOT(RR) DOT_TILE(x + a0 * x_row, W, j0, K, RR, jj, y + (long)a0 * N + j0, N, a0 == 0 ? ahead : -1, bf16)
             EACH_ROW_COUNT(rr, DOT)
 #undef DOT
         }
@@ -50,7 +51,7 @@ INLINE AVX512 void forward_rows(const float *x, const void *W, const float *bias
             for (long j = r0; j < r1; j++) y[(long)a * N + j] += bias[j];
 }
 
-/* dx = g[:, r0:r1] W[r0:r1], block by block (the next block prefetched); not inlined, as forward_rows. */
+/* dx = g[:, r0:r1] W[r0:r1], block by block (the next block prefetched). */
 INLINE AVX512 void input_grad_rows(const float *g, const void *W, float *dx, int M, long N, int K, long r0, long r1,
                                    int bf16) {
     memset(dx, 0, sizeof(float) * (size_t)M * (size_t)K);
@@ -92,9 +93,13 @@ static AVX512 __attribute__((noinline)) void input_grad_bf16(const float *g, con
 }
 
 /* y [M, N] = x [M, K] W^T + bias; W [N, K] fp32 (bf16 = 0) or bf16 stored as uint16 (bf16 = 1), bias [N] fp32 or
-   NULL. */
+   NULL; split: scratch of M x round32(K) floats with bf16 W (else unused). */
 AVX512 void headsteer_linear(const float *x, const void *W, const float *bias, float *y, int M, int K, long N,
-                             int shares, int bf16) {
+                             int shares, int bf16, float *split) {
+    if (bf16) { /* the rows as dot_tile takes them with bf16 W */
+        split_rows(x, M, K, split);
+        x = split;
+    }
 #pragma omp parallel num_threads(shares)
     for (int t = omp_get_thread_num(); t < shares; t += omp_get_num_threads()) { /* fewer threads: more shares each */
         long r0, r1;

@@ -19,7 +19,8 @@
  *
  * With bf16 W each element is widened to fp32 as it is loaded (exactly): the products are
  * fp32, so only W's rounding to bf16 differs from fp32. (avx512_bf16's dot products would
- * also round h and the softmax weights, and measured no faster.)
+ * also round h and the softmax weights, and run at half the rate of fp32 FMAs on the CPU
+ * this was written on: RESEARCH.md.)
  */
 #include <math.h>
 #include <omp.h>
@@ -72,15 +73,17 @@ INLINE AVX512 void softmax_block(float *logits, int R, int nb, float *m, float *
 }
 
 /* logits[r][j] = h_r . W_{v+j} + b_{v+j} for the block's nb vocabulary rows, prefetching the block from `next`
-   (-1: none) meanwhile (here rather than in block_sum: W streams in while the logits are computed). */
+   (-1: none) meanwhile (here rather than in block_sum: W streams in while the logits are computed); with bf16 W,
+   h is split_rows' copy. */
 INLINE AVX512 void block_logits(const float *h, const void *W, long v, const float *bias, int R, int D, int nb,
                                 float *logits, long next, int bf16) {
+    long h_row = bf16 ? round32(D) : D;
     for (int r0 = 0; r0 < R; r0 += TILE_ROWS) {
         int rr = R - r0 < TILE_ROWS ? R - r0 : TILE_ROWS;
         for (int j0 = 0; j0 < nb; j0 += DOT_COLS) {
             int jj = nb - j0 < DOT_COLS ? nb - j0 : DOT_COLS;
             long ahead = r0 == 0 && next >= 0 ? next + j0 : -1; /* the same rows of the next block */
-#define DOT(RR) DOT_TILE(h + (long)r0 * D, W, v + j0, D, RR, jj, logits + r0 * BLOCK + j0, BLOCK, ahead, bf16)
+#define DOT(RR) DOT_TILE(h + r0 * h_row, W, v + j0, D, RR, jj, logits + r0 * BLOCK + j0, BLOCK, ahead, bf16)
             EACH_ROW_COUNT(rr, DOT)
 #undef DOT
         }
@@ -126,11 +129,16 @@ static AVX512 __attribute__((noinline)) void nll_range_bf16(const float *h, cons
     nll_range(h, W, bias, R, D, v0, v1, m, z, s, 1);
 }
 
-/* h fp32 [R, D]; W [V, D] row-major, fp32 (bf16 = 0) or bf16 stored as uint16 (bf16 = 1); bias fp32 [V] or NULL.
+/* h fp32 [R, D]; W [V, D] row-major, fp32 (bf16 = 0) or bf16 stored as uint16 (bf16 = 1); bias fp32 [V] or NULL;
+   split: scratch of R x round32(D) floats with bf16 W (else unused).
    Share t of `shares` (the vocabulary split at whole blocks) updates m [shares, R], z [shares, R], s [shares, R, D]
    at index t, which the caller initialises (-inf, 0, 0) and merges. */
 AVX512 void headsteer_nll(const float *h, const void *W, const float *bias, int R, int D, long V, int shares, float *m,
-                          float *z, float *s, int bf16) {
+                          float *z, float *s, int bf16, float *split) {
+    if (bf16) { /* the rows as dot_tile takes them with bf16 W */
+        split_rows(h, R, D, split);
+        h = split;
+    }
 #pragma omp parallel num_threads(shares)
     for (int t = omp_get_thread_num(); t < shares; t += omp_get_num_threads()) { /* fewer threads: more shares each */
         long v0 = V * t / shares / BLOCK * BLOCK, v1 = t + 1 == shares ? V : V * (t + 1) / shares / BLOCK * BLOCK;

@@ -9,6 +9,11 @@
  * dot_tile is a product with W transposed (a linear layer's forward, the NLL's logits); sum_tile a product
  * with W itself (a linear layer's input gradient, the NLL's softmax-weighted sum). RR is a compile-time
  * constant at each call (see EACH_ROW_COUNT), so that gcc keeps the accumulators in registers.
+ *
+ * bf16 W is read 32 elements at a time and widened as even and odd columns (load_w_pairs): two instructions
+ * where widening 16 at a time takes four, which made the NLL of 10 rows 36.7 -> 31.5 ms with bf16 W
+ * (benchmarks/kernel_ab.py --bf16). dot_tile takes its rows split to match (split_rows, once per call);
+ * sum_tile splits and interleaves its accumulators itself.
  */
 #ifndef HEADSTEER_TILES_H
 #define HEADSTEER_TILES_H
@@ -38,14 +43,8 @@
     }
 
 INLINE AVX512 __mmask16 lanes(long left) { return left >= 16 ? 0xFFFF : left <= 0 ? 0 : (__mmask16)((1u << left) - 1); }
-
-/* W[index .. index+16) as fp32, masked lanes zero; `bf16` is a constant once inlined, so each kernel has one path. */
-INLINE AVX512 __m512 load_w(const void *W, long index, __mmask16 mask, int bf16) {
-    if (bf16) { /* bf16 is fp32's upper half: widen to 32 bits and shift up */
-        __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, (const uint16_t *)W + index));
-        return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
-    }
-    return _mm512_maskz_loadu_ps(mask, (const float *)W + index);
+INLINE AVX512 __mmask32 lanes32(long left) {
+    return left >= 32 ? 0xFFFFFFFFu : left <= 0 ? 0 : (__mmask32)((1u << left) - 1);
 }
 
 /* The 32 elements from index, into L2 rather than L1: the NLL of 10 rows 39.8 -> 38.2 ms, the suffix's linear layers
@@ -56,27 +55,86 @@ INLINE AVX512 void prefetch_w(const void *W, long index, int bf16) {
     if (!bf16) _mm_prefetch(at + 64, _MM_HINT_T1);
 }
 
-/* out[a * ostride + b] = x_a . W_{row+b} for a < RR, b < JJ (<= DOT_COLS); x is [RR, d] with row stride d.
-   With `ahead` (>= 0) it prefetches W rows ahead .. ahead + DOT_COLS - 1 meanwhile. RR and JJ are constants
-   at each call (see DOT_TILE): with a variable either, gcc stores every accumulator to the stack each step. */
+/* bf16 W's 32 elements from index, in one 64-byte load (masked lanes zero), as two fp32 vectors: `even` holds
+   elements 0, 2, .., 30 and `odd` 1, 3, .., 31. bf16 is fp32's upper half, and each 32-bit lane holds an even
+   element in its low half and the next odd one in its high half: a shift and a mask widen both exactly, two
+   instructions for 32 elements (widening each half with a zero-extension and a shift takes four). */
+INLINE AVX512 void load_w_pairs(const void *W, long index, __mmask32 mask, __m512 *even, __m512 *odd) {
+    __m512i raw = _mm512_maskz_loadu_epi16(mask, (const uint16_t *)W + index);
+    *even = _mm512_castsi512_ps(_mm512_slli_epi32(raw, 16));
+    *odd = _mm512_castsi512_ps(_mm512_and_si512(raw, _mm512_set1_epi32((int)0xFFFF0000u)));
+}
+
+INLINE long round32(long d) { return (d + 31) / 32 * 32; }
+
+/* out [R, round32(d)] = x [R, d] with each row's columns in load_w_pairs' order, 32 at a time (even columns, then
+   odd ones; zeros past d): the rows a dot_tile with bf16 W takes. */
+INLINE void split_rows(const float *x, int R, int d, float *out) {
+    long stride = round32(d);
+    for (int a = 0; a < R; a++)
+        for (long k = 0; k < stride; k += 32)
+            for (int i = 0; i < 32; i++) {
+                long column = k + 2 * (i % 16) + i / 16;
+                out[a * stride + k + i] = column < d ? x[(long)a * d + column] : 0.0f;
+            }
+}
+
+/* The sums of the lanes of p, q, r and t, in that order: four reductions sharing their shuffles (14 instructions,
+   where one at a time takes about 32). */
+INLINE AVX512 __m128 sum4(__m512 p, __m512 q, __m512 r, __m512 t) {
+    /* 128-bit quarters: [p0+p2, p1+p3, q0+q2, q1+q3] and the same of r and t */
+    __m512 pq = _mm512_add_ps(_mm512_shuffle_f32x4(p, q, 0x44), _mm512_shuffle_f32x4(p, q, 0xEE));
+    __m512 rt = _mm512_add_ps(_mm512_shuffle_f32x4(r, t, 0x44), _mm512_shuffle_f32x4(r, t, 0xEE));
+    /* quarter i: four partial sums of the i-th vector */
+    __m512 all = _mm512_add_ps(_mm512_shuffle_f32x4(pq, rt, 0x88), _mm512_shuffle_f32x4(pq, rt, 0xDD));
+    all = _mm512_add_ps(all, _mm512_permute_ps(all, 0x4E));
+    all = _mm512_add_ps(all, _mm512_permute_ps(all, 0xB1)); /* each quarter: its vector's sum, four times */
+    return _mm512_castps512_ps128(_mm512_permutexvar_ps(_mm512_set_epi32(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 12, 8, 4, 0), all));
+}
+
+/* out[a * ostride + b] = x_a . W_{row+b} for a < RR, b < JJ (<= DOT_COLS). With fp32 W, x is [RR, d] with row stride
+   d; with bf16 W, x is split_rows' copy (its columns in load_w_pairs' order, row stride round32(d)). With `ahead`
+   (>= 0) it prefetches W rows ahead .. ahead + DOT_COLS - 1 meanwhile. RR and JJ are constants at each call (see
+   DOT_TILE): with a variable either, gcc stores every accumulator to the stack each step. */
 INLINE AVX512 void dot_tile(const float *x, const void *W, long row, int d, int RR, int JJ, float *out, long ostride,
                             long ahead, int bf16) {
     __m512 acc[TILE_ROWS][DOT_COLS];
     for (int a = 0; a < RR; a++)
         for (int b = 0; b < JJ; b++) acc[a][b] = _mm512_setzero_ps();
-    for (int k = 0; k < d; k += 16) {
-        __mmask16 mask = lanes(d - k);
-        __m512 w[DOT_COLS];
-        for (int b = 0; b < JJ; b++) w[b] = load_w(W, (row + b) * d + k, mask, bf16);
-        if (ahead >= 0 && k % 32 == 0) /* prefetch_w takes 32 elements at a time */
-            for (int b = 0; b < DOT_COLS; b++) prefetch_w(W, (ahead + b) * d + k, bf16);
-        for (int a = 0; a < RR; a++) {
-            __m512 xa = _mm512_maskz_loadu_ps(mask, x + (long)a * d + k);
-            for (int b = 0; b < JJ; b++) acc[a][b] = _mm512_fmadd_ps(xa, w[b], acc[a][b]);
+    if (bf16) {
+        long xstride = round32(d);
+        for (int k = 0; k < d; k += 32) {
+            __m512 even[DOT_COLS], odd[DOT_COLS];
+            for (int b = 0; b < JJ; b++) load_w_pairs(W, (row + b) * d + k, lanes32(d - k), &even[b], &odd[b]);
+            if (ahead >= 0)
+                for (int b = 0; b < DOT_COLS; b++) prefetch_w(W, (ahead + b) * d + k, 1);
+            for (int a = 0; a < RR; a++) {
+                __m512 xe = _mm512_loadu_ps(x + a * xstride + k), xo = _mm512_loadu_ps(x + a * xstride + k + 16);
+                for (int b = 0; b < JJ; b++) acc[a][b] = _mm512_fmadd_ps(xo, odd[b], _mm512_fmadd_ps(xe, even[b], acc[a][b]));
+            }
         }
-    }
-    for (int a = 0; a < RR; a++)
-        for (int b = 0; b < JJ; b++) out[a * ostride + b] = _mm512_reduce_add_ps(acc[a][b]);
+    } else
+        for (int k = 0; k < d; k += 16) {
+            __mmask16 mask = lanes(d - k);
+            __m512 w[DOT_COLS];
+            for (int b = 0; b < JJ; b++) w[b] = _mm512_maskz_loadu_ps(mask, (const float *)W + (row + b) * d + k);
+            if (ahead >= 0 && k % 32 == 0) /* prefetch_w takes 32 elements at a time */
+                for (int b = 0; b < DOT_COLS; b++) prefetch_w(W, (ahead + b) * d + k, 0);
+            for (int a = 0; a < RR; a++) {
+                __m512 xa = _mm512_maskz_loadu_ps(mask, x + (long)a * d + k);
+                for (int b = 0; b < JJ; b++) acc[a][b] = _mm512_fmadd_ps(xa, w[b], acc[a][b]);
+            }
+        }
+    if (JJ == DOT_COLS) { /* two rows' pairs of sums at a time */
+        for (int a = 0; a < RR; a += 2) {
+            __m512 zero = _mm512_setzero_ps();
+            __m128 sums = sum4(acc[a][0], acc[a][1], a + 1 < RR ? acc[a + 1][0] : zero, a + 1 < RR ? acc[a + 1][1] : zero);
+            _mm_storel_pi((__m64 *)(out + a * ostride), sums);
+            if (a + 1 < RR) _mm_storeh_pi((__m64 *)(out + (a + 1) * ostride), sums);
+        }
+    } else
+        for (int a = 0; a < RR; a++)
+            for (int b = 0; b < JJ; b++) out[a * ostride + b] = _mm512_reduce_add_ps(acc[a][b]);
 }
 
 /* dot_tile with jj (1 .. DOT_COLS) weight rows, a constant in each branch. */
@@ -86,23 +144,34 @@ INLINE AVX512 void dot_tile(const float *x, const void *W, long row, int d, int 
 
 /* s_a[k:k+32] <- c_a s_a[k:k+32] + sum_{j < nb} p[a * pstride + j] W_{row+j}[k:k+32] for a < RR, with c_a = scale[a]
    (scale NULL: 1). s is [RR, d] with row stride d. With `next` (>= 0) it prefetches the same columns of the
-   rows from `next` on, so that over all k the whole next block of nb rows is on its way. */
+   rows from `next` on, so that over all k the whole next block of nb rows is on its way. With bf16 W the
+   accumulators hold s's even and odd columns (load_w_pairs' order): s is split so on loading, interleaved
+   back on storing, once per tile. */
 INLINE AVX512 void sum_tile(const float *p, long pstride, const void *W, long row, int d, int nb, int k, int RR,
                             const float *scale, float *s, long next, int bf16) {
     __mmask16 m0 = lanes(d - k), m1 = lanes(d - k - 16);
+    const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    const __m512i odds = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
     __m512 acc[TILE_ROWS][2];
     for (int a = 0; a < RR; a++) {
-        acc[a][0] = _mm512_maskz_loadu_ps(m0, s + (long)a * d + k);
-        acc[a][1] = _mm512_maskz_loadu_ps(m1, s + (long)a * d + k + 16);
+        __m512 lo = _mm512_maskz_loadu_ps(m0, s + (long)a * d + k), hi = _mm512_maskz_loadu_ps(m1, s + (long)a * d + k + 16);
+        acc[a][0] = bf16 ? _mm512_permutex2var_ps(lo, evens, hi) : lo;
+        acc[a][1] = bf16 ? _mm512_permutex2var_ps(lo, odds, hi) : hi;
         if (scale) {
             __m512 c = _mm512_set1_ps(scale[a]);
             acc[a][0] = _mm512_mul_ps(c, acc[a][0]);
             acc[a][1] = _mm512_mul_ps(c, acc[a][1]);
         }
     }
+    __mmask32 m = lanes32(d - k);
     for (int j = 0; j < nb; j++) {
-        __m512 w0 = load_w(W, (row + j) * d + k, m0, bf16);
-        __m512 w1 = load_w(W, (row + j) * d + k + 16, m1, bf16);
+        __m512 w0, w1;
+        if (bf16)
+            load_w_pairs(W, (row + j) * d + k, m, &w0, &w1);
+        else {
+            w0 = _mm512_maskz_loadu_ps(m0, (const float *)W + (row + j) * d + k);
+            w1 = _mm512_maskz_loadu_ps(m1, (const float *)W + (row + j) * d + k + 16);
+        }
         if (next >= 0) prefetch_w(W, (next + j) * d + k, bf16);
         for (int a = 0; a < RR; a++) {
             __m512 pj = _mm512_set1_ps(p[a * pstride + j]);
@@ -110,9 +179,13 @@ INLINE AVX512 void sum_tile(const float *p, long pstride, const void *W, long ro
             acc[a][1] = _mm512_fmadd_ps(pj, w1, acc[a][1]);
         }
     }
+    const __m512i first = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i second = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
     for (int a = 0; a < RR; a++) {
-        _mm512_mask_storeu_ps(s + (long)a * d + k, m0, acc[a][0]);
-        _mm512_mask_storeu_ps(s + (long)a * d + k + 16, m1, acc[a][1]);
+        __m512 lo = bf16 ? _mm512_permutex2var_ps(acc[a][0], first, acc[a][1]) : acc[a][0];
+        __m512 hi = bf16 ? _mm512_permutex2var_ps(acc[a][0], second, acc[a][1]) : acc[a][1];
+        _mm512_mask_storeu_ps(s + (long)a * d + k, m0, lo);
+        _mm512_mask_storeu_ps(s + (long)a * d + k + 16, m1, hi);
     }
 }
 
