@@ -19,7 +19,8 @@ at most ``linear_max_rows`` (32) rows, and :mod:`headsteer.kernels` loaded; any 
 ``nn.Linear`` modules whose ``forward`` nobody else replaced are touched, and each is given
 back its own ``forward`` on leaving, whatever happens. :class:`FrozenLinear` is the same product
 and input gradient without autograd, for a backward written out by hand
-(:mod:`headsteer.fitting.fused_block`). The results equal ``F.linear``'s up to fp32 summation order
+(:mod:`headsteer.fitting.fused_block`); with a bf16 copy of its weight (the bf16 option) the kernel
+takes up to ``linear_max_rows_bf16`` (48) rows. The results equal ``F.linear``'s up to fp32 summation order
 (``tests/fitting/test_linear_kernel.py``).
 """
 
@@ -137,7 +138,9 @@ class FrozenLinear:
 
     def _takes(self, x: Tensor) -> bool:
         assert self.kernels is not None
-        return x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[0] <= self.kernels.linear_max_rows
+        bf16 = self.kernel_weight.dtype == torch.bfloat16
+        rows = self.kernels.linear_max_rows_bf16 if bf16 else self.kernels.linear_max_rows
+        return x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[0] <= rows
 
     def __call__(self, x: Float[Tensor, "rows d_in"]) -> Float[Tensor, "rows d_out"]:
         if self.kernels is not None and self._takes(x):

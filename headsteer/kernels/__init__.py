@@ -48,7 +48,8 @@ class Kernels:
 
     handle: ctypes.CDLL
     nll_max_rows: int  # hidden rows per NLL call
-    linear_max_rows: int  # input rows per linear call
+    linear_max_rows: int  # input rows per linear call with fp32 weights
+    linear_max_rows_bf16: int  # and with bf16 ones
 
     @property
     def nll(self):  # (h, W, bias | None, rows, d_model, vocab, shares, m, z, s, bf16, split | None)
@@ -108,6 +109,7 @@ def load(path: Path) -> ctypes.CDLL:
     handle = ctypes.CDLL(str(path))
     for name in ("headsteer_supported", "headsteer_nll_max_rows", "headsteer_linear_max_rows"):
         getattr(handle, name).restype = _int
+    handle.headsteer_linear_max_rows.argtypes = [_int]
     handle.headsteer_nll.argtypes = [_p, _p, _p, _int, _int, _long, _int, _p, _p, _p, _int, _p]
     handle.headsteer_linear.argtypes = [_p, _p, _p, _p, _int, _int, _long, _int, _int, _p]
     handle.headsteer_linear_input_grad.argtypes = [_p, _p, _p, _int, _long, _int, _int, _p, _int]
@@ -143,7 +145,8 @@ def library() -> Kernels | str:
     handle = load(target)
     if not handle.headsteer_supported():
         return "off (this CPU has no AVX-512)"
-    return Kernels(handle, handle.headsteer_nll_max_rows(), handle.headsteer_linear_max_rows())
+    rows = handle.headsteer_nll_max_rows(), handle.headsteer_linear_max_rows(0), handle.headsteer_linear_max_rows(1)
+    return Kernels(handle, *rows)
 
 
 def status() -> str:

@@ -20,10 +20,13 @@
 #include "tiles.h"
 
 #define BLOCK 64 /* W rows per block, and the unit in which W is split between threads */
-#define HS_LINEAR_MAX_ROWS 32 /* rows per call: past that stock GEMMs are as fast */
+/* Rows per call: past them torch's GEMMs on the fp32 weights are as fast (benchmarks/linear_rows.py: the same at 32
+   rows with fp32 weights; with bf16 copies 7% faster at 48 rows, 6% slower at 60). */
+#define HS_LINEAR_MAX_ROWS 32
+#define HS_LINEAR_MAX_ROWS_BF16 48
 #define AHEAD 4               /* how many W rows ahead the forward prefetches */
 
-int headsteer_linear_max_rows(void) { return HS_LINEAR_MAX_ROWS; }
+int headsteer_linear_max_rows(int bf16) { return bf16 ? HS_LINEAR_MAX_ROWS_BF16 : HS_LINEAR_MAX_ROWS; }
 
 /* Share t of `shares`: W rows [*r0, *r1), split at whole blocks. */
 INLINE void share_rows(long N, int t, int shares, long *r0, long *r1) {
@@ -31,19 +34,25 @@ INLINE void share_rows(long N, int t, int shares, long *r0, long *r1) {
     *r1 = t + 1 == shares ? N : N * (t + 1) / shares / BLOCK * BLOCK;
 }
 
-/* y[:, r0:r1] = x W[r0:r1]^T + b[r0:r1], a pair of W rows at a time (prefetching AHEAD rows on); with bf16 W, x is
+/* y[:, r0:r1] = x W[r0:r1]^T + b[r0:r1]: W in blocks of BLOCK rows, each row group of x (in L1) against a whole
+   block (in L2 after the first group) a pair of W rows at a time, the first group prefetching AHEAD rows on.
+   (W's pair outermost instead keeps the pair in L1 but reads every row group of x from L2 for each pair: with
+   more than one group, as the sequence loss's 20 to 60 rows, that read is the bound.) With bf16 W, x is
    split_rows' copy. */
 INLINE AVX512 void forward_rows(const float *x, const void *W, const float *bias, float *y, int M, int K, long N, long r0,
                                 long r1, int bf16) {
     long x_row = bf16 ? round32(K) : K;
-    for (long j0 = r0; j0 < r1; j0 += DOT_COLS) {
-        int jj = r1 - j0 < DOT_COLS ? (int)(r1 - j0) : DOT_COLS;
-        long ahead = j0 + AHEAD + DOT_COLS <= r1 ? j0 + AHEAD : -1;
-        for (int a0 = 0; a0 < M; a0 += TILE_ROWS) { /* the pair of W rows stays in L1 across row groups */
+    for (long v = r0; v < r1; v += BLOCK) {
+        long v1 = r1 - v < BLOCK ? r1 : v + BLOCK;
+        for (int a0 = 0; a0 < M; a0 += TILE_ROWS) {
             int rr = M - a0 < TILE_ROWS ? M - a0 : TILE_ROWS;
-#define DOT(RR) DOT_TILE(x + a0 * x_row, W, j0, K, RR, jj, y + (long)a0 * N + j0, N, a0 == 0 ? ahead : -1, bf16)
-            EACH_ROW_COUNT(rr, DOT)
+            for (long j0 = v; j0 < v1; j0 += DOT_COLS) {
+                int jj = v1 - j0 < DOT_COLS ? (int)(v1 - j0) : DOT_COLS;
+                long ahead = a0 == 0 && j0 + AHEAD + DOT_COLS <= r1 ? j0 + AHEAD : -1;
+#define DOT(RR) DOT_TILE(x + a0 * x_row, W, j0, K, RR, jj, y + (long)a0 * N + j0, N, ahead, bf16)
+                EACH_ROW_COUNT(rr, DOT)
 #undef DOT
+            }
         }
     }
     if (bias)

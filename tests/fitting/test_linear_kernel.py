@@ -157,7 +157,7 @@ def test_a_frozen_linear_gives_torchs_product_and_input_gradient(rows):
 
 
 @needs_kernels
-@pytest.mark.parametrize("rows", [1, 10, 40])  # 40: more rows than the kernel takes, torch's product in fp32
+@pytest.mark.parametrize("rows", [1, 10, 40, 49])  # 49: more rows than the kernel takes, torch's product in fp32
 @pytest.mark.parametrize("threads", [1, 2])
 def test_a_frozen_linear_with_a_bf16_copy_multiplies_the_rounded_weight_in_fp32(rows, threads, monkeypatch):
     """The kernel reads the bf16 copy, each element widened exactly: fp32 products of the rounded weight."""
@@ -167,8 +167,9 @@ def test_a_frozen_linear_with_a_bf16_copy_multiplies_the_rounded_weight_in_fp32(
     layer = FrozenLinear(weight, None).in_bf16(lambda w: w.to(torch.bfloat16))
     assert layer.kernel_weight.dtype == torch.bfloat16 and layer.weight is weight
     x, grad_y = torch.randn(rows, 130, generator=generator), torch.randn(rows, 200, generator=generator)
-    used = weight.to(torch.bfloat16).float() if rows <= kernels.library().linear_max_rows else weight
-    assert not torch.equal(used @ x[0], weight @ x[0]) or rows > 32  # the rounding shows
+    assert kernels.library().linear_max_rows_bf16 == 48
+    used = weight.to(torch.bfloat16).float() if rows <= 48 else weight
+    assert not torch.equal(used @ x[0], weight @ x[0]) or rows > 48  # the rounding shows
     torch.testing.assert_close(layer(x), F.linear(x, used), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(layer.input_grad(grad_y), grad_y @ used, rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="bf16 copy of the \\(200, 130\\) weight"):

@@ -1,0 +1,77 @@
+"""How many rows the linear kernel should take: it against torch by row count, with fp32 weights and bf16 copies.
+
+    python benchmarks/linear_rows.py [--rows 10 20 32 40 48 60] [--repeats 3]
+
+On Gemma 3 270M's linear layers in blocks 4..17 that the fitter routes through the kernel (70 layers,
+:mod:`headsteer.fitting.linear_kernel`), for each row count it times a forward through all of them and then
+their input gradients in reverse order, as a fit step's suffix runs them, after evicting the caches (a
+read of 240 MB, subtracted), as the NLL's pass over the unembedding does in a step: the kernel with the fp32
+weights, the kernel with bf16 copies (the bf16 option), and torch's ``F.linear`` and ``g @ W`` on the fp32
+weights. The kernel runs whatever the row count here; the fitter sends it at most ``linear_max_rows`` rows
+(``linear_max_rows_bf16`` with bf16 copies), torch the rest. It prints the best of ``--repeats`` in ms.
+Run it alone on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+
+import torch
+
+import headsteer as hs
+from headsteer.fitting.linear_kernel import MIN_WEIGHT_ELEMENTS, kernel_forward, kernel_input_grad, plain_linears
+from headsteer.kernels import Kernels, library
+
+
+def milliseconds(fn: Callable[[], object], repeats: int = 3) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    return (time.perf_counter() - start) / repeats * 1000
+
+
+def timings(rows: int, weights: list[torch.Tensor], kernels: Kernels, repeats: int) -> list[float]:
+    """ms of the forwards and input gradients: the kernel on fp32 weights and on bf16 copies, torch on fp32."""
+    copies = [w.to(torch.bfloat16) for w in weights]
+    xs = {w.shape[1]: torch.randn(rows, w.shape[1]) for w in weights}  # one contiguous input per width
+    gs = {w.shape[0]: torch.randn(rows, w.shape[0]) for w in weights}
+    evictor = torch.randn(60_000_000)  # 240 MB
+
+    def kernel(ws: list[torch.Tensor]) -> None:
+        for w in ws:
+            kernel_forward(xs[w.shape[1]], w, None, kernels)
+        for w in reversed(ws):
+            kernel_input_grad(gs[w.shape[0]], w, kernels)
+
+    def stock() -> None:
+        for w in weights:
+            torch.nn.functional.linear(xs[w.shape[1]], w)
+        for w in reversed(weights):
+            gs[w.shape[0]] @ w
+
+    base = min(milliseconds(evictor.sum) for _ in range(repeats))
+    cases = (lambda: kernel(weights), lambda: kernel(copies), stock)
+    return [min(milliseconds(lambda f=f: (evictor.sum(), f())) for _ in range(repeats)) - base for f in cases]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, nargs="+", default=[10, 20, 32, 40, 48, 60])
+    parser.add_argument("--repeats", type=int, default=3, help="timings per case; the best is printed")
+    args = parser.parse_args()
+    kernels = library()
+    if not isinstance(kernels, Kernels):
+        raise SystemExit(f"the kernels are {kernels}")
+    model = hs.load_model()
+    weights = [m.weight.detach() for m in plain_linears(model.blocks[4:]) if m.weight.numel() >= MIN_WEIGHT_ELEMENTS]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {len(weights)} linear layers, ms")
+    print("| rows | kernel, fp32 | kernel, bf16 copies | torch, fp32 |\n|--:|--:|--:|--:|")
+    for rows in args.rows:
+        print(f"| {rows} | " + " | ".join(f"{t:.1f}" for t in timings(rows, weights, kernels, args.repeats)) + " |")
+
+
+if __name__ == "__main__":
+    main()
