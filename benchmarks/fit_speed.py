@@ -13,6 +13,7 @@ on the same model, data and layer, and prints one table:
   steps per second and their ratio;
 * single fit, naive full forward vs prefix-cached: seconds per step, ratio;
 * single fit, the sequence loss (every answer token and the stop) vs the first-token loss, both prefix-cached;
+  and with the bf16 option (``fast-bf16-sequence``);
 * a layer sweep (every layer × ``--seeds`` samples): sequential naive or hand-written fits
   (timed on ``--sequential`` of them) vs one batched prefix-cached pass,
   in fit-steps per second, and the ratio;
@@ -37,7 +38,17 @@ from dataclasses import replace
 
 import torch
 
-CASES = ("hand", "fast", "fast-bf16", "naive", "fast-sequence", "sequential-naive", "sequential-hand", "batched-fast")
+CASES = (
+    "hand",
+    "fast",
+    "fast-bf16",
+    "naive",
+    "fast-sequence",
+    "fast-bf16-sequence",
+    "sequential-naive",
+    "sequential-hand",
+    "batched-fast",
+)
 OPT_IN = ("figure1",)  # minutes long: run only when named in --cases
 LAYER = 4  # the single fits' layer
 
@@ -134,9 +145,9 @@ def case(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     penalty = config(0, 0).gamma, config(0, 0).lam
     hand = lambda layer: hand_fit(hf, tokenizer, train(0), template, layer, steps, *penalty, 0.01)  # noqa: E731
-    if name in ("naive", "fast", "fast-bf16", "fast-sequence"):
-        forward = {"naive": naive_scored_logits, "fast-bf16": PrefixCachedForward(bf16_weights=True)}.get(name)
-        loss = "sequence" if name == "fast-sequence" else "first_token"
+    if name in ("naive", "fast", "fast-bf16", "fast-sequence", "fast-bf16-sequence"):
+        forward = naive_scored_logits if name == "naive" else PrefixCachedForward(bf16_weights="bf16" in name)
+        loss = "sequence" if name.endswith("sequence") else "first_token"
         hs.fit(model, train(0), template, replace(config(LAYER, 0), loss=loss), forward=forward, progress=False)
         fits = 1
     elif name == "hand":
@@ -232,6 +243,7 @@ def main() -> None:
             "",
         ),
         ("fast-sequence", "fast", "sequence-loss step time / first-token step time", "target at most 2x"),
+        ("fast-sequence", "fast-bf16-sequence", "sequence loss, fast with bf16 weights / fast", ""),
     )
     for slow, fast, what, target in ratios:
         if slow in rows and fast in rows:
