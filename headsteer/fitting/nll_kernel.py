@@ -11,8 +11,9 @@ each thread's own share of the vocabulary; the shares' states are merged here::
 
     m = max_t m_t,   z = Σ_t z_t e^{m_t − m},   s = Σ_t s_t e^{m_t − m}
 
-It runs where it applies: CPU tensors, at most ``nll_max_rows`` (32) fp32 hidden
-states (past about 30 rows the torch loop's GEMMs are the faster), W stored
+It runs where it applies: CPU tensors, fp32 hidden states, at most ``nll_max_rows`` (64) of them
+with fp32 W and ``nll_max_rows_bf16`` (256) with bf16 W (past them the torch loop is as fast:
+``benchmarks/kernel_rows.py``), W stored
 row by row (``[vocab, d_model]``, as a Hugging Face ``lm_head``) in fp32, or in
 bf16 with the low-precision option (widened to fp32 as it is read: fp32
 products of bf16 weights), no soft cap, where :mod:`headsteer.kernels` loaded.
@@ -43,7 +44,7 @@ def online_softmax(
     wanted = torch.bfloat16 if low_precision else torch.float32
     if (
         isinstance(kernels, str)
-        or hidden.shape[0] > kernels.nll_max_rows
+        or hidden.shape[0] > (kernels.nll_max_rows_bf16 if low_precision else kernels.nll_max_rows)
         or hidden.device.type != "cpu"
         or weight.device.type != "cpu"
         or hidden.dtype != torch.float32

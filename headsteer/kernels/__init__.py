@@ -47,7 +47,8 @@ class Kernels:
     """The loaded library; each function's arguments are in its C source."""
 
     handle: ctypes.CDLL
-    nll_max_rows: int  # hidden rows per NLL call
+    nll_max_rows: int  # hidden rows per NLL call with an fp32 unembedding
+    nll_max_rows_bf16: int  # and with a bf16 one
     linear_max_rows: int  # input rows per linear call with fp32 weights
     linear_max_rows_bf16: int  # and with bf16 ones
 
@@ -109,7 +110,7 @@ def load(path: Path) -> ctypes.CDLL:
     handle = ctypes.CDLL(str(path))
     for name in ("headsteer_supported", "headsteer_nll_max_rows", "headsteer_linear_max_rows"):
         getattr(handle, name).restype = _int
-    handle.headsteer_linear_max_rows.argtypes = [_int]
+    handle.headsteer_nll_max_rows.argtypes = handle.headsteer_linear_max_rows.argtypes = [_int]
     handle.headsteer_nll.argtypes = [_p, _p, _p, _int, _int, _long, _int, _p, _p, _p, _int, _p]
     handle.headsteer_linear.argtypes = [_p, _p, _p, _p, _int, _int, _long, _int, _int, _p]
     handle.headsteer_linear_input_grad.argtypes = [_p, _p, _p, _int, _long, _int, _int, _p, _int]
@@ -145,8 +146,8 @@ def library() -> Kernels | str:
     handle = load(target)
     if not handle.headsteer_supported():
         return "off (this CPU has no AVX-512)"
-    rows = handle.headsteer_nll_max_rows(), handle.headsteer_linear_max_rows(0), handle.headsteer_linear_max_rows(1)
-    return Kernels(handle, *rows)
+    nll_rows = handle.headsteer_nll_max_rows(0), handle.headsteer_nll_max_rows(1)
+    return Kernels(handle, *nll_rows, handle.headsteer_linear_max_rows(0), handle.headsteer_linear_max_rows(1))
 
 
 def status() -> str:

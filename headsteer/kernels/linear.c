@@ -20,7 +20,7 @@
 #include "tiles.h"
 
 #define BLOCK 64 /* W rows per block, and the unit in which W is split between threads */
-/* Rows per call: past them torch's GEMMs on the fp32 weights are as fast (benchmarks/linear_rows.py: the same at 32
+/* Rows per call: past them torch's GEMMs on the fp32 weights are as fast (benchmarks/kernel_rows.py: the same at 32
    rows with fp32 weights; with bf16 copies 7% faster at 48 rows, 6% slower at 60). */
 #define HS_LINEAR_MAX_ROWS 32
 #define HS_LINEAR_MAX_ROWS_BF16 48

@@ -1,6 +1,6 @@
 /* The streamed NLL's pass over the unembedding, fused by hand for x86-64 CPUs with AVX-512.
  *
- * For rows r < R of final hidden states h (R <= HS_NLL_MAX_ROWS, a handful in a fit) and
+ * For rows r < R of final hidden states h (R <= HS_NLL_MAX_ROWS_BF16, a handful in a fit) and
  * vocabulary rows v in [v0, v1) of W (row-major [vocab, D]) with optional bias b, it updates
  * the online-softmax state of headsteer/fitting/unembed.py in place:
  *
@@ -28,9 +28,13 @@
 #include "tiles.h"
 
 #define BLOCK 64           /* vocabulary rows per block: 64 x 640 fp32 is 160 KiB, inside L2 */
-#define HS_NLL_MAX_ROWS 32 /* rows per call: past ~30 rows the stock GEMMs of the torch loop are faster */
+/* Rows per call (benchmarks/kernel_rows.py). fp32 W: 14% faster than the torch loop at 64 rows, 5% at 96, 3% at 128,
+   11% slower at 256. bf16 W: faster than the torch loop on the same bf16 W at every count to 256 (1.6x at 256; it
+   multiplies in bf16, slow on a CPU without AMX), and about as fast as the torch loop on fp32 W there. */
+#define HS_NLL_MAX_ROWS 64
+#define HS_NLL_MAX_ROWS_BF16 256
 
-int headsteer_nll_max_rows(void) { return HS_NLL_MAX_ROWS; }
+int headsteer_nll_max_rows(int bf16) { return bf16 ? HS_NLL_MAX_ROWS_BF16 : HS_NLL_MAX_ROWS; }
 
 /* e^x for x <= 0: x = n ln2 + r, |r| <= ln2/2, e^r by its degree-6 Taylor polynomial (relative error
    below 2e-7), scaled by 2^n; x below -87 gives 0 rather than a denormal. */
@@ -108,7 +112,7 @@ INLINE AVX512 void block_sum(const float *p, const void *W, long v, int R, int D
 
 INLINE AVX512 void nll_range(const float *h, const void *W, const float *bias, int R, int D, long v0, long v1,
                              float *m, float *z, float *s, int bf16) {
-    float logits[HS_NLL_MAX_ROWS * BLOCK], scale[HS_NLL_MAX_ROWS];
+    float logits[HS_NLL_MAX_ROWS_BF16 * BLOCK], scale[HS_NLL_MAX_ROWS_BF16];
     for (long v = v0; v < v1; v += BLOCK) {
         int nb = v1 - v < BLOCK ? (int)(v1 - v) : BLOCK;
         block_logits(h, W, v, bias, R, D, nb, logits, v + 2 * BLOCK <= v1 ? v + BLOCK : -1, bf16);
