@@ -101,8 +101,8 @@ class PrefixCachedForward:
     from its own layer (:mod:`~headsteer.fitting.from_layer`); off, or where that
     plan does not reproduce the model's forward, every block runs.
     ``bf16_weights`` (off by default): the NLL reads a bf16 copy of the
-    unembedding (:attr:`~headsteer.fitting.unembed.FinalHidden.low_precision`: the CPU
-    kernel widens it to fp32 as it reads it, the torch loop multiplies in bf16), and the
+    unembedding (:attr:`~headsteer.fitting.unembed.FinalHidden.low_precision`: on a CPU it is
+    widened to fp32 as it is read, on a GPU the products run in bf16), and the
     blocks run by hand read bf16 copies of their linear layers' weights where the CPU
     kernel runs them (:meth:`~headsteer.fitting.fused_block.FusedBlock.in_bf16`); each
     copy is made once per weight. Half the memory traffic of those weights, not exact

@@ -18,12 +18,14 @@ states' dtype (fp32 for a half-precision model) as it is read. Exact up to
 fp32 summation order. On a CPU with AVX-512 the uncapped pass runs as one
 fused kernel (:mod:`headsteer.fitting.nll_kernel`), the torch loop elsewhere.
 
-Optionally (``FinalHidden.low_precision``, off by default) W is a bf16 copy
-and both products per chunk run in bf16 (on a GPU, or a CPU with AMX, several
-times faster), while the running max, normaliser and sums stay fp32: the loss
-and gradient then differ from fp32 by bf16's rounding of the logits and of W
-(``tests/fitting/test_unembed.py`` bounds it). The fused CPU kernel reads the
-bf16 copy and multiplies in fp32, so there only W's rounding differs.
+Optionally (``FinalHidden.low_precision``, off by default) W is a bf16 copy,
+half the bytes to read. On a GPU both products per chunk then run in bf16 (several
+times faster), while the running max, normaliser and sums stay fp32: the loss and
+gradient differ from fp32 by bf16's rounding of the logits and of W
+(``tests/fitting/test_unembed.py`` bounds it). On a CPU each chunk is widened to
+fp32 as it is read, as the fused kernel widens each element, so there only W's
+rounding differs (bf16 products took 1.7× as long as fp32 ones on this project's
+AVX-512 CPU without AMX: RESEARCH.md).
 """
 
 from __future__ import annotations
@@ -70,14 +72,14 @@ def _online_softmax(
     hidden: Tensor, weight: Tensor, bias: Tensor | None, softcap: float | None, low_precision: bool
 ) -> tuple[Tensor, Tensor, Tensor]:
     """(m, z, s) of the module docstring in torch, ``CHUNK`` vocabulary rows at a time (s with the cap's slope)."""
-    # The products run in W's dtype with the low-precision option (bf16), else in the hidden states' (fp32).
+    # The products run in W's dtype with the low-precision option on a GPU (bf16), else in the hidden states' (fp32).
     rows = hidden.shape[0]
     m = torch.full((rows,), -torch.inf, dtype=hidden.dtype, device=hidden.device)
     z = torch.zeros(rows, dtype=hidden.dtype, device=hidden.device)
     s = torch.zeros_like(hidden)
     for start in range(0, weight.shape[0], CHUNK):
         w = weight[start : start + CHUNK]
-        w = w if low_precision else w.to(hidden.dtype)
+        w = w if low_precision and w.device.type != "cpu" else w.to(hidden.dtype)
         logits, slope = _capped(_affine(hidden, w, bias, slice(start, start + CHUNK)), softcap)
         m_new = torch.maximum(m, logits.max(1).values)
         scale = torch.exp(m - m_new)

@@ -29,8 +29,7 @@
 
 #define BLOCK 64           /* vocabulary rows per block: 64 x 640 fp32 is 160 KiB, inside L2 */
 /* Rows per call (benchmarks/kernel_rows.py). fp32 W: 14% faster than the torch loop at 64 rows, 5% at 96, 3% at 128,
-   11% slower at 256. bf16 W: faster than the torch loop on the same bf16 W at every count to 256 (1.6x at 256; it
-   multiplies in bf16, slow on a CPU without AMX), and about as fast as the torch loop on fp32 W there. */
+   11% slower at 256. bf16 W: faster than the torch loop on the same bf16 W at every count to 256 (5% at 256). */
 #define HS_NLL_MAX_ROWS 64
 #define HS_NLL_MAX_ROWS_BF16 256
 
