@@ -131,6 +131,9 @@ class FrozenLinear:
         self.kernels = kernels if not isinstance(kernels, str) and _weight_fits(weight, bias) else None
         # What the kernel reads: the weight, or its bf16 copy (the bf16 option); torch's path always reads the weight.
         self.kernel_weight = weight if kernel_weight is None else kernel_weight
+        if self.kernels is not None:  # the rows a call may have to go through the kernel, for the weight it reads
+            bf16 = self.kernel_weight.dtype == torch.bfloat16
+            self.max_rows = self.kernels.linear_max_rows_bf16 if bf16 else self.kernels.linear_max_rows
 
     def in_bf16(self, to_bf16: Callable[[Tensor], Tensor]) -> FrozenLinear:
         """The same layer, its kernel reading ``to_bf16(weight)`` (a bf16 copy, made or looked up by the caller)."""
@@ -138,9 +141,7 @@ class FrozenLinear:
 
     def _takes(self, x: Tensor) -> bool:
         assert self.kernels is not None
-        bf16 = self.kernel_weight.dtype == torch.bfloat16
-        rows = self.kernels.linear_max_rows_bf16 if bf16 else self.kernels.linear_max_rows
-        return x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[0] <= rows
+        return x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[0] <= self.max_rows
 
     def __call__(self, x: Float[Tensor, "rows d_in"]) -> Float[Tensor, "rows d_out"]:
         if self.kernels is not None and self._takes(x):
