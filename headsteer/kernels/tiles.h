@@ -11,7 +11,7 @@
  * constant at each call (see EACH_ROW_COUNT), so that gcc keeps the accumulators in registers.
  *
  * bf16 W is read 32 elements at a time and widened as even and odd columns (load_w_pairs): two instructions
- * where widening 16 at a time takes four, which made the NLL of 10 rows 36.7 -> 31.5 ms with bf16 W
+ * where widening 16 at a time takes four, which made the NLL of 10 rows 37.3 -> 31.7 ms with bf16 W
  * (benchmarks/kernel_ab.py --bf16). dot_tile takes its rows split to match (split_rows, once per call);
  * sum_tile splits and interleaves its accumulators itself.
  */
