@@ -10,7 +10,8 @@ on the same model, data and layer, and prints one table:
   default attention, no bridge around it; a forward pre-hook on layer 4's ``o_proj`` adding Δ at the
   last prompt token, Adam on the first-token NLL, full forwards)
   vs headsteer's prefix-cached fit (``fast``; ``fast-bf16`` with the optional bf16 weights):
-  steps per second and their ratio;
+  steps per second over the whole fit (set-up included: the prefix, the plan, bf16 copies) and the median
+  time of a step (the first two left out), and the ratios of each;
 * single fit, naive full forward vs prefix-cached: seconds per step, ratio;
 * single fit, the sequence loss (every answer token and the stop) vs the first-token loss, both prefix-cached;
   and with the bf16 option (``fast-bf16-sequence``);
@@ -28,6 +29,7 @@ on the same model, data and layer, and prints one table:
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import resource
@@ -37,6 +39,8 @@ import time
 from dataclasses import replace
 
 import torch
+
+from headsteer.fitting.forward import PrefixCachedForward
 
 CASES = (
     "hand",
@@ -53,11 +57,14 @@ OPT_IN = ("figure1",)  # minutes long: run only when named in --cases
 LAYER = 4  # the single fits' layer
 
 
-def hand_fit(hf, tokenizer, pairs, template, layer: int, steps: int, gamma: float, lam: float, lr: float) -> None:
+def hand_fit(
+    hf, tokenizer, pairs, template, layer: int, steps: int, gamma: float, lam: float, lr: float
+) -> list[float]:
     """The loop a researcher writes by hand: Δ added by a pre-hook on ``o_proj``, Adam, full forwards.
 
     ``o_proj``'s input is the heads' outputs concatenated (``hook_z`` flattened), so adding Δ there at the
     last prompt token is headsteer's intervention; the penalty is γ‖Δ‖₁ + λ Σ_h ‖Δ_h‖₂ inside Adam's loss.
+    Returns the time at which each step began.
     """
     from headsteer.prompts import encode_targets
 
@@ -80,8 +87,10 @@ def hand_fit(hf, tokenizer, pairs, template, layer: int, steps: int, gamma: floa
     for p in hf.parameters():
         p.requires_grad_(False)
     handle = hf.model.layers[layer].self_attn.o_proj.register_forward_pre_hook(add_delta)
+    began = []
     try:
         for step in range(steps + 1):  # as headsteer: steps updates, then the fitted Δ's loss without a gradient
+            began.append(time.perf_counter())
             with torch.set_grad_enabled(step < steps):
                 logits = hf(input_ids=ids, attention_mask=mask).logits
                 nll = -torch.log_softmax(logits[rows, last].float(), -1)[rows, first].mean()
@@ -93,6 +102,25 @@ def hand_fit(hf, tokenizer, pairs, template, layer: int, steps: int, gamma: floa
                 optimizer.step()
     finally:
         handle.remove()
+    return began
+
+
+class TimedForward(PrefixCachedForward):
+    """headsteer's prefix-cached forward, noting when each call (one per fit step, rows in one chunk) began."""
+
+    def __init__(self, bf16_weights: bool) -> None:
+        super().__init__(bf16_weights=bf16_weights)
+        self.began: list[float] = []
+
+    def __call__(self, model, layer, tokens, delta, n_scored):
+        self.began.append(time.perf_counter())
+        return super().__call__(model, layer, tokens, delta, n_scored)
+
+
+def step_ms(began: list[float]) -> float:
+    """The median time between successive steps, the first two left out (set-up, warm-up); NaN with too few."""
+    gaps = sorted(b - a for a, b in itertools.pairwise(began[2:]))
+    return 1e3 * gaps[len(gaps) // 2] if gaps else float("nan")
 
 
 def load(kind: str, dtype: str, device: str):
@@ -128,7 +156,7 @@ def load_plain(dtype: str, device: str):
 
 def case(args: argparse.Namespace) -> dict:
     import headsteer as hs
-    from headsteer.fitting.forward import PrefixCachedForward, naive_scored_logits
+    from headsteer.fitting.forward import naive_scored_logits
     from headsteer.fitting.loop import FitJob, fit_many
     from headsteer.paper.sweep import sweep
 
@@ -145,13 +173,15 @@ def case(args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     penalty = config(0, 0).gamma, config(0, 0).lam
     hand = lambda layer: hand_fit(hf, tokenizer, train(0), template, layer, steps, *penalty, 0.01)  # noqa: E731
+    began: list[float] = []  # when each step of a single fit began
     if name in ("naive", "fast", "fast-bf16", "fast-sequence", "fast-bf16-sequence"):
-        forward = naive_scored_logits if name == "naive" else PrefixCachedForward(bf16_weights="bf16" in name)
+        timed = TimedForward(bf16_weights="bf16" in name)
+        forward = naive_scored_logits if name == "naive" else timed
         loss = "sequence" if name.endswith("sequence") else "first_token"
         hs.fit(model, train(0), template, replace(config(LAYER, 0), loss=loss), forward=forward, progress=False)
-        fits = 1
+        fits, began = 1, timed.began
     elif name == "hand":
-        hand(LAYER)
+        began = hand(LAYER)
         fits = 1
     elif name in ("sequential-naive", "sequential-hand"):
         layers = range(0, n_layers, max(1, n_layers // sequential))[:sequential]
@@ -179,6 +209,7 @@ def case(args: argparse.Namespace) -> dict:
         "fits": fits,
         "seconds": seconds,
         "fit_steps_per_s": fits * (steps + 1) / seconds,
+        "step_ms": step_ms(began),
         "peak_gib": peak_gib,
         "gpu_gib": gpu_gib,
     }
@@ -220,11 +251,12 @@ def main() -> None:
         f"task {args.task}, N=10, {args.steps} steps per fit"
     )
     rows = {name: run_case(name, args) for name in args.cases}
-    print("| case | fits | wall s | fit-steps/s | peak RSS GiB | peak GPU GiB |\n|---|---:|---:|---:|---:|---:|")
+    print("| case | fits | wall s | fit-steps/s | step ms | peak RSS GiB | peak GPU GiB |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for r in rows.values():
         print(
-            f"| {r['case']} | {r['fits']} | {r['seconds']:.1f} | {r['fit_steps_per_s']:.2f} | {r['peak_gib']:.2f} "
-            f"| {r['gpu_gib']:.2f} |"
+            f"| {r['case']} | {r['fits']} | {r['seconds']:.1f} | {r['fit_steps_per_s']:.2f} | {r['step_ms']:.1f} "
+            f"| {r['peak_gib']:.2f} | {r['gpu_gib']:.2f} |"
         )
     ratios = (
         ("hand", "fast", "single fit, fast / hand-written loop steps per second", "goal 5x"),
@@ -248,7 +280,9 @@ def main() -> None:
     for slow, fast, what, target in ratios:
         if slow in rows and fast in rows:
             note = f" ({target})" if target else ""
-            print(f"{what}: {rows[fast]['fit_steps_per_s'] / rows[slow]['fit_steps_per_s']:.2f}x{note}")
+            per_step = rows[slow]["step_ms"] / rows[fast]["step_ms"]  # NaN where a case times no single fit's steps
+            step = "" if per_step != per_step else f"; per step (median, set-up left out) {per_step:.2f}x"
+            print(f"{what}: {rows[fast]['fit_steps_per_s'] / rows[slow]['fit_steps_per_s']:.2f}x{step}{note}")
 
 
 if __name__ == "__main__":

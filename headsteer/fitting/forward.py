@@ -115,7 +115,7 @@ class PrefixCachedForward:
         self.from_layer = from_layer
         # (model, tokens, n_scored, layers) -> (tokens, kept alive; the plan, or the prefix where there is none)
         self._prefixes: dict[tuple, tuple[TokenBatch, FromLayer | PrefixCache]] = {}
-        self._bf16: dict[tuple, tuple[Tensor, Tensor]] = {}  # the weight's storage -> (weight, its bf16 copy)
+        self._bf16: dict[tuple, tuple[tuple[Tensor, ...], Tensor]] = {}  # storages -> (weights, their bf16 copy)
 
     def clear(self) -> None:
         self._prefixes.clear()
@@ -154,16 +154,21 @@ class PrefixCachedForward:
             scored = run_suffix(model, prepared, layer, delta)
         if not self.bf16_weights:
             return scored
-        weight = self._bf16_copy(scored.weight)
+        weight = self._bf16_copy((scored.weight,))
         return FinalHidden(scored.hidden, weight, scored.bias, scored.softcap, low_precision=True)
 
-    def _bf16_copy(self, weight: Tensor) -> Tensor:
-        """A bf16 copy of a frozen weight, made on first use. Keyed by its storage: the unembedding comes as a fresh
-        view each step; the entry keeps the storage alive, so its address stays unique."""
-        storage = (weight.data_ptr(), tuple(weight.shape), weight.dtype)
-        if storage not in self._bf16:
-            self._bf16[storage] = (weight, weight.detach().to(torch.bfloat16).contiguous())
-        return self._bf16[storage][1]
+    def _bf16_copy(self, weights: tuple[Tensor, ...]) -> Tensor:
+        """One bf16 copy of frozen weights ``[out_i, in]`` stacked along their outputs, made on first use. Keyed by
+        their storages: the unembedding comes as a fresh view each step; the entry keeps the storages alive, so
+        their addresses stay unique."""
+        key = tuple((w.data_ptr(), tuple(w.shape), w.dtype) for w in weights)
+        if key not in self._bf16:
+            rows, device = sum(w.shape[0] for w in weights), weights[0].device
+            copy = torch.empty(rows, *weights[0].shape[1:], dtype=torch.bfloat16, device=device)
+            for part, weight in zip(copy.split([w.shape[0] for w in weights]), weights, strict=True):
+                part.copy_(weight.detach())  # rounded to nearest, as Tensor.to rounds
+            self._bf16[key] = (weights, copy)
+        return self._bf16[key][1]
 
 
 def run_suffix(

@@ -52,11 +52,11 @@ from torch.autograd.function import once_differentiable
 
 from headsteer.fitting.bare_bridge import any_hook, global_module_hooks
 from headsteer.fitting.block_ops import ops_for
-from headsteer.fitting.linear_kernel import FrozenLinear
+from headsteer.fitting.linear_kernel import FrozenLinear, LinearGroup, ToBf16
 
 __all__ = ["FusedBlock", "fused_blocks"]
 
-LINEARS = ("q", "k", "v", "o", "gate", "up", "down")  # a FusedBlock's FrozenLinear attributes
+LINEARS = ("qkv", "o", "gate_up", "down")  # a FusedBlock's linear layers: LinearGroups and FrozenLinears
 
 
 def _child(module: nn.Module, name: str) -> nn.Module:
@@ -138,17 +138,19 @@ class FusedBlock:
         )
         self.n_q: _Norm | None = _Norm(_child(attention, "q_norm"), offset) if architecture.qk_norm else None
         self.n_k: _Norm | None = _Norm(_child(attention, "k_norm"), offset) if architecture.qk_norm else None
-        self.q, self.k, self.v, self.o = (_frozen_linear(_child(attention, f"{p}_proj")) for p in "qkvo")
-        self.gate, self.up, self.down = (_frozen_linear(_child(mlp, f"{p}_proj")) for p in ("gate", "up", "down"))
+        self.qkv = LinearGroup(tuple(_frozen_linear(_child(attention, f"{p}_proj")) for p in "qkv"))
+        self.o = _frozen_linear(_child(attention, "o_proj"))
+        self.gate_up = LinearGroup(tuple(_frozen_linear(_child(mlp, f"{p}_proj")) for p in ("gate", "up")))
+        self.down = _frozen_linear(_child(mlp, "down_proj"))
         # Every module where a hook could change what the block computes; the bridge's own capture hooks
         # (which hand its attention component the residual, and call hook_mlp_in) are not among them.
         self._modules = tuple(block.modules())
         self.module_ids = frozenset(id(m) for m in self._modules)  # what a step run by hand leaves alone
         self._own_hooks = frozenset(h.id for h in getattr(block, "_capture_hook_handles", ()))
 
-    def in_bf16(self, to_bf16: Callable[[Tensor], Tensor]) -> FusedBlock:
+    def in_bf16(self, to_bf16: ToBf16) -> FusedBlock:
         """This block with its linear layers' kernels reading bf16 copies of their weights (``to_bf16`` makes or
-        looks up each copy); everything else shared. Not exact: see
+        looks up each copy; q, k and v in one, gate and up in another); everything else shared. Not exact: see
         :class:`~headsteer.fitting.linear_kernel.FrozenLinear`."""
         lowered = copy.copy(self)
         for name in LINEARS:
@@ -183,7 +185,8 @@ class FusedBlock:
         ops = ops_for(x)
         a, r_in = ops.norm(x, self.n_in.scale, self.n_in.eps)
         a = a.view(n * S, D)
-        q, k, v = self.q(a).view(n, S, H, d), self.k(a).view(n, S, Hkv, d), self.v(a).view(n, S, Hkv, d)
+        q, k, v = self.qkv(a)
+        q, k, v = q.view(n, S, H, d), k.view(n, S, Hkv, d), v.view(n, S, Hkv, d)
         q_rot, r_q = ops.qk(q, _scale(self.n_q), _eps(self.n_q), cos, sin)  # [n, H, S, d]
         k_rot, r_k = ops.qk(k, _scale(self.n_k), _eps(self.n_k), cos, sin)  # [n, H_kv, S, d]
         v_heads = v.transpose(1, 2)
@@ -193,7 +196,7 @@ class FusedBlock:
         h, r_pa = (x + attn, None) if self.n_pa is None else ops.norm(attn, self.n_pa.scale, self.n_pa.eps, add=x)
         b, r_pf = ops.norm(h, self.n_pf.scale, self.n_pf.eps)
         b = b.view(n * S, D)
-        gate, up = self.gate(b), self.up(b)
+        gate, up = self.gate_up(b)
         act = self.architecture.activation(gate)
         mlp = self.down(act * up).view(n, S, D)
         y, r_pff = (h + mlp, None) if self.n_pff is None else ops.norm(mlp, self.n_pff.scale, self.n_pff.eps, add=h)
@@ -211,7 +214,7 @@ class FusedBlock:
         grad_mlp = grad_y if self.n_pff is None else ops.norm_grad(s["mlp"], s["r_pff"], self.n_pff.scale, grad_y)
         grad_product = self.down.input_grad(grad_mlp.reshape(n * S, D))
         grad_gate = self.architecture.activation_grad(grad_product * s["up"], s["gate"])
-        grad_b = self.gate.input_grad(grad_gate) + self.up.input_grad(grad_product * s["act"])
+        grad_b = self.gate_up.input_grad(grad_gate, grad_product * s["act"])
         # b = N_pf(h), and h reaches y directly
         grad_h = ops.norm_grad(s["h"], s["r_pf"], self.n_pf.scale, grad_b.view(n, S, D), add=grad_y)
         # h = x + N_pa(z W_oᵀ) (or x + z W_oᵀ)
@@ -222,10 +225,8 @@ class FusedBlock:
         )  # the suffix's own keys and values only: the cache's are frozen
         grad_q = ops.qk_grad(grad_q_rot, s["q"], s["r_q"], _scale(self.n_q), s["cos"], s["sin"])
         grad_k = ops.qk_grad(grad_k_rot, s["k"], s["r_k"], _scale(self.n_k), s["cos"], s["sin"])
-        grad_a = (
-            self.q.input_grad(grad_q.reshape(n * S, H * d))
-            + self.k.input_grad(grad_k.reshape(n * S, Hkv * d))
-            + self.v.input_grad(grad_v.reshape(n * S, Hkv * d))
+        grad_a = self.qkv.input_grad(
+            grad_q.reshape(n * S, H * d), grad_k.reshape(n * S, Hkv * d), grad_v.reshape(n * S, Hkv * d)
         )
         grad_x = ops.norm_grad(s["x"], s["r_in"], self.n_in.scale, grad_a.view(n, S, D), add=grad_h)
         return grad_x, grad_z[:, 0]

@@ -87,13 +87,27 @@ class _SkinnyLinear(torch.autograd.Function):
 MIN_WEIGHT_ELEMENTS = 2**18
 
 
-def _weight_fits(weight: Tensor, bias: Tensor | None) -> bool:
-    """A large, frozen, contiguous fp32 CPU weight (and bias): what the kernel takes, checked once per ``with``."""
-    return weight.numel() >= MIN_WEIGHT_ELEMENTS and all(
+def _frozen_cpu_fp32(*tensors: Tensor | None) -> bool:
+    """Frozen, contiguous fp32 CPU tensors (None: absent, fine)."""
+    return all(
         t.dtype == torch.float32 and t.device.type == "cpu" and not t.requires_grad and t.is_contiguous()
-        for t in (weight, bias)
+        for t in tensors
         if t is not None
     )
+
+
+def _weight_fits(weight: Tensor, bias: Tensor | None) -> bool:
+    """A large, frozen, contiguous fp32 CPU weight (and bias): what the kernel takes, checked once per ``with``."""
+    return weight.numel() >= MIN_WEIGHT_ELEMENTS and _frozen_cpu_fp32(weight, bias)
+
+
+def _kernel_takes(x: Tensor, max_rows: int) -> bool:
+    """Rows the kernel multiplies: fp32 on the CPU, at most ``max_rows`` of them."""
+    return x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[0] <= max_rows
+
+
+# Makes (or looks up) one contiguous bf16 copy of some weights [out_i, in] stacked along their outputs: [Σ out_i, in].
+ToBf16 = Callable[[tuple[Tensor, ...]], Tensor]
 
 
 def _routed_forward(weight: Tensor, bias: Tensor | None, kernels: Kernels) -> Callable[[Tensor], Tensor]:
@@ -135,23 +149,77 @@ class FrozenLinear:
             bf16 = self.kernel_weight.dtype == torch.bfloat16
             self.max_rows = self.kernels.linear_max_rows_bf16 if bf16 else self.kernels.linear_max_rows
 
-    def in_bf16(self, to_bf16: Callable[[Tensor], Tensor]) -> FrozenLinear:
-        """The same layer, its kernel reading ``to_bf16(weight)`` (a bf16 copy, made or looked up by the caller)."""
-        return FrozenLinear(self.weight, self.bias, to_bf16(self.weight) if self.kernels is not None else None)
-
-    def _takes(self, x: Tensor) -> bool:
-        assert self.kernels is not None
-        return x.dtype == torch.float32 and x.device.type == "cpu" and x.shape[0] <= self.max_rows
+    def in_bf16(self, to_bf16: ToBf16) -> FrozenLinear:
+        """The same layer, its kernel reading ``to_bf16((weight,))`` (a bf16 copy, made or looked up by the caller)."""
+        return FrozenLinear(self.weight, self.bias, to_bf16((self.weight,)) if self.kernels is not None else None)
 
     def __call__(self, x: Float[Tensor, "rows d_in"]) -> Float[Tensor, "rows d_out"]:
-        if self.kernels is not None and self._takes(x):
+        if self.kernels is not None and _kernel_takes(x, self.max_rows):
             return kernel_forward(x.contiguous(), self.kernel_weight, self.bias, self.kernels)
         return F.linear(x, self.weight, self.bias)
 
     def input_grad(self, grad_y: Float[Tensor, "rows d_out"]) -> Float[Tensor, "rows d_in"]:
-        if self.kernels is not None and self._takes(grad_y):
+        if self.kernels is not None and _kernel_takes(grad_y, self.max_rows):
             return kernel_input_grad(grad_y, self.kernel_weight, self.kernels)
         return grad_y @ self.weight
+
+
+class LinearGroup:
+    """Frozen linear layers that read the same input (a block's q, k and v; its gate and up projections).
+
+    Their outputs y_i = x W_iᵀ + b_i, and the sum of their input gradients Σ_i (∂L/∂y_i) W_i, each layer through
+    its :class:`FrozenLinear`. :meth:`in_bf16` gives the group one bf16 copy of its weights stacked, [Σ out_i, in],
+    which the kernel reads in one call each way where it applies: one longer stream where the layers' own calls
+    were several short ones, each paying the memory's latency as it starts (k and v on Gemma 3 270M are too
+    small for the kernel alone; RESEARCH.md measures the gain). Elsewhere (more rows than the kernel takes, no
+    kernel) each layer runs as its own :class:`FrozenLinear`, in fp32.
+    """
+
+    def __init__(self, layers: tuple[FrozenLinear, ...], kernel_weight: Tensor | None = None) -> None:
+        widths = {layer.weight.shape[1] for layer in layers}
+        if len(widths) != 1:
+            raise ValueError(f"LinearGroup: its layers must read inputs of one width, got {sorted(widths)}")
+        self.layers = layers
+        self.outputs = [layer.weight.shape[0] for layer in layers]
+        self.kernel_weight = kernel_weight  # the stacked bf16 copy, or None: each layer on its own
+        kernels = library()
+        self.kernels = kernels if kernel_weight is not None and not isinstance(kernels, str) else None
+        biases = [layer.bias for layer in layers]
+        self.bias = (
+            None
+            if all(b is None for b in biases)
+            else torch.cat([torch.zeros(n) if b is None else b for b, n in zip(biases, self.outputs, strict=True)])
+        )
+        if self.kernels is not None:
+            self.max_rows = self.kernels.linear_max_rows_bf16
+
+    def in_bf16(self, to_bf16: ToBf16) -> LinearGroup:
+        """The group with its kernel reading one stacked bf16 copy of its weights (``to_bf16`` makes or looks it up),
+        where the kernel can take them: frozen fp32 CPU weights, as many elements together as
+        :data:`MIN_WEIGHT_ELEMENTS`; else each layer's own :meth:`FrozenLinear.in_bf16`."""
+        weights = tuple(layer.weight for layer in self.layers)
+        stackable = _frozen_cpu_fp32(*weights, *(layer.bias for layer in self.layers))
+        if isinstance(library(), str) or not stackable or sum(w.numel() for w in weights) < MIN_WEIGHT_ELEMENTS:
+            return LinearGroup(tuple(layer.in_bf16(to_bf16) for layer in self.layers))
+        return LinearGroup(self.layers, to_bf16(weights))
+
+    def __call__(self, x: Float[Tensor, "rows d_in"]) -> tuple[Tensor, ...]:
+        """Each layer's output for x: ``[rows, out_i]`` (views of one product where the kernel ran)."""
+        if self.kernels is not None and _kernel_takes(x, self.max_rows):
+            assert self.kernel_weight is not None
+            y = kernel_forward(x.contiguous(), self.kernel_weight, self.bias, self.kernels)
+            return y.split(self.outputs, dim=1)
+        return tuple(layer(x) for layer in self.layers)
+
+    def input_grad(self, *grads_y: Tensor) -> Float[Tensor, "rows d_in"]:
+        """Σ_i (∂L/∂y_i) W_i, from each layer's ∂L/∂y_i ``[rows, out_i]`` in order."""
+        if self.kernels is not None and _kernel_takes(grads_y[0], self.max_rows):
+            assert self.kernel_weight is not None
+            return kernel_input_grad(torch.cat(grads_y, dim=1), self.kernel_weight, self.kernels)
+        total = self.layers[0].input_grad(grads_y[0])
+        for layer, grad_y in zip(self.layers[1:], grads_y[1:], strict=True):
+            total = total + layer.input_grad(grad_y)
+        return total
 
 
 def plain_linears(modules: Iterable[nn.Module]) -> tuple[nn.Linear, ...]:

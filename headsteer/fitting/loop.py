@@ -79,15 +79,20 @@ def frozen(model) -> Iterator[None]:
     """Eval mode and no parameter gradients inside; the model's own settings restored after."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
     was_training = model.training
+    # A model in eval mode already (as loaded) is left alone: switching walks every module, twice (about 60 ms
+    # a fit on a TransformerBridge of Gemma 3 270M, 1,678 modules).
+    switch = any(m.training for m in model.modules())
     try:
         for p, _ in flags:
             p.requires_grad_(False)
-        model.eval()
+        if switch:
+            model.eval()
         yield
     finally:
         for p, flag in flags:
             p.requires_grad_(flag)
-        model.train(was_training)
+        if switch:
+            model.train(was_training)
 
 
 def fit(

@@ -114,5 +114,5 @@ def test_the_bf16_weights_is_close_to_fp32_and_made_once(gemma_tiny, loss):
         got_loss, got_grad = loss_and_grad(low, gemma_tiny, loss, seed=seed)
         torch.testing.assert_close(got_loss, ref_loss, rtol=2e-2, atol=2e-2)
         assert torch.nn.functional.cosine_similarity(got_grad.flatten(), ref_grad.flatten(), dim=0) > 0.99
-    ((weight, copy),) = low._bf16.values()
+    (((weight,), copy),) = low._bf16.values()
     assert copy.dtype == torch.bfloat16 and weight.dtype == torch.float32

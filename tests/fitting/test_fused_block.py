@@ -177,5 +177,7 @@ def test_the_bf16_option_gives_hand_run_blocks_one_shared_bf16_copy_of_each_weig
     for name in LINEARS:
         linears = [getattr(p.fused[2], name) for p in plans]
         assert len({linear.kernel_weight.data_ptr() for linear in linears}) == 1  # one copy for both plans
-        assert linears[0].weight.dtype == torch.float32  # torch's path (more rows than the kernel takes): fp32
-        torch.testing.assert_close(linears[0].kernel_weight, linears[0].weight.to(torch.bfloat16), rtol=0, atol=0)
+        # q, k and v (gate and up) in one copy, stacked; torch's path (more rows than the kernel takes) reads fp32
+        weights = [layer.weight for layer in linears[0].layers] if name in ("qkv", "gate_up") else [linears[0].weight]
+        assert all(w.dtype == torch.float32 for w in weights) and len(weights) == {"qkv": 3, "gate_up": 2}.get(name, 1)
+        torch.testing.assert_close(linears[0].kernel_weight, torch.cat(weights).to(torch.bfloat16), rtol=0, atol=0)

@@ -8,7 +8,7 @@ from torch import nn
 from headsteer import kernels
 from headsteer.fitting import linear_kernel
 from headsteer.fitting.forward import PrefixCachedForward
-from headsteer.fitting.linear_kernel import FrozenLinear, plain_linears, skinny_linears
+from headsteer.fitting.linear_kernel import FrozenLinear, LinearGroup, plain_linears, skinny_linears
 
 needs_kernels = pytest.mark.skipif(kernels.status() != "on", reason=f"kernels {kernels.status()}")
 
@@ -39,8 +39,16 @@ def _value_and_grad(layer: nn.Module, x: torch.Tensor, kernel: bool):
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize(
     ("shape", "d_in", "d_out"),
-    [((1,), 64, 256), ((3,), 37, 63), ((10, 1), 640, 1024), ((2, 3, 2), 130, 129), ((32,), 48, 700), ((4,), 16, 1)],
-    ids=["one row", "short tails", "ten rows", "three leading dims", "most rows", "one output"],
+    [
+        ((1,), 64, 256),
+        ((3,), 37, 63),
+        ((10, 1), 640, 1024),
+        ((2, 3, 2), 130, 129),
+        ((32,), 48, 700),
+        ((4,), 16, 1),
+        ((10,), 1100, 70),
+    ],
+    ids=["one row", "short tails", "ten rows", "three leading dims", "most rows", "one output", "long rows"],
 )
 def test_the_kernel_gives_f_linears_values_and_input_gradient(shape, d_in, d_out, bias, threads, monkeypatch):
     """Every tail (rows past a tile, columns past a vector, outputs past a block or a thread's share) agrees."""
@@ -159,20 +167,65 @@ def test_a_frozen_linear_gives_torchs_product_and_input_gradient(rows):
 @needs_kernels
 @pytest.mark.parametrize("rows", [1, 10, 40, 49])  # 49: more rows than the kernel takes, torch's product in fp32
 @pytest.mark.parametrize("threads", [1, 2])
-def test_a_frozen_linear_with_a_bf16_copy_multiplies_the_rounded_weight_in_fp32(rows, threads, monkeypatch):
+@pytest.mark.parametrize("d_in", [130, 1100])  # 1100: ten rows longer than L1 holds
+def test_a_frozen_linear_with_a_bf16_copy_multiplies_the_rounded_weight_in_fp32(rows, threads, d_in, monkeypatch):
     """The kernel reads the bf16 copy, each element widened exactly: fp32 products of the rounded weight."""
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
     generator = torch.Generator().manual_seed(1)
-    weight, bias = torch.randn(200, 130, generator=generator), torch.randn(200, generator=generator)
-    layer = FrozenLinear(weight, None).in_bf16(lambda w: w.to(torch.bfloat16))
+    weight, bias = torch.randn(200, d_in, generator=generator), torch.randn(200, generator=generator)
+    layer = FrozenLinear(weight, None).in_bf16(lambda ws: torch.cat(ws).to(torch.bfloat16))
     assert layer.kernel_weight.dtype == torch.bfloat16 and layer.weight is weight
-    x, grad_y = torch.randn(rows, 130, generator=generator), torch.randn(rows, 200, generator=generator)
+    x, grad_y = torch.randn(rows, d_in, generator=generator), torch.randn(rows, 200, generator=generator)
     assert kernels.library().linear_max_rows_bf16 == 48
     used = weight.to(torch.bfloat16).float() if rows <= 48 else weight
     assert not torch.equal(used @ x[0], weight @ x[0]) or rows > 48  # the rounding shows
-    torch.testing.assert_close(layer(x), F.linear(x, used), rtol=1e-5, atol=1e-5)
-    torch.testing.assert_close(layer.input_grad(grad_y), grad_y @ used, rtol=1e-5, atol=1e-5)
-    with pytest.raises(ValueError, match="bf16 copy of the \\(200, 130\\) weight"):
+    tolerance = 2e-5 * (d_in / 130) ** 0.5  # fp32 summation order: the outputs grow as √d_in
+    torch.testing.assert_close(layer(x), F.linear(x, used), rtol=1e-5, atol=tolerance)
+    torch.testing.assert_close(layer.input_grad(grad_y), grad_y @ used, rtol=1e-5, atol=tolerance)
+    with pytest.raises(ValueError, match=f"bf16 copy of the \\(200, {d_in}\\) weight"):
         FrozenLinear(weight, bias, weight.to(torch.float16))
     with pytest.raises(ValueError, match="bf16 copy"):
         FrozenLinear(weight, bias, weight[:100].to(torch.bfloat16))
+
+
+def _stacked_bf16(weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    return torch.cat(weights).to(torch.bfloat16)
+
+
+@needs_kernels
+@pytest.mark.parametrize("rows", [1, 10, 49])  # 49: more rows than the kernel takes, each layer in fp32
+@pytest.mark.parametrize("bias", [False, True])
+def test_a_linear_group_in_bf16_is_its_layers_on_the_rounded_weights_in_one_stacked_copy(rows, bias):
+    """q, k and v (or gate and up) read one stacked bf16 copy in one kernel call each way; the outputs and the
+    summed input gradient are each layer's own on the rounded weights; a bias only on some layers counts as zero
+    on the others; past the kernel's rows, each layer runs in fp32."""
+    generator = torch.Generator().manual_seed(3)
+    weights = [torch.randn(n, 70, generator=generator) for n in (64, 16, 16)]
+    biases = [torch.randn(64, generator=generator) if bias else None, None, None]
+    group = LinearGroup(tuple(FrozenLinear(w, b) for w, b in zip(weights, biases, strict=True)))
+    stacked = group.in_bf16(_stacked_bf16)
+    assert stacked.kernel_weight is not None and stacked.kernel_weight.shape == (96, 70)
+    x = torch.randn(rows, 70, generator=generator)
+    grads = [torch.randn(rows, w.shape[0], generator=generator) for w in weights]
+    used = [w.to(torch.bfloat16).float() if rows <= 48 else w for w in weights]
+    for got_group in (group, stacked):
+        expect = used if got_group is stacked else weights
+        got = got_group(x)
+        assert [tuple(y.shape) for y in got] == [(rows, w.shape[0]) for w in weights]
+        for y, w, b in zip(got, expect, biases, strict=True):
+            torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
+        want = sum(g @ w for g, w in zip(grads, expect, strict=True))
+        torch.testing.assert_close(got_group.input_grad(*grads), want, rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+def test_a_linear_group_needs_one_input_width_and_stacks_only_what_the_kernel_takes(monkeypatch):
+    generator = torch.Generator().manual_seed(4)
+    with pytest.raises(ValueError, match="one width, got \\[3, 4\\]"):
+        LinearGroup((FrozenLinear(torch.randn(2, 3), None), FrozenLinear(torch.randn(2, 4), None)))
+    monkeypatch.setattr(linear_kernel, "MIN_WEIGHT_ELEMENTS", 81)  # the two together: 80 elements
+    layers = tuple(FrozenLinear(torch.randn(8, 5, generator=generator), None) for _ in range(2))
+    small = LinearGroup(layers).in_bf16(_stacked_bf16)
+    assert small.kernel_weight is None and all(layer.kernel_weight.dtype == torch.float32 for layer in small.layers)
+    monkeypatch.setattr(linear_kernel, "MIN_WEIGHT_ELEMENTS", 80)
+    assert LinearGroup(layers).in_bf16(_stacked_bf16).kernel_weight is not None

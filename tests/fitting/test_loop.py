@@ -104,6 +104,15 @@ def test_fit_is_deterministic_and_restores_the_model(gemma_kinds):
     gemma_kinds.eval()
 
 
+def test_fit_leaves_a_model_in_eval_mode_without_walking_it(gemma_tiny, monkeypatch):
+    """Switching modes walks every module; a model already in eval mode (as loaded) is not switched at all."""
+    switched = []
+    monkeypatch.setattr(type(gemma_tiny), "train", lambda self, mode=True: switched.append(mode) or self)
+    assert not any(m.training for m in gemma_tiny.modules())
+    hs.fit(gemma_tiny, TRAIN, QA, hs.FitConfig(layer=1, steps=2), progress=False)
+    assert switched == [] and not any(m.training for m in gemma_tiny.modules())
+
+
 def test_non_finite_loss_is_reported_with_its_step(gemma_tiny):
     def nan_forward(model, layer, tokens, delta, n_scored):
         return torch.full((len(tokens), n_scored, model.cfg.d_vocab), float("nan")) + delta.sum()
