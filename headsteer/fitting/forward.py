@@ -104,10 +104,10 @@ class PrefixCachedForward:
     unembedding (:attr:`~headsteer.fitting.unembed.FinalHidden.low_precision`: on a CPU it is
     widened to fp32 as it is read, on a GPU the products run in bf16), and the
     blocks run by hand read bf16 copies of their linear layers' weights where the CPU
-    kernel runs them (:meth:`~headsteer.fitting.fused_block.FusedBlock.in_bf16`); each
-    copy is made once per weight. Half the memory traffic of those weights, not exact
-    (its measured effect on loss, Δ and held-out accuracy: ``benchmarks/bf16_weights.py``,
-    RESEARCH.md).
+    kernel runs them (:meth:`~headsteer.fitting.fused_block.FusedBlock.in_bf16`: q, k and v
+    stacked in one copy, gate and up in another); each copy is made once. Half the memory
+    traffic of those weights, not exact (its measured effect on loss, Δ and held-out accuracy:
+    ``benchmarks/bf16_weights.py``, RESEARCH.md).
     """
 
     def __init__(self, bf16_weights: bool = False, from_layer: bool = True) -> None:
