@@ -184,14 +184,13 @@ class LinearGroup:
         self.kernel_weight = kernel_weight  # the stacked bf16 copy, or None: each layer on its own
         kernels = library()
         self.kernels = kernels if kernel_weight is not None and not isinstance(kernels, str) else None
-        biases = [layer.bias for layer in layers]
-        self.bias = (
-            None
-            if all(b is None for b in biases)
-            else torch.cat([torch.zeros(n) if b is None else b for b, n in zip(biases, self.outputs, strict=True)])
-        )
+        self.bias: Tensor | None = None  # the biases stacked as the kernel adds them (a layer without one: zeros)
         if self.kernels is not None:
             self.max_rows = self.kernels.linear_max_rows_bf16
+            biases = [layer.bias for layer in layers]
+            if any(b is not None for b in biases):
+                stacked = (torch.zeros(n) if b is None else b for b, n in zip(biases, self.outputs, strict=True))
+                self.bias = torch.cat(list(stacked))
 
     def in_bf16(self, to_bf16: ToBf16) -> LinearGroup:
         """The group with its kernel reading one stacked bf16 copy of its weights (``to_bf16`` makes or looks it up),
