@@ -195,10 +195,14 @@ def _stacked_bf16(weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
 @needs_kernels
 @pytest.mark.parametrize("rows", [1, 10, 49])  # 49: more rows than the kernel takes, each layer in fp32
 @pytest.mark.parametrize("bias", [False, True])
-def test_a_linear_group_in_bf16_is_its_layers_on_the_rounded_weights_in_one_stacked_copy(rows, bias):
+def test_a_linear_group_in_bf16_is_its_layers_on_the_rounded_weights_in_one_stacked_copy(rows, bias, monkeypatch):
     """q, k and v (or gate and up) read one stacked bf16 copy in one kernel call each way; the outputs and the
     summed input gradient are each layer's own on the rounded weights; a bias only on some layers counts as zero
     on the others; past the kernel's rows, each layer runs in fp32."""
+    calls: list[torch.dtype] = []  # the weight each kernel call reads
+    for name in ("kernel_forward", "kernel_input_grad"):
+        original = getattr(linear_kernel, name)
+        monkeypatch.setattr(linear_kernel, name, lambda *a, f=original: calls.append(a[1].dtype) or f(*a))
     generator = torch.Generator().manual_seed(3)
     weights = [torch.randn(n, 70, generator=generator) for n in (64, 16, 16)]
     biases = [torch.randn(64, generator=generator) if bias else None, None, None]
@@ -216,6 +220,9 @@ def test_a_linear_group_in_bf16_is_its_layers_on_the_rounded_weights_in_one_stac
             torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
         want = sum(g @ w for g, w in zip(grads, expect, strict=True))
         torch.testing.assert_close(got_group.input_grad(*grads), want, rtol=1e-5, atol=1e-5)
+        if got_group is stacked:  # one call each way on the stacked copy; past 48 rows, none
+            assert calls == ([torch.bfloat16] * 2 if rows <= 48 else [])
+        calls.clear()
 
 
 @needs_kernels
