@@ -12,6 +12,8 @@ On Gemma 3 270M (fp32, antonym, the first 10 training pairs of seed 0, frozen we
 * the fitter's step with its bf16 option (``PrefixCachedForward(bf16_weights=True)``);
 * the suffix alone (forward without gradient; forward and backward; as the fitter runs it, in fp32 and with
   bf16 weights);
+* the fitter's bf16 step on one thread and on all, and from the two its serial part (Python and the small
+  operations between the kernels), assuming the rest scales with the threads;
 * the streamed NLL alone (:mod:`headsteer.fitting.unembed`) in fp32 and bf16, as the fitter runs it (the
   fused kernel of :mod:`headsteer.fitting.nll_kernel` where it applies) and as the torch loop;
 * for ``--rows`` hidden states, the two products the NLL needs (logits ``h Wᵀ`` and the gradient's
@@ -273,6 +275,16 @@ def main() -> None:
         end="",
     )
     print(f"with bf16 weights {milliseconds(lambda: fitter_suffix(fitter16)):.1f}")
+    threads = torch.get_num_threads()
+    if threads > 1:  # the step's serial part: what does not speed up with threads (Python, small operations)
+        many = milliseconds(lambda: fitter_step(fitter16))
+        torch.set_num_threads(1)
+        one = milliseconds(lambda: fitter_step(fitter16))
+        torch.set_num_threads(threads)
+        parallel = (one - many) * threads / (threads - 1)  # one = serial + parallel, many = serial + parallel/threads
+        print(f"the fitter's step with bf16 weights on 1 thread {one:.1f}, on {threads} {many:.1f}: ", end="")
+        serial = one - parallel  # at most: the kernels scale less than perfectly
+        print(f"about {serial:.1f} serial (at most), {parallel:.1f} parallel")
     nll32, nll16 = streamed(weight, len(train), 5), streamed(weight16, len(train), 5)
     print(f"streamed NLL, {len(train)} rows, as the fitter runs it (fused kernel {kernel_status()}): ", end="")
     print(f"fp32 {nll32:.1f}; bf16 {nll16:.1f}")
