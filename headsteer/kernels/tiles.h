@@ -67,6 +67,12 @@ INLINE AVX512 void load_w_pairs(const void *W, long index, __mmask32 mask, __m51
 
 INLINE long round32(long d) { return (d + 31) / 32 * 32; }
 
+/* v held in a register from here on. Without it gcc folds a row of x's load into each FMA that reads it, once per W
+   row: two loads per FMA pair, and 512-bit loads issue two a cycle, so the dot tile waited on its loads (with it, the
+   bf16 NLL of 10 rows 30.2 -> 29.7 ms and the linear layers after it 20.3 -> 19.4, benchmarks/kernel_ab.py --bf16,
+   means of 6). An empty asm that may change v: the compiler cannot load v again, it has to keep the value it has. */
+#define IN_REGISTER(v) __asm__("" : "+v"(v))
+
 /* out [R, round32(d)] = x [R, d] with each row's columns in load_w_pairs' order, 32 at a time (even columns, then
    odd ones; zeros past d): the rows a dot_tile with bf16 W takes. Two permutes per 32 columns: an element at a time,
    this took a millisecond of each bf16 step's linear layers (benchmarks/kernel_ab.py --bf16, 21.5 -> 20.7 ms). */
@@ -114,6 +120,8 @@ INLINE AVX512 void dot_tile(const float *x, const void *W, long row, int d, int 
                 for (int b = 0; b < DOT_COLS; b++) prefetch_w(W, (ahead + b) * d + k, 1);
             for (int a = 0; a < RR; a++) {
                 __m512 xe = _mm512_loadu_ps(x + a * xstride + k), xo = _mm512_loadu_ps(x + a * xstride + k + 16);
+                IN_REGISTER(xe);
+                IN_REGISTER(xo);
                 for (int b = 0; b < JJ; b++) acc[a][b] = _mm512_fmadd_ps(xo, odd[b], _mm512_fmadd_ps(xe, even[b], acc[a][b]));
             }
         }
@@ -126,6 +134,7 @@ INLINE AVX512 void dot_tile(const float *x, const void *W, long row, int d, int 
                 for (int b = 0; b < DOT_COLS; b++) prefetch_w(W, (ahead + b) * d + k, 0);
             for (int a = 0; a < RR; a++) {
                 __m512 xa = _mm512_maskz_loadu_ps(mask, x + (long)a * d + k);
+                IN_REGISTER(xa);
                 for (int b = 0; b < JJ; b++) acc[a][b] = _mm512_fmadd_ps(xa, w[b], acc[a][b]);
             }
         }
