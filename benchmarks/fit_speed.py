@@ -175,11 +175,11 @@ def case(args: argparse.Namespace) -> dict:
     hand = lambda layer: hand_fit(hf, tokenizer, train(0), template, layer, steps, *penalty, 0.01)  # noqa: E731
     began: list[float] = []  # when each step of a single fit began
     if name in ("naive", "fast", "fast-bf16", "fast-sequence", "fast-bf16-sequence"):
-        timed = TimedForward(bf16_weights="bf16" in name)
-        forward = naive_scored_logits if name == "naive" else timed
+        timed = None if name == "naive" else TimedForward(bf16_weights="bf16" in name)
         loss = "sequence" if name.endswith("sequence") else "first_token"
+        forward = naive_scored_logits if timed is None else timed
         hs.fit(model, train(0), template, replace(config(LAYER, 0), loss=loss), forward=forward, progress=False)
-        fits, began = 1, timed.began
+        fits, began = 1, [] if timed is None else timed.began
     elif name == "hand":
         began = hand(LAYER)
         fits = 1

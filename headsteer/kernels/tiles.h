@@ -73,19 +73,28 @@ INLINE long round32(long d) { return (d + 31) / 32 * 32; }
    means of 6). An empty asm that may change v: the compiler cannot load v again, it has to keep the value it has. */
 #define IN_REGISTER(v) __asm__("" : "+v"(v))
 
-/* out [R, round32(d)] = x [R, d] with each row's columns in load_w_pairs' order, 32 at a time (even columns, then
-   odd ones; zeros past d): the rows a dot_tile with bf16 W takes. Two permutes per 32 columns: an element at a time,
-   this took a millisecond of each bf16 step's linear layers (benchmarks/kernel_ab.py --bf16, 21.5 -> 20.7 ms). */
-INLINE AVX512 void split_rows(const float *x, int R, int d, float *out) {
+/* 32 consecutive elements (lo: the first 16, hi: the next) as load_w_pairs orders them: even ones, then odd ones. */
+INLINE AVX512 void split32(__m512 lo, __m512 hi, __m512 *even, __m512 *odd) {
     const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     const __m512i odds = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    *even = _mm512_permutex2var_ps(lo, evens, hi);
+    *odd = _mm512_permutex2var_ps(lo, odds, hi);
+}
+
+/* out [R, round32(d)] = x [R, d] with each row's columns in load_w_pairs' order, 32 at a time (even columns, then
+   odd ones; zeros past d): the rows a dot_tile with bf16 W takes. Two permutes per 32 columns: an element at a time,
+   this took up to a millisecond of each bf16 step's linear layers (benchmarks/kernel_ab.py --bf16, two runs:
+   22.2 -> 20.7 and 20.5 -> 20.2 ms). */
+INLINE AVX512 void split_rows(const float *x, int R, int d, float *out) {
     long stride = round32(d);
     for (int a = 0; a < R; a++)
         for (long k = 0; k < stride; k += 32) {
             const float *row = x + (long)a * d + k;
-            __m512 lo = _mm512_maskz_loadu_ps(lanes(d - k), row), hi = _mm512_maskz_loadu_ps(lanes(d - k - 16), row + 16);
-            _mm512_storeu_ps(out + a * stride + k, _mm512_permutex2var_ps(lo, evens, hi));
-            _mm512_storeu_ps(out + a * stride + k + 16, _mm512_permutex2var_ps(lo, odds, hi));
+            __m512 even, odd;
+            split32(_mm512_maskz_loadu_ps(lanes(d - k), row), _mm512_maskz_loadu_ps(lanes(d - k - 16), row + 16), &even,
+                    &odd);
+            _mm512_storeu_ps(out + a * stride + k, even);
+            _mm512_storeu_ps(out + a * stride + k + 16, odd);
         }
 }
 
@@ -163,13 +172,15 @@ INLINE AVX512 void dot_tile(const float *x, const void *W, long row, int d, int 
 INLINE AVX512 void sum_tile(const float *p, long pstride, const void *W, long row, int d, int nb, int k, int RR,
                             const float *scale, float *s, long next, int bf16) {
     __mmask16 m0 = lanes(d - k), m1 = lanes(d - k - 16);
-    const __m512i evens = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    const __m512i odds = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
     __m512 acc[TILE_ROWS][2];
     for (int a = 0; a < RR; a++) {
         __m512 lo = _mm512_maskz_loadu_ps(m0, s + (long)a * d + k), hi = _mm512_maskz_loadu_ps(m1, s + (long)a * d + k + 16);
-        acc[a][0] = bf16 ? _mm512_permutex2var_ps(lo, evens, hi) : lo;
-        acc[a][1] = bf16 ? _mm512_permutex2var_ps(lo, odds, hi) : hi;
+        if (bf16)
+            split32(lo, hi, &acc[a][0], &acc[a][1]);
+        else {
+            acc[a][0] = lo;
+            acc[a][1] = hi;
+        }
         if (scale) {
             __m512 c = _mm512_set1_ps(scale[a]);
             acc[a][0] = _mm512_mul_ps(c, acc[a][0]);
