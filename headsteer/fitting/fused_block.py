@@ -8,7 +8,9 @@ per block of a 4.5 ms block step on Gemma 3 270M, the rest its linear layers. He
 forward is one autograd node whose backward is written out, giving ∂L/∂x and ∂L/∂Δ only (the
 weights are frozen), its linear layers through :class:`~headsteer.fitting.linear_kernel.FrozenLinear`
 and the stages between them (norms, rotary, attention) through :mod:`headsteer.fitting.block_ops`:
-one C call each on CPU where the kernels loaded, torch's operations elsewhere.
+one C call each on CPU where the kernels loaded, torch's operations elsewhere. Where the kernels
+can run all of it, the whole step is one C call each way instead (:mod:`headsteer.fitting.native_step`,
+the same stages in the same order).
 
 Forward for the rows' residual x ``[n, S, d_model]`` (S suffix positions), with
 N(u) = u · rsqrt(mean(u²) + ε) · (c + w) an RMSNorm along the last dimension (c = 1 for Gemma,
@@ -53,6 +55,7 @@ from torch.autograd.function import once_differentiable
 from headsteer.fitting.bare_bridge import any_hook, global_module_hooks
 from headsteer.fitting.block_ops import ops_for
 from headsteer.fitting.linear_kernel import FrozenLinear, LinearGroup, ToBf16
+from headsteer.fitting.native_step import native_step
 
 __all__ = ["FusedBlock", "fused_blocks"]
 
@@ -100,6 +103,7 @@ class Architecture:
     norm_offset: float  # an RMSNorm scales by offset + w
     activation: Callable[[Tensor], Tensor]  # the MLP's gate
     activation_grad: Callable[[Tensor, Tensor], Tensor]  # (∂L/∂out, its input) -> ∂L/∂input
+    gate: str  # the activation's name, for the whole step in C (headsteer.fitting.native_step.ACTIVATIONS)
 
 
 GEMMA3 = Architecture(
@@ -108,6 +112,7 @@ GEMMA3 = Architecture(
     norm_offset=1.0,
     activation=lambda u: F.gelu(u, approximate="tanh"),
     activation_grad=lambda g, u: torch.ops.aten.gelu_backward(g, u, approximate="tanh"),
+    gate="gelu_tanh",
 )
 LLAMA = Architecture(
     ("input_layernorm", None, "post_attention_layernorm", None),
@@ -115,6 +120,7 @@ LLAMA = Architecture(
     norm_offset=0.0,
     activation=F.silu,
     activation_grad=torch.ops.aten.silu_backward,
+    gate="silu",
 )
 # transformers' decoder layer classes (module, class) written out here, and how.
 LAYERS = {("gemma3", "Gemma3DecoderLayer"): GEMMA3, ("llama", "LlamaDecoderLayer"): LLAMA}
@@ -147,6 +153,7 @@ class FusedBlock:
         self._modules = tuple(block.modules())
         self.module_ids = frozenset(id(m) for m in self._modules)  # what a step run by hand leaves alone
         self._own_hooks = frozenset(h.id for h in getattr(block, "_capture_hook_handles", ()))
+        self.native = native_step(self)  # the whole step in one C call each way, where the kernels run it
 
     def in_bf16(self, to_bf16: ToBf16) -> FusedBlock:
         """This block with its linear layers' kernels reading bf16 copies of their weights (``to_bf16`` makes or
@@ -155,6 +162,7 @@ class FusedBlock:
         lowered = copy.copy(self)
         for name in LINEARS:
             setattr(lowered, name, getattr(self, name).in_bf16(to_bf16))
+        lowered.native = native_step(lowered)
         return lowered
 
     def applies(self, dtype: torch.dtype) -> bool:
@@ -179,7 +187,9 @@ class FusedBlock:
     def forward(
         self, x: Tensor, delta: Tensor | None, cos: Tensor, sin: Tensor, mask: Tensor | None, cache
     ) -> tuple[Tensor, dict]:
-        """The block's output and what its backward needs (no autograd graph)."""
+        """The block's output and what its backward needs (no autograd graph): in one C call where it applies."""
+        if self.native is not None and (done := self.native.forward(x, delta, cos, sin, mask, cache)) is not None:
+            return done[0], {"native": done[1]}
         n, S, D = x.shape
         H, Hkv, d = self.n_heads, self.n_kv, self.head_dim
         ops = ops_for(x)
@@ -206,7 +216,10 @@ class FusedBlock:
         return y, saved
 
     def backward(self, grad_y: Tensor, s: dict) -> tuple[Tensor, Tensor]:
-        """∂L/∂x and ∂L/∂Δ from ∂L/∂y, line by line back through :meth:`forward`."""
+        """∂L/∂x and ∂L/∂Δ from ∂L/∂y, line by line back through :meth:`forward` (or its C call)."""
+        if "native" in s:
+            assert self.native is not None
+            return self.native.backward(grad_y, s["native"])
         n, S, D = grad_y.shape
         H, Hkv, d = self.n_heads, self.n_kv, self.head_dim
         ops = ops_for(grad_y)

@@ -1,20 +1,22 @@
 """Hand-written CPU kernels, built on first use with the machine's C compiler and loaded through ctypes.
 
-Three kernels, for the parts of a fit step that torch runs slowly on a few rows, all in one
+The kernels for the parts of a fit step that torch runs slowly on a few rows, all in one
 shared library:
 
 * ``nll.c``: the streamed NLL's pass over the unembedding (:mod:`headsteer.fitting.nll_kernel`);
 * ``linear.c``: a linear layer's forward and input gradient for a few rows
   (:mod:`headsteer.fitting.linear_kernel`), for the blocks above Δ's layer;
 * ``block.c``: the operations of those blocks' hand-written steps between their linear layers
-  (RMSNorms, rotary, attention against the cache; :mod:`headsteer.fitting.block_ops`).
+  (RMSNorms, rotary, attention against the cache; :mod:`headsteer.fitting.block_ops`);
+* ``block_step.c``: such a block's whole step, those stages in order, one call each way
+  (:mod:`headsteer.fitting.native_step`), described by a :class:`BlockDescription`.
 
 They build only on x86-64, need a C compiler with OpenMP (``$CC``, else ``cc``) and run only on
 a CPU with AVX-512. Their threads are torch's own: the library is loaded after torch, so its
 OpenMP calls bind to the ``libgomp`` torch already loaded (one thread pool, ``torch.set_num_threads``
 sizes it; no second pool competing for the cores). The library is built once per source version
 into ``<cache>/kernels/`` (written atomically, so concurrent first uses are safe).
-``HEADSTEER_KERNELS=0`` turns both off (the torch paths run).
+``HEADSTEER_KERNELS=0`` turns them all off (the torch paths run).
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ import torch  # loaded first: the library's OpenMP binds to the libgomp torch lo
 from headsteer.files import default_cache_dir, write_bytes_atomic
 
 SWITCH_ENV = "HEADSTEER_KERNELS"  # "0": always the torch paths
-SOURCES = tuple(Path(__file__).with_name(name) for name in ("support.c", "nll.c", "linear.c", "block.c"))
+SOURCES = tuple(
+    Path(__file__).with_name(name) for name in ("support.c", "nll.c", "linear.c", "block.c", "block_step.c")
+)
 HEADERS = (Path(__file__).with_name("tiles.h"),)
 FLAGS = ("-O3", "-shared", "-fPIC", "-fopenmp")  # the instruction sets are chosen per function in the source
 
@@ -85,8 +89,46 @@ class Kernels:
         return self.handle.headsteer_attention
 
     @property
+    def block_sizes(self):  # (block, n, S, T, threads, sizes: 2 longs <- the workspace's and the scratch's floats)
+        return self.handle.headsteer_block_sizes
+
+    @property
+    def block_forward(self):  # (block, x, delta | None, cos, sin, mask | None, keys, values, n, S, T0, y, ws, scratch,
+        return self.handle.headsteer_block_forward  # threads)
+
+    @property
+    def block_backward(self):  # (block, grad_y, x, cos, sin, n, S, T0, ws, scratch, grad_x, grad_delta, threads)
+        return self.handle.headsteer_block_backward
+
+    @property
     def attention_grad(self):  # (grad_z, p, q, keys, values, scaling, n, H, H_kv, S, T, d, dq, dk, dv, threads)
         return self.handle.headsteer_attention_grad
+
+
+class GroupDescription(ctypes.Structure):
+    """``hs_group`` in block_step.c: linear layers reading one input, from one stacked weight or one weight each."""
+
+    _fields_ = [
+        ("weight", _p * 3),
+        ("bias", _p * 3),
+        ("rows", _long * 3),
+        ("bf16", _int * 3),
+        ("parts", _int),
+        ("outputs", _int),
+        ("out", _long * 3),
+    ]
+
+
+class BlockDescription(ctypes.Structure):
+    """``hs_block`` in block_step.c: a decoder block's shapes, linear layers and norms."""
+
+    _fields_ = [
+        *((name, _int) for name in ("D", "H", "Hkv", "d", "F", "act")),
+        ("scaling", _float),
+        *((name, GroupDescription) for name in ("qkv", "o", "gate_up", "down")),
+        ("scale", _p * 6),
+        ("eps", _float * 6),
+    ]
 
 
 def split_scratch(rows: int, width: int) -> torch.Tensor:
@@ -120,6 +162,10 @@ def load(path: Path) -> ctypes.CDLL:
     handle.headsteer_qk_grad.argtypes = [_p, _p, _p, _p, _p, _p, _long, _int, _int, _int, _p, _int]
     handle.headsteer_attention.argtypes = [*(_p,) * 4, _float, _p, _long, *(_int,) * 5, _p, _p, _int]
     handle.headsteer_attention_grad.argtypes = [*(_p,) * 5, _float, _long, *(_int,) * 5, *(_p,) * 3, _int]
+    block = ctypes.POINTER(BlockDescription)
+    handle.headsteer_block_sizes.argtypes = [block, _long, _int, _int, _int, ctypes.POINTER(_long)]
+    handle.headsteer_block_forward.argtypes = [block, *(_p,) * 7, _long, _int, _int, *(_p,) * 3, _int]
+    handle.headsteer_block_backward.argtypes = [block, *(_p,) * 4, _long, _int, _int, *(_p,) * 4, _int]
     return handle
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from headsteer.fitting import block_ops, linear_kernel
+from headsteer.fitting import block_ops, linear_kernel, native_step
 from headsteer.fitting.forward import PrefixCachedForward
 from headsteer.fitting.from_layer import FromLayer
 from headsteer.fitting.fused_block import LINEARS, FusedBlock, fused_blocks
@@ -32,18 +32,37 @@ def _steps(monkeypatch) -> list[int]:
     return calls
 
 
-@pytest.mark.parametrize("kernel", [False, pytest.param(True, marks=needs_kernels)])
-@pytest.mark.parametrize("loss", ["first_token", "sequence"])
-def test_the_hand_written_step_gives_the_layers_values_and_gradients(written_out, loss, kernel, monkeypatch):
-    """Δ at block 0: every block runs by hand, with the values and ∂L/∂Δ of autograd through the layers.
+# How a hand-written step runs: torch's operations; its stages one C call each (its linear layers through the CPU
+# kernel, which the fitter keeps for larger layers than these); the whole step as one C call each way.
+PATHS = ["torch", pytest.param("stages", marks=needs_kernels), pytest.param("native", marks=needs_kernels)]
 
-    ``kernel``: its stages between linear layers in C, and its linear layers through the CPU kernel (the fitter
-    keeps that for larger layers than these); otherwise all in torch.
-    """
-    if kernel:
-        monkeypatch.setattr(linear_kernel, "MIN_WEIGHT_ELEMENTS", 1)
-    else:
+
+def _take(path: str, monkeypatch, linears: bool = True) -> list[bool]:
+    """Set up ``path`` for the blocks built from here on; count the whole steps run in C. ``linears``: the stages'
+    linear layers through the kernel (else torch's, for these small layers; the whole step in C runs them in C)."""
+    if path == "torch":
         monkeypatch.setattr(block_ops, "library", lambda: "off (test)")
+    elif linears:
+        monkeypatch.setattr(linear_kernel, "MIN_WEIGHT_ELEMENTS", 1)
+    if path != "native":
+        monkeypatch.setattr(native_step, "library", lambda: "off (test)")
+    native: list[bool] = []
+    original = native_step.NativeStep.forward
+
+    def counted(self, *args):
+        done = original(self, *args)
+        native.append(done is not None)
+        return done
+
+    monkeypatch.setattr(native_step.NativeStep, "forward", counted)
+    return native
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("loss", ["first_token", "sequence"])
+def test_the_hand_written_step_gives_the_layers_values_and_gradients(written_out, loss, path, monkeypatch):
+    """Δ at block 0: every block runs by hand, with the values and ∂L/∂Δ of autograd through the layers."""
+    native = _take(path, monkeypatch)
     layers = torch.zeros(len(PAIRS), dtype=torch.long)
     fused, plain = PrefixCachedForward(), PrefixCachedForward()
     loss_and_grad(written_out, fused, layers, loss)
@@ -51,12 +70,14 @@ def test_the_hand_written_step_gives_the_layers_values_and_gradients(written_out
     assert sorted(prepared(fused).fused) == [0, 1, 2]
     prepared(plain).fused = {}
     steps = _steps(monkeypatch)
+    native.clear()
     got = loss_and_grad(written_out, fused, layers, loss, seed=1)
     assert len(steps) == 3, "not every block ran by hand"
     want = loss_and_grad(written_out, plain, layers, loss, seed=1)
     assert len(steps) == 3
+    assert native == ([True] * 3 if path == "native" else [])
     for g, w in zip(got, want, strict=True):  # up to fp32 summation order (the kernel's differs from torch's)
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5 if kernel else 1e-6)
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6 if path == "torch" else 1e-5)
 
 
 def test_a_users_hook_in_a_block_makes_it_run_as_the_model_runs_it(gemma, monkeypatch):
@@ -119,11 +140,12 @@ def test_a_hooked_transformers_blocks_get_none():
     assert fused_blocks(enumerate(tiny_hooked("gemma3").blocks)) == {}
 
 
-@pytest.mark.parametrize("kernel", [False, pytest.param(True, marks=needs_kernels)])
+@pytest.mark.parametrize("path", PATHS)
 @pytest.mark.parametrize("kind", ["gemma3", "llama"])
-def test_its_backward_is_the_chain_rule_of_its_forward(kind, kernel, monkeypatch):
+def test_its_backward_is_the_chain_rule_of_its_forward(kind, path, monkeypatch):
     """∂L/∂x and ∂L/∂Δ of the hand-written backward against autograd through its forward in torch's operations,
-    with a cache and a mask; ``kernel``: the step's stages in C."""
+    with a cache and a mask, and without Δ (its forward's linear layers in torch, for autograd)."""
+    native = _take(path, monkeypatch, linears=False)
     model = tiny_bridge(kind)
     block = model.blocks[1]
     layer = block._modules["_original_component"]
@@ -137,27 +159,34 @@ def test_its_backward_is_the_chain_rule_of_its_forward(kind, kernel, monkeypatch
     mask[0, :, :, 0] = float("-inf")  # a padded prefix position
     mask[:, :, 0, -1] = float("-inf")  # causal within the suffix
 
+    prefix = torch.randn(2, n, step.n_kv, T - S, d, generator=generator)
+
+    class Layer:  # a cache's layer as transformers keeps it
+        keys, values = prefix[0], prefix[1]
+
     class Cache:  # the prefix's keys and values, as a cache hands them back
-        prefix = torch.randn(2, n, step.n_kv, T - S, d, generator=generator)
+        layers = [Layer()] * 2
 
         def update(self, keys, values, index):
-            return torch.cat([self.prefix[0], keys], dim=-2), torch.cat([self.prefix[1], values], dim=-2)
+            return torch.cat([prefix[0], keys], dim=-2), torch.cat([prefix[1], values], dim=-2)
 
-    delta = torch.randn(n, model.cfg.n_heads, d, generator=generator)
-    x_auto, delta_auto = x.clone().requires_grad_(True), delta.clone().requires_grad_(True)
-    with torch.enable_grad(), monkeypatch.context() as torch_only:  # torch's operations: autograd through them
-        torch_only.setattr(block_ops, "library", lambda: "off (test)")
-        y_auto, _ = step.forward(x_auto, delta_auto, cos, sin, mask, Cache())
-    grad_y = torch.randn(y_auto.shape, generator=generator)
-    want = torch.autograd.grad(y_auto, (x_auto, delta_auto), grad_y)
-    if not kernel:
-        monkeypatch.setattr(block_ops, "library", lambda: "off (test)")
-    with torch.no_grad():
-        y, saved = step.forward(x, delta, cos, sin, mask, Cache())
-        got = step.backward(grad_y, saved)
-    torch.testing.assert_close(y, y_auto.detach())
-    for g, w in zip(got, want, strict=True):  # C and torch sum in different orders: both ~3e-5 from fp64 on Llama's ∂x
-        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5 if kernel else 1e-6)
+    for delta in (torch.randn(n, model.cfg.n_heads, d, generator=generator), None):
+        x_auto = x.clone().requires_grad_(True)
+        delta_auto = None if delta is None else delta.clone().requires_grad_(True)
+        with torch.enable_grad(), monkeypatch.context() as torch_only:  # torch's operations: autograd through them
+            torch_only.setattr(block_ops, "library", lambda: "off (test)")
+            torch_only.setattr(step, "native", None)
+            y_auto, _ = step.forward(x_auto, delta_auto, cos, sin, mask, Cache())
+        grad_y = torch.randn(y_auto.shape, generator=generator)
+        inputs = (x_auto,) if delta_auto is None else (x_auto, delta_auto)
+        want = torch.autograd.grad(y_auto, inputs, grad_y)
+        with torch.no_grad():
+            y, saved = step.forward(x, delta, cos, sin, mask, Cache())
+            got = step.backward(grad_y, saved)[: len(inputs)]
+        torch.testing.assert_close(y, y_auto.detach())
+        for g, w in zip(got, want, strict=True):  # C and torch sum in different orders: ~3e-5 from fp64 on Llama's ∂x
+            torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6 if path == "torch" else 1e-5)
+    assert native == ([True] * 2 if path == "native" else [])
 
 
 @needs_kernels
