@@ -33,7 +33,8 @@ def test_fits_and_answers_match_the_saved_reference(gemma_tiny, name, torch_path
     results, predictions = run_case(gemma_tiny, *CASES[name])
     for layer, result, preds in zip(LAYERS, results, predictions):
         key = f"{name}/layer{layer}"
-        # bit-for-bit on this machine's torch; fp32 summation order may differ elsewhere
-        torch.testing.assert_close(result.intervention.delta, saved_deltas[key], rtol=1e-5, atol=1e-6)
+        # Bit for bit on the CPU that saved them; torch sums in another order on another CPU, and a fit's steps grow
+        # that: an AMD EPYC (Zen 5) gives 1.5e-5 relative on one element of one fit.
+        torch.testing.assert_close(result.intervention.delta, saved_deltas[key], rtol=1e-4, atol=1e-5)
         assert result.history["objective"].tolist() == pytest.approx(saved[key]["objective"], rel=1e-5)
         assert preds == saved[key]["predictions"]

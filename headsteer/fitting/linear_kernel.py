@@ -14,13 +14,13 @@ streaming and prefetching, each thread on its own share of W's rows.
 :func:`skinny_linears` routes the ``nn.Linear`` layers inside some modules through it for the
 duration of a ``with`` block, each call where it applies: CPU, fp32 input, weight and bias,
 a contiguous weight that needs no gradient with at least ``MIN_WEIGHT_ELEMENTS`` (2^18) elements,
-at most ``linear_max_rows`` (32) rows, and :mod:`headsteer.kernels` loaded; any other call runs
+at most ``linear_max_rows`` (32; 64 on an AMD CPU) rows, and :mod:`headsteer.kernels` loaded; any other call runs
 ``F.linear`` as before. Only plain
 ``nn.Linear`` modules whose ``forward`` nobody else replaced are touched, and each is given
 back its own ``forward`` on leaving, whatever happens. :class:`FrozenLinear` is the same product
 and input gradient without autograd, for a backward written out by hand
 (:mod:`headsteer.fitting.fused_block`); with a bf16 copy of its weight (the bf16 option) the kernel
-takes up to ``linear_max_rows_bf16`` (48) rows. The results equal ``F.linear``'s up to fp32 summation order
+takes up to ``linear_max_rows_bf16`` (48; 64 on AMD) rows. The results equal ``F.linear``'s up to fp32 summation order
 (``tests/fitting/test_linear_kernel.py``).
 """
 

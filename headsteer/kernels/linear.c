@@ -20,13 +20,20 @@
 #include "tiles.h"
 
 #define BLOCK 64 /* W rows per block, and the unit in which W is split between threads */
-/* Rows per call: past them torch's GEMMs on the fp32 weights are as fast (benchmarks/kernel_rows.py: the same at 32
-   rows with fp32 weights; with bf16 copies 7% faster at 48 rows, 6% slower at 60). */
+/* Rows per call: past them torch's GEMMs on the fp32 weights are as fast on an Intel Xeon (Emerald Rapids;
+   benchmarks/kernel_rows.py: the same at 32 rows with fp32 weights; with bf16 copies 7% faster at 48 rows, 6% slower
+   at 60). On an AMD EPYC (Zen 5) torch's GEMMs take twice the kernel's time at every count up to 60, with either
+   weights: there it takes 64. */
 #define HS_LINEAR_MAX_ROWS 32
 #define HS_LINEAR_MAX_ROWS_BF16 48
-#define AHEAD 4               /* how many W rows ahead the forward prefetches */
+#define HS_LINEAR_MAX_ROWS_AMD 64
+#define AHEAD 4 /* how many W rows ahead the forward prefetches */
 
-int headsteer_linear_max_rows(int bf16) { return bf16 ? HS_LINEAR_MAX_ROWS_BF16 : HS_LINEAR_MAX_ROWS; }
+int headsteer_linear_max_rows(int bf16) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_is("amd")) return HS_LINEAR_MAX_ROWS_AMD;
+    return bf16 ? HS_LINEAR_MAX_ROWS_BF16 : HS_LINEAR_MAX_ROWS;
+}
 
 /* Share t of `shares`: W rows [*r0, *r1), split at whole blocks. */
 INLINE void share_rows(long N, int t, int shares, long *r0, long *r1) {

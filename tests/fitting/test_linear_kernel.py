@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from headsteer import kernels
-from headsteer.fitting import linear_kernel
+from headsteer.fitting import linear_kernel, native_step
 from headsteer.fitting.forward import PrefixCachedForward
 from headsteer.fitting.linear_kernel import FrozenLinear, LinearGroup, plain_linears, skinny_linears
 
@@ -143,18 +143,31 @@ def test_the_fitters_suffix_gives_the_same_values_and_gradients_with_the_kernel(
     calls = []
     original = linear_kernel.kernel_forward  # the product of a layer run as the model runs it, or by hand
     monkeypatch.setattr(linear_kernel, "kernel_forward", lambda *a: calls.append(1) or original(*a))
+    whole = native_step.NativeStep.forward  # or a hand-run block's whole step in C, its linear layers with it
+    monkeypatch.setattr(native_step.NativeStep, "forward", lambda *a: (lambda r: calls.append(r) or r)(whole(*a)))
     got = loss_and_grad(any_model, PrefixCachedForward(), layers, loss)
     # HookedTransformer's projections are its own parameters, and GPT-2's bridge runs its fused Conv1D.
-    assert bool(calls) == (request.node.callspec.params["any_model"] in (("bridge", "gemma3"), ("bridge", "llama")))
+    assert any(calls) == (request.node.callspec.params["any_model"] in (("bridge", "gemma3"), ("bridge", "llama")))
     monkeypatch.setattr(linear_kernel, "library", lambda: "off (switched off)")
+    monkeypatch.setattr(native_step, "library", lambda: "off (switched off)")
     want = loss_and_grad(any_model, PrefixCachedForward(), layers, loss)
     for g, w in zip(got, want, strict=True):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
 
 
+PAST = -1  # as a row count: one more row than the kernel takes (its limit depends on the CPU)
+
+
+def _rows(rows: int, bf16: bool = True) -> int:
+    loaded = kernels.library()
+    assert not isinstance(loaded, str)
+    return rows if rows != PAST else (loaded.linear_max_rows_bf16 if bf16 else loaded.linear_max_rows) + 1
+
+
 @needs_kernels
-@pytest.mark.parametrize("rows", [1, 10, 40])  # 40: more rows than the kernel takes, torch's product
+@pytest.mark.parametrize("rows", [1, 10, 40, PAST])  # PAST: more rows than the kernel takes, torch's product
 def test_a_frozen_linear_gives_torchs_product_and_input_gradient(rows):
+    rows = _rows(rows, bf16=False)
     generator = torch.Generator().manual_seed(0)
     weight, bias = torch.randn(48, 33, generator=generator), torch.randn(48, generator=generator)
     layer = FrozenLinear(weight, bias)
@@ -165,20 +178,20 @@ def test_a_frozen_linear_gives_torchs_product_and_input_gradient(rows):
 
 
 @needs_kernels
-@pytest.mark.parametrize("rows", [1, 10, 40, 49])  # 49: more rows than the kernel takes, torch's product in fp32
+@pytest.mark.parametrize("rows", [1, 10, 40, PAST])  # PAST: torch's product in fp32
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("d_in", [130, 1100])  # 1100: ten rows longer than L1 holds
 def test_a_frozen_linear_with_a_bf16_copy_multiplies_the_rounded_weight_in_fp32(rows, threads, d_in, monkeypatch):
     """The kernel reads the bf16 copy, each element widened exactly: fp32 products of the rounded weight."""
     monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    rows, limit = _rows(rows), kernels.library().linear_max_rows_bf16
     generator = torch.Generator().manual_seed(1)
     weight, bias = torch.randn(200, d_in, generator=generator), torch.randn(200, generator=generator)
     layer = FrozenLinear(weight, None).in_bf16(lambda ws: torch.cat(ws).to(torch.bfloat16))
     assert layer.kernel_weight.dtype == torch.bfloat16 and layer.weight is weight
     x, grad_y = torch.randn(rows, d_in, generator=generator), torch.randn(rows, 200, generator=generator)
-    assert kernels.library().linear_max_rows_bf16 == 48
-    used = weight.to(torch.bfloat16).float() if rows <= 48 else weight
-    assert not torch.equal(used @ x[0], weight @ x[0]) or rows > 48  # the rounding shows
+    used = weight.to(torch.bfloat16).float() if rows <= limit else weight
+    assert not torch.equal(used @ x[0], weight @ x[0]) or rows > limit  # the rounding shows
     tolerance = 2e-5 * (d_in / 130) ** 0.5  # fp32 summation order: the outputs grow as √d_in
     torch.testing.assert_close(layer(x), F.linear(x, used), rtol=1e-5, atol=tolerance)
     torch.testing.assert_close(layer.input_grad(grad_y), grad_y @ used, rtol=1e-5, atol=tolerance)
@@ -193,12 +206,13 @@ def _stacked_bf16(weights: tuple[torch.Tensor, ...]) -> torch.Tensor:
 
 
 @needs_kernels
-@pytest.mark.parametrize("rows", [1, 10, 49])  # 49: more rows than the kernel takes, each layer in fp32
+@pytest.mark.parametrize("rows", [1, 10, PAST])  # PAST: more rows than the kernel takes, each layer in fp32
 @pytest.mark.parametrize("bias", [False, True])
 def test_a_linear_group_in_bf16_is_its_layers_on_the_rounded_weights_in_one_stacked_copy(rows, bias, monkeypatch):
     """q, k and v (or gate and up) read one stacked bf16 copy in one kernel call each way; the outputs and the
     summed input gradient are each layer's own on the rounded weights; a bias only on some layers counts as zero
     on the others; past the kernel's rows, each layer runs in fp32."""
+    rows, limit = _rows(rows), kernels.library().linear_max_rows_bf16
     calls: list[torch.dtype] = []  # the weight each kernel call reads
     for name in ("kernel_forward", "kernel_input_grad"):
         original = getattr(linear_kernel, name)
@@ -211,7 +225,7 @@ def test_a_linear_group_in_bf16_is_its_layers_on_the_rounded_weights_in_one_stac
     assert stacked.kernel_weight is not None and stacked.kernel_weight.shape == (96, 70)
     x = torch.randn(rows, 70, generator=generator)
     grads = [torch.randn(rows, w.shape[0], generator=generator) for w in weights]
-    used = [w.to(torch.bfloat16).float() if rows <= 48 else w for w in weights]
+    used = [w.to(torch.bfloat16).float() if rows <= limit else w for w in weights]
     for got_group in (group, stacked):
         expect = used if got_group is stacked else weights
         got = got_group(x)
@@ -220,8 +234,8 @@ def test_a_linear_group_in_bf16_is_its_layers_on_the_rounded_weights_in_one_stac
             torch.testing.assert_close(y, F.linear(x, w, b), rtol=1e-5, atol=1e-5)
         want = sum(g @ w for g, w in zip(grads, expect, strict=True))
         torch.testing.assert_close(got_group.input_grad(*grads), want, rtol=1e-5, atol=1e-5)
-        if got_group is stacked:  # one call each way on the stacked copy; past 48 rows, none
-            assert calls == ([torch.bfloat16] * 2 if rows <= 48 else [])
+        if got_group is stacked:  # one call each way on the stacked copy; past the kernel's rows, none
+            assert calls == ([torch.bfloat16] * 2 if rows <= limit else [])
         calls.clear()
 
 
