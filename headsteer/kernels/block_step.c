@@ -192,22 +192,19 @@ static AVX512 void act_forward(const float *gate, const float *up, long count, i
     }
 }
 
-/* From g = dL/d(act * up): dL/d gate = g up act'(gate), dL/d up = g act; act'(u) = s + u s (1 - s) da. Into the
-   stacked [M, 2F] gradient (gate's columns, then up's) of the gate_up group. */
-static AVX512 void act_backward(const float *g, const float *gate, const float *up, const float *act, long M, long F,
-                                int act_kind, float *grad_gate, float *grad_up, long stride) {
-    for (long a = 0; a < M; a++)
-        for (long j = 0; j < F; j += 16) {
-            __mmask16 m = lanes(F - j);
-            long i = a * F + j;
-            __m512 u = _mm512_maskz_loadu_ps(m, gate + i), gi = _mm512_maskz_loadu_ps(m, g + i), s, da;
-            sigmoid_factor(u, act_kind, &s, &da);
-            __m512 slope = _mm512_fmadd_ps(_mm512_mul_ps(u, _mm512_mul_ps(s, _mm512_sub_ps(_mm512_set1_ps(1.0f), s))),
-                                           da, s);
-            __m512 gu = _mm512_mul_ps(gi, _mm512_maskz_loadu_ps(m, up + i));
-            _mm512_mask_storeu_ps(grad_gate + a * stride + j, m, _mm512_mul_ps(gu, slope));
-            _mm512_mask_storeu_ps(grad_up + a * stride + j, m, _mm512_mul_ps(gi, _mm512_maskz_loadu_ps(m, act + i)));
-        }
+/* From g = dL/d(act * up): dL/d gate = g up act'(gate), dL/d up = g act; act'(u) = s + u s (1 - s) da. */
+static AVX512 void act_backward(const float *g, const float *gate, const float *up, const float *act, long count,
+                                int act_kind, float *grad_gate, float *grad_up) {
+    for (long i = 0; i < count; i += 16) {
+        __mmask16 m = lanes(count - i);
+        __m512 u = _mm512_maskz_loadu_ps(m, gate + i), gi = _mm512_maskz_loadu_ps(m, g + i), s, da;
+        sigmoid_factor(u, act_kind, &s, &da);
+        __m512 s_ds = _mm512_mul_ps(s, _mm512_sub_ps(_mm512_set1_ps(1.0f), s)); /* the sigmoid's own derivative */
+        __m512 slope = _mm512_fmadd_ps(_mm512_mul_ps(u, s_ds), da, s);
+        __m512 g_up = _mm512_mul_ps(gi, _mm512_maskz_loadu_ps(m, up + i));
+        _mm512_mask_storeu_ps(grad_gate + i, m, _mm512_mul_ps(g_up, slope));
+        _mm512_mask_storeu_ps(grad_up + i, m, _mm512_mul_ps(gi, _mm512_maskz_loadu_ps(m, act + i)));
+    }
 }
 
 /* dst [n, heads, T0 + S, d] = the prefix's [n, heads, T0, d] then the suffix's [n, heads, S, d]. */
@@ -287,20 +284,9 @@ void headsteer_block_backward(const hs_block *B, const float *grad_y, const floa
     /* y = h + N_pff(mlp) */
     norm_or_add_grad(B, NORM_PFF, ws + L.mlp, ws + L.r_pff, grad_y, NULL, M, grad_mlp, threads);
     group_input_grad(&B->down, (const float *[]){grad_mlp}, (int)M, F, grad_product, wide, partial, threads);
-    /* the gate's and up's gradients side by side in `wide`, as the stacked gate_up weight's rows are */
-    act_backward(grad_product, ws + L.gate, ws + L.up, ws + L.act, M, F, B->act, wide, wide + F, 2L * F);
-    if (B->gate_up.parts == 1)
-        headsteer_linear_input_grad(wide, B->gate_up.weight[0], grad_b, (int)M, 2L * F, D, threads, partial,
-                                    B->gate_up.bf16[0]);
-    else { /* layer by layer: each gradient on its own */
-        float *grad_gate = buffer[1], *grad_up = buffer[2];
-        for (long a = 0; a < M; a++) {
-            memcpy(grad_gate + a * F, wide + a * 2 * F, sizeof(float) * (size_t)F);
-            memcpy(grad_up + a * F, wide + a * 2 * F + F, sizeof(float) * (size_t)F);
-        }
-        group_input_grad(&B->gate_up, (const float *[]){grad_gate, grad_up}, (int)M, D, grad_b, wide, partial,
-                         threads);
-    }
+    float *grad_gate = buffer[2], *grad_up = buffer[3];
+    act_backward(grad_product, ws + L.gate, ws + L.up, ws + L.act, M * F, B->act, grad_gate, grad_up);
+    group_input_grad(&B->gate_up, (const float *[]){grad_gate, grad_up}, (int)M, D, grad_b, wide, partial, threads);
     /* b = N_pf(h), and h reaches y directly */
     norm_or_add_grad(B, NORM_PF, ws + L.h, ws + L.r_pf, grad_b, grad_y, M, grad_h, threads);
     /* h = x + N_pa(z W_o^T) */
