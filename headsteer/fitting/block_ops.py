@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from headsteer.kernels import Kernels, library
+from headsteer.kernels import Kernels, library, pointer
 
 __all__ = ["KernelOps", "TorchOps", "ops_for"]
 
@@ -147,7 +147,7 @@ class KernelOps:
         out, r = torch.empty_like(u), u.new_empty(*u.shape[:-1], 1)
         rows, dim = u.numel() // u.shape[-1], u.shape[-1]
         self.kernels.rms_norm(
-            _pointer(u), _pointer(scale), eps, rows, dim, _pointer(add), _pointer(out), _pointer(r), _threads()
+            pointer(u), pointer(scale), eps, rows, dim, pointer(add), pointer(out), pointer(r), _threads()
         )
         return out, r
 
@@ -156,7 +156,7 @@ class KernelOps:
         out = torch.empty_like(g)
         rows, dim = g.numel() // g.shape[-1], g.shape[-1]
         self.kernels.rms_norm_grad(
-            _pointer(u), _pointer(r), _pointer(scale), _pointer(g), rows, dim, _pointer(add), _pointer(out), _threads()
+            pointer(u), pointer(r), pointer(scale), pointer(g), rows, dim, pointer(add), pointer(out), _threads()
         )
         return out
 
@@ -166,8 +166,8 @@ class KernelOps:
         out = u.new_empty(n, heads, S, d)
         r = None if scale is None else u.new_empty(n, S, heads, 1)
         self.kernels.qk(
-            _pointer(u), _pointer(scale), eps, _pointer(cos), _pointer(sin), n, S, heads, d, _pointer(out),
-            _pointer(r), _threads(),
+            pointer(u), pointer(scale), eps, pointer(cos), pointer(sin), n, S, heads, d, pointer(out),
+            pointer(r), _threads(),
         )  # fmt: skip
         return out, r
 
@@ -176,8 +176,8 @@ class KernelOps:
         g, u, r, scale, cos, sin = _ready(g, u, r, scale, cos.expand(n, S, d), sin.expand(n, S, d))
         out = g.new_empty(n, S, heads, d)
         self.kernels.qk_grad(
-            _pointer(g), _pointer(u), _pointer(r), _pointer(scale), _pointer(cos), _pointer(sin), n, S, heads, d,
-            _pointer(out), _threads(),
+            pointer(g), pointer(u), pointer(r), pointer(scale), pointer(cos), pointer(sin), n, S, heads, d,
+            pointer(out), _threads(),
         )  # fmt: skip
         return out
 
@@ -190,8 +190,8 @@ class KernelOps:
         q, keys, values, mask, delta = _ready(q, keys, values, mask, delta)
         p, z = q.new_empty(n, H, S, T), q.new_empty(n, S, H, d)
         self.kernels.attention(
-            _pointer(q), _pointer(keys), _pointer(values), _pointer(mask), scaling, _pointer(delta),
-            n, H, Hkv, S, T, d, _pointer(p), _pointer(z), _threads(),
+            pointer(q), pointer(keys), pointer(values), pointer(mask), scaling, pointer(delta),
+            n, H, Hkv, S, T, d, pointer(p), pointer(z), _threads(),
         )  # fmt: skip
         return p, z
 
@@ -203,8 +203,8 @@ class KernelOps:
         grad_z, p, q, keys, values = _ready(grad_z, p, q, keys, values)
         grad_q, grad_k, grad_v = q.new_empty(n, H, S, d), q.new_empty(n, Hkv, S, d), q.new_empty(n, S, Hkv, d)
         self.kernels.attention_grad(
-            _pointer(grad_z), _pointer(p), _pointer(q), _pointer(keys), _pointer(values), scaling, n, H, Hkv, S, T, d,
-            _pointer(grad_q), _pointer(grad_k), _pointer(grad_v), _threads(),
+            pointer(grad_z), pointer(p), pointer(q), pointer(keys), pointer(values), scaling, n, H, Hkv, S, T, d,
+            pointer(grad_q), pointer(grad_k), pointer(grad_v), _threads(),
         )  # fmt: skip
         return grad_q, grad_k, grad_v
 
@@ -218,10 +218,6 @@ def _ready(*tensors: Tensor | None) -> tuple:
 
 
 Ops = TorchOps | KernelOps
-
-
-def _pointer(tensor: Tensor | None) -> int | None:
-    return None if tensor is None else tensor.data_ptr()
 
 
 def _threads() -> int:

@@ -35,7 +35,7 @@ from jaxtyping import Float
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from headsteer.kernels import Kernels, library, split_scratch
+from headsteer.kernels import Kernels, library, pointer, split_scratch
 
 
 def kernel_forward(x: Float[Tensor, "rows d_in"], weight: Tensor, bias: Tensor | None, kernels: Kernels) -> Tensor:
@@ -43,12 +43,11 @@ def kernel_forward(x: Float[Tensor, "rows d_in"], weight: Tensor, bias: Tensor |
     (or its contiguous bf16 copy: each element widened to fp32 as the kernel reads it)."""
     rows, width = x.shape
     y = x.new_empty(rows, weight.shape[0])
-    bias_ptr = None if bias is None else bias.data_ptr()
     shares = torch.get_num_threads()
     bf16 = weight.dtype == torch.bfloat16
     split = split_scratch(rows, width) if bf16 else None  # kept alive until the call returns
-    args = (x.data_ptr(), weight.data_ptr(), bias_ptr, y.data_ptr(), rows, width, weight.shape[0], shares, bf16)
-    kernels.linear(*args, None if split is None else split.data_ptr())
+    args = (x.data_ptr(), weight.data_ptr(), pointer(bias), y.data_ptr(), rows, width, weight.shape[0], shares, bf16)
+    kernels.linear(*args, pointer(split))
     return y
 
 
@@ -87,10 +86,10 @@ class _SkinnyLinear(torch.autograd.Function):
 MIN_WEIGHT_ELEMENTS = 2**18
 
 
-def _frozen_cpu_fp32(*tensors: Tensor | None) -> bool:
-    """Frozen, contiguous fp32 CPU tensors (None: absent, fine)."""
+def frozen_cpu(*tensors: Tensor | None, dtypes: tuple[torch.dtype, ...] = (torch.float32,)) -> bool:
+    """Frozen, contiguous CPU tensors of ``dtypes``, as the kernels read them (None: absent, fine)."""
     return all(
-        t.dtype == torch.float32 and t.device.type == "cpu" and not t.requires_grad and t.is_contiguous()
+        t.dtype in dtypes and t.device.type == "cpu" and not t.requires_grad and t.is_contiguous()
         for t in tensors
         if t is not None
     )
@@ -98,7 +97,7 @@ def _frozen_cpu_fp32(*tensors: Tensor | None) -> bool:
 
 def _weight_fits(weight: Tensor, bias: Tensor | None) -> bool:
     """A large, frozen, contiguous fp32 CPU weight (and bias): what the kernel takes, checked once per ``with``."""
-    return weight.numel() >= MIN_WEIGHT_ELEMENTS and _frozen_cpu_fp32(weight, bias)
+    return weight.numel() >= MIN_WEIGHT_ELEMENTS and frozen_cpu(weight, bias)
 
 
 def _kernel_takes(x: Tensor, max_rows: int) -> bool:
@@ -197,7 +196,7 @@ class LinearGroup:
         where the kernel can take them: frozen fp32 CPU weights, as many elements together as
         :data:`MIN_WEIGHT_ELEMENTS`; else each layer's own :meth:`FrozenLinear.in_bf16`."""
         weights = tuple(layer.weight for layer in self.layers)
-        stackable = _frozen_cpu_fp32(*weights, *(layer.bias for layer in self.layers))
+        stackable = frozen_cpu(*weights, *(layer.bias for layer in self.layers))
         if isinstance(library(), str) or not stackable or sum(w.numel() for w in weights) < MIN_WEIGHT_ELEMENTS:
             return LinearGroup(tuple(layer.in_bf16(to_bf16) for layer in self.layers))
         return LinearGroup(self.layers, to_bf16(weights))

@@ -24,8 +24,8 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from headsteer.fitting.linear_kernel import FrozenLinear, LinearGroup
-from headsteer.kernels import BlockDescription, GroupDescription, Kernels, library
+from headsteer.fitting.linear_kernel import FrozenLinear, LinearGroup, frozen_cpu
+from headsteer.kernels import BlockDescription, GroupDescription, Kernels, library, pointer
 
 if TYPE_CHECKING:
     from headsteer.fitting.fused_block import FusedBlock
@@ -34,13 +34,6 @@ __all__ = ["NativeStep", "native_step"]
 
 ACTIVATIONS = {"gelu_tanh": 0, "silu": 1}  # the gates block_step.c computes (its ACT_* values), by name
 GROUPS = ("qkv", "o", "gate_up", "down")  # a FusedBlock's linear layers, in BlockDescription's order
-
-
-def _usable(tensor: Tensor | None, *dtypes: torch.dtype) -> bool:
-    """A frozen contiguous CPU tensor of one of ``dtypes`` (None: absent, fine)."""
-    return tensor is None or (
-        tensor.dtype in dtypes and tensor.device.type == "cpu" and tensor.is_contiguous() and not tensor.requires_grad
-    )
 
 
 def _group(linears: LinearGroup | FrozenLinear, kernels: Kernels) -> tuple[GroupDescription, list[Tensor], int] | None:
@@ -56,11 +49,11 @@ def _group(linears: LinearGroup | FrozenLinear, kernels: Kernels) -> tuple[Group
     tensors: list[Tensor] = []
     max_rows = kernels.linear_max_rows_bf16
     for j, (weight, bias) in enumerate(parts):
-        if not (_usable(weight, torch.float32, torch.bfloat16) and _usable(bias, torch.float32)):
+        if not (frozen_cpu(weight, dtypes=(torch.float32, torch.bfloat16)) and frozen_cpu(bias)):
             return None
         bf16 = weight.dtype == torch.bfloat16
         description.weight[j], description.rows[j], description.bf16[j] = weight.data_ptr(), weight.shape[0], bf16
-        description.bias[j] = None if bias is None else bias.data_ptr()
+        description.bias[j] = pointer(bias)
         tensors += [weight] if bias is None else [weight, bias]
         max_rows = min(max_rows, kernels.linear_max_rows_bf16 if bf16 else kernels.linear_max_rows)
     for i, width in enumerate(outputs):
@@ -111,7 +104,7 @@ class NativeStep:
         T0 = keys.shape[2]
         if keys.shape != (n, block.n_kv, T0, block.head_dim) or values.shape != keys.shape:
             return None
-        if not _usable(keys.detach(), torch.float32) or not _usable(values.detach(), torch.float32):
+        if not frozen_cpu(keys, values):
             return None
         if mask is not None and mask.shape[-1] != T0 + S:
             return None
@@ -126,7 +119,7 @@ class NativeStep:
         self.kernels.block_sizes(self.description, n, S, T0 + S, threads, sizes)
         workspace, scratch, y = torch.empty(sizes[0]), torch.empty(sizes[1]), torch.empty_like(x)
         self.kernels.block_forward(
-            self.description, x.data_ptr(), _pointer(delta), cos.data_ptr(), sin.data_ptr(), _pointer(mask),
+            self.description, x.data_ptr(), pointer(delta), cos.data_ptr(), sin.data_ptr(), pointer(mask),
             keys.data_ptr(), values.data_ptr(), n, S, T0, y.data_ptr(), workspace.data_ptr(), scratch.data_ptr(),
             threads,
         )  # fmt: skip
@@ -146,10 +139,6 @@ class NativeStep:
             grad_delta.data_ptr(), saved.threads,
         )  # fmt: skip
         return grad_x, grad_delta
-
-
-def _pointer(tensor: Tensor | None) -> int | None:
-    return None if tensor is None else tensor.data_ptr()
 
 
 def native_step(block: FusedBlock) -> NativeStep | None:
@@ -180,7 +169,7 @@ def native_step(block: FusedBlock) -> NativeStep | None:
     norms = (block.n_in, block.n_q, block.n_k, block.n_pa, block.n_pf, block.n_pff)  # hs_block's NORM_* order
     for i, norm in enumerate(norms):
         if norm is not None:
-            if not _usable(norm.scale, torch.float32):
+            if not frozen_cpu(norm.scale):
                 return None
             description.scale[i], description.eps[i] = norm.scale.data_ptr(), norm.eps
             tensors.append(norm.scale)

@@ -27,7 +27,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from headsteer.kernels import library, split_scratch
+from headsteer.kernels import library, pointer, split_scratch
 
 
 def online_softmax(
@@ -60,7 +60,7 @@ def online_softmax(
     m = torch.full((shares, rows), -torch.inf)
     z = torch.zeros(shares, rows)
     s = torch.zeros(shares, rows, width)
-    pointers = (hidden.data_ptr(), weight.data_ptr(), None if bias is None else bias.data_ptr())
+    pointers = (hidden.data_ptr(), weight.data_ptr(), pointer(bias))
     split = split_scratch(rows, width) if low_precision else None  # kept alive until the call returns
     state = (m.data_ptr(), z.data_ptr(), s.data_ptr())
     kernels.nll(
@@ -71,7 +71,7 @@ def online_softmax(
         shares,
         *state,
         low_precision,
-        None if split is None else split.data_ptr(),
+        pointer(split),
     )
     top = m.max(0).values
     weights = torch.exp(m - top)

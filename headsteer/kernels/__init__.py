@@ -93,8 +93,9 @@ class Kernels:
         return self.handle.headsteer_block_sizes
 
     @property
-    def block_forward(self):  # (block, x, delta | None, cos, sin, mask | None, keys, values, n, S, T0, y, ws, scratch,
-        return self.handle.headsteer_block_forward  # threads)
+    def block_forward(self):
+        """(block, x, delta | None, cos, sin, mask | None, keys, values, n, S, T0, y, ws, scratch, threads)"""
+        return self.handle.headsteer_block_forward
 
     @property
     def block_backward(self):  # (block, grad_y, x, cos, sin, n, S, T0, ws, scratch, grad_x, grad_delta, threads)
@@ -129,6 +130,11 @@ class BlockDescription(ctypes.Structure):
         ("scale", _p * 6),
         ("eps", _float * 6),
     ]
+
+
+def pointer(tensor: torch.Tensor | None) -> int | None:
+    """A tensor's address as a kernel takes it (None: a NULL pointer). The caller keeps the tensor alive."""
+    return None if tensor is None else tensor.data_ptr()
 
 
 def split_scratch(rows: int, width: int) -> torch.Tensor:
